@@ -1,0 +1,132 @@
+"""The ``pdestream`` command line: a thin face that parses arguments and calls into the parts.
+
+A user's mistake (any ``ValueError`` subclass raised by one of our packages) is printed as one line
+and exits with status 2; internal errors keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+OUR_PACKAGES = ("solvers", "surrogates", "streaming", "benchmarks")
+
+
+def parse_set(items: Sequence[str] | None) -> dict[str, str]:
+    """``["a=1", "b.c=x"]`` -> ``{"a": "1", "b.c": "x"}``; a malformed item is a user error."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--set {item!r}: expected key=value, e.g. --set dt=0.001")
+        out[key.strip()] = value.strip()
+    return out
+
+
+class CliError(ValueError):
+    """A malformed command line."""
+
+
+def cmd_solvers(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from solvers import get_solver, list_solvers
+
+    table = Table(title="pdestream solvers")
+    for col in ("solver", "channels", "grid", "dt", "parameters (range, unit)"):
+        table.add_column(col)
+    described = {}
+    for name in list_solvers():
+        s = get_solver(name)
+        described[name] = s.describe()
+        params = "\n".join(
+            f"{p.name} in [{p.low:g}, {p.high:g}] {p.unit}{' (log)' if p.log else ''}" for p in s.param_space.params
+        )
+        table.add_row(name, ", ".join(s.channels), "x".join(map(str, s.grid)), f"{s.dt:g}", params)
+    if args.json:
+        print(json.dumps(described, indent=2))
+    else:
+        Console().print(table)
+
+
+def cmd_solve(args: argparse.Namespace) -> None:
+    from solvers import get_solver
+    from streaming.solve import solve_to_file
+
+    solver = get_solver(args.solver, **parse_set(args.set))
+    path = solve_to_file(solver, args.n, args.steps, args.out, every=args.every, seed=args.seed,
+                         design=args.design, batch=args.batch, show_progress=not args.quiet)
+    n_out = args.steps // args.every + 1
+    print(f"wrote {path}: fields ({args.n}, {n_out}, {len(solver.channels)}, {', '.join(map(str, solver.grid))})")
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from benchmarks.plots import plot_trajectory
+    from benchmarks.trajectories import read_trajectories
+
+    traj = read_trajectories(args.file)
+    out = plot_trajectory(traj, sim=args.sim, n_frames=args.frames, out=args.out)
+    print(f"wrote {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pdestream", description="Online training of neural PDE surrogates.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable, help: str, example: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=f"{help}\n\nexample:\n  {example}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("solvers", cmd_solvers, "List the solvers with their channels, grids and parameter spaces.",
+            "pdestream solvers")
+    p.add_argument("--json", action="store_true", help="print a JSON description instead of a table")
+
+    p = add("solve", cmd_solve, "Run a solver over a parameter design and write trajectories to HDF5.",
+            "pdestream solve ns2d --n 4 --steps 10 --out x.h5")
+    p.add_argument("solver", help="solver name (see `pdestream solvers`)")
+    p.add_argument("--n", type=int, required=True, help="number of simulations")
+    p.add_argument("--steps", type=int, required=True, help="solver steps per simulation")
+    p.add_argument("--every", type=int, default=1, help="write every K-th step (default 1)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="solver config override, repeatable")
+    p.add_argument("--design", default="uniform", choices=["uniform", "lhs", "sobol"], help="parameter design")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=16, help="simulations run together (vmap)")
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = add("show", cmd_show, "Draw snapshots of one simulation of a trajectory file to a PNG.",
+            "pdestream show x.h5 --sim 0 --out x.png")
+    p.add_argument("file", help="HDF5 file written by `pdestream solve`")
+    p.add_argument("--sim", type=int, default=0, help="simulation index")
+    p.add_argument("--frames", type=int, default=5, help="number of snapshots")
+    p.add_argument("--out", required=True, help="output PNG")
+    return parser
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """A ValueError raised by one of our packages is a user's mistake."""
+    return isinstance(exc, ValueError) and type(exc).__module__.split(".")[0] in OUR_PACKAGES
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except KeyboardInterrupt:
+        print("pdestream: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if is_user_error(e):
+            print(f"pdestream {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
