@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.trajectories import TrajectoryFileError, Trajectories  # noqa: E402
+from benchmarks.trajectories import Trajectories, TrajectoryFileError  # noqa: E402
 
 
 def plot_trajectory(traj: Trajectories, sim: int, n_frames: int, out: str | Path) -> Path:
