@@ -18,8 +18,9 @@ class _Bar:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: float | None, enabled: bool = True, extra: str = "") -> Iterator[_Bar]:
-    """A rich progress bar; ``extra`` is a format string over task fields, e.g. ``"loss {task.fields[loss]}"``."""
+def progress_bar(description: str, total: float | None, enabled: bool = True, extra: str = "",
+                 fields: dict | None = None) -> Iterator[_Bar]:
+    """A rich progress bar; ``extra`` is a format string over task ``fields``, e.g. ``"loss {task.fields[loss]}"``."""
     if not enabled:
         yield _Bar(None, None)
         return
@@ -28,4 +29,4 @@ def progress_bar(description: str, total: float | None, enabled: bool = True, ex
     if extra:
         columns.append(TextColumn(extra))
     with Progress(*columns, transient=False) as progress:
-        yield _Bar(progress, progress.add_task(description, total=total))
+        yield _Bar(progress, progress.add_task(description, total=total, **(fields or {})))

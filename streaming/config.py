@@ -1,0 +1,234 @@
+"""The job configuration: one TOML file, validated by pydantic, overridable with ``--set a.b=value``.
+
+Sections: ``[solver]`` (which PDE, its config, the parameter design), ``[sample]`` (what a training
+sample is), ``[model]``, ``[optim]``, ``[buffer]``, ``[workers]``, ``[validation]``, ``[checkpoint]``,
+``[logging]``. Unknown keys are errors (typos must not pass silently); every error names the key,
+the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A job configuration is invalid; the message names the key, the value and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SolverSection(_Section):
+    name: str = "heat2d"
+    config: dict[str, Any] = Field(default_factory=dict, description="solver config overrides")
+    steps: int = Field(50, ge=1, description="solver steps per simulation")
+    every: int = Field(1, ge=1, description="keep every k-th step as a frame")
+    design: Literal["uniform", "lhs", "sobol"] = "lhs"
+    n_sims: int = Field(64, ge=0, description="training simulations; 0 = unlimited until the step budget")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _steps_multiple(self) -> SolverSection:
+        if self.steps % self.every:
+            raise ValueError(f"steps={self.steps} must be a multiple of every={self.every}")
+        return self
+
+
+class SampleSection(_Section):
+    kind: Literal["next_step", "field", "bundle"] = "next_step"
+    window: int = Field(1, ge=1, description="input frames (next_step, bundle)")
+    horizon: int = Field(1, ge=1, description="output frames (bundle: K; next_step: 1)")
+    condition_on_params: bool = Field(True, description="feed the PDE parameters to the model as cond")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SampleSection:
+        if self.kind == "next_step" and self.horizon != 1:
+            raise ValueError("sample.horizon must be 1 for kind='next_step'; use kind='bundle' for K > 1")
+        return self
+
+
+class ModelSection(_Section):
+    name: str = "fno"
+    hparams: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimSection(_Section):
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    schedule: Literal["constant", "cosine", "warmup_cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    clip_norm: float = Field(1.0, ge=0, description="global gradient-norm clip; 0 = off")
+    batch_size: int = Field(32, ge=1)
+    steps: int = Field(1000, ge=1, description="gradient steps")
+    loss: Literal["mse", "relative_l2", "nrmse"] = "mse"
+    pushforward: int = Field(0, ge=0)
+    seed: int = 0
+
+
+class BufferSection(_Section):
+    kind: Literal["fifo", "firo", "reservoir"] = "reservoir"
+    capacity: int = Field(4096, ge=1)
+    watermark: int = Field(256, ge=1)
+    max_reuse: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _watermark(self) -> BufferSection:
+        if self.watermark > self.capacity:
+            raise ValueError(f"buffer.watermark={self.watermark} exceeds buffer.capacity={self.capacity}")
+        return self
+
+
+class WorkersSection(_Section):
+    backend: Literal["ray", "mpi", "local"] = "ray"
+    count: int = Field(2, ge=1)
+    sims_per_task: int = Field(4, ge=1, description="simulations a worker runs together (vmap)")
+    chunk_frames: int = Field(8, ge=1, description="frames per chunk message")
+    max_inflight: int = Field(4, ge=1, description="chunks in flight per worker (backpressure)")
+    device: Literal["cpu", "gpu"] = "cpu"
+    gpu_fraction: float = Field(0.1, gt=0, le=1, description="memory share of a GPU per worker if device=gpu")
+    max_failures: int = Field(5, ge=0, description="worker failures tolerated before the job stops")
+    address: str | None = Field(None, description="Ray cluster address; None starts a local cluster")
+
+
+class ValidationSection(_Section):
+    n_sims: int = Field(8, ge=1)
+    interval: int = Field(100, ge=1, description="gradient steps between validations")
+    seed: int = 12345
+    rollout_steps: int = Field(10, ge=1, description="autoregressive steps for the rollout error")
+
+
+class CheckpointSection(_Section):
+    interval: int = Field(500, ge=1)
+    keep: int = Field(2, ge=1)
+
+
+class LoggingSection(_Section):
+    run_dir: str = "runs"
+    name: str | None = None
+    tensorboard: bool = True
+    progress: bool = True
+    interval: int = Field(20, ge=1, description="steps between log lines")
+
+
+class JobConfig(_Section):
+    solver: SolverSection = Field(default_factory=SolverSection)
+    sample: SampleSection = Field(default_factory=SampleSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    buffer: BufferSection = Field(default_factory=BufferSection)
+    workers: WorkersSection = Field(default_factory=WorkersSection)
+    validation: ValidationSection = Field(default_factory=ValidationSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+    @model_validator(mode="after")
+    def _cross(self) -> JobConfig:
+        if self.optim.batch_size > self.buffer.capacity:
+            raise ValueError(f"optim.batch_size={self.optim.batch_size} exceeds buffer.capacity={self.buffer.capacity}")
+        frames = self.solver.steps // self.solver.every + 1
+        need = self.sample.window + (self.sample.horizon if self.sample.kind != "field" else 0)
+        if need > frames:
+            raise ValueError(f"a sample needs {need} frames but a simulation has only {frames}; raise solver.steps")
+        return self
+
+
+def _format_error(e: ValidationError, source: str) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            section = err["loc"][:-1]
+            allowed = _allowed_keys(section)
+            parts.append(f"unknown key {loc!r}" + (f"; allowed: {', '.join(allowed)}" if allowed else ""))
+        elif err["type"] == "literal_error":
+            parts.append(f"{loc}={err['input']!r}: {msg}")
+        elif loc:
+            parts.append(f"{loc}={err.get('input')!r}: {msg}")
+        else:
+            parts.append(msg)
+    return f"{source}: " + "; ".join(parts)
+
+
+def _allowed_keys(section: tuple) -> list[str]:
+    model: type[BaseModel] = JobConfig
+    for name in section:
+        field = model.model_fields.get(str(name))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _parse_value(text: str) -> Any:
+    """``--set`` values: TOML syntax where it parses (numbers, booleans, strings, arrays), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: dict[str, str]) -> dict:
+    """Apply ``{"optim.lr": "1e-4"}`` style overrides to a nested dict (a copy)."""
+    out = json.loads(json.dumps(data))
+    for dotted, text in overrides.items():
+        keys = dotted.split(".")
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: {k!r} is not a section")
+        node[keys[-1]] = _parse_value(text)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, str] | None = None) -> JobConfig:
+    """Read a TOML job file (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    source = str(path) if path else "defaults"
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"{p}: no such config file; see configs/quickstart.toml for an example")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: not valid TOML ({e})") from e
+    data = apply_overrides(data, overrides or {})
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from None
+
+
+def dump_toml(cfg: JobConfig) -> str:
+    """The resolved config as TOML (None values are left out, as TOML has no null)."""
+    lines = []
+    for section, values in cfg.model_dump().items():
+        lines.append(f"[{section}]")
+        for k, v in values.items():
+            if v is not None:
+                lines.append(f"{k} = {_toml_value(v)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise ConfigError(f"cannot write {v!r} to TOML")

@@ -1,0 +1,93 @@
+"""The design cursor: which simulation runs next, and which are finished (upstream end of the stream).
+
+Simulation ``i`` has a fixed parameter vector and initial-condition key derived from the seed, so
+re-running it (after a worker died, or on resume) reproduces exactly the same fields, and the
+buffer's (simulation id, step) de-duplication makes delivery exactly-once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+from solvers import Solver
+
+BLOCK = 1024  # parameters are drawn in blocks of this many simulations (LHS/Sobol need a block size)
+
+
+@dataclass(frozen=True)
+class Task:
+    """Simulations a worker runs together: ids ``(b,)``, parameters ``(b, P)`` and IC seeds ``(b,)``."""
+
+    sim_ids: np.ndarray
+    params: np.ndarray
+    ic_seeds: np.ndarray
+
+
+class DesignCursor:
+    """Hands out tasks of ``sims_per_task`` simulations, ``n_sims`` in all (0 = unlimited).
+
+    ``requeue(task)`` puts a failed task's unfinished simulations back at the front.
+    """
+
+    def __init__(
+        self, solver: Solver, n_sims: int, design: str, seed: int, sims_per_task: int, first_id: int = 0
+    ) -> None:
+        self.solver, self.n_sims, self.design, self.seed = solver, n_sims, design, seed
+        self.sims_per_task = sims_per_task
+        self.first_id = first_id
+        self.next_id = first_id
+        self.pending: list[int] = []  # requeued ids, served first
+        self.done: set[int] = set()
+        self._blocks: dict[int, np.ndarray] = {}
+
+    def params_of(self, sim_ids: np.ndarray) -> np.ndarray:
+        """Parameter vectors ``(b, P)`` of simulations ``sim_ids``."""
+        out = []
+        for i in np.asarray(sim_ids).tolist():
+            b = (i - self.first_id) // BLOCK
+            if b not in self._blocks:
+                key = jax.random.fold_in(jax.random.key(self.seed), b)
+                self._blocks[b] = self.solver.sample_params(key, BLOCK, self.design)
+            out.append(self._blocks[b][(i - self.first_id) % BLOCK])
+        return np.stack(out) if out else np.zeros((0, len(self.solver.param_space)))
+
+    def ic_seeds_of(self, sim_ids: np.ndarray) -> np.ndarray:
+        return (np.asarray(sim_ids, np.int64) * 7919 + self.seed) % (2**31 - 1)
+
+    def exhausted(self) -> bool:
+        return not self.pending and self.n_sims > 0 and self.next_id >= self.first_id + self.n_sims
+
+    def next_task(self) -> Task | None:
+        """The next task, or None when the design is exhausted."""
+        ids = self.pending[: self.sims_per_task]
+        self.pending = self.pending[len(ids) :]
+        while len(ids) < self.sims_per_task and not (self.n_sims > 0 and self.next_id >= self.first_id + self.n_sims):
+            ids.append(self.next_id)
+            self.next_id += 1
+        if not ids:
+            return None
+        arr = np.asarray(ids, np.int64)
+        return Task(arr, self.params_of(arr), self.ic_seeds_of(arr))
+
+    def mark_done(self, sim_ids: np.ndarray) -> None:
+        self.done.update(int(i) for i in np.asarray(sim_ids).tolist())
+
+    def requeue(self, task: Task) -> None:
+        """Put the unfinished simulations of ``task`` back at the front of the queue."""
+        left = [int(i) for i in task.sim_ids.tolist() if int(i) not in self.done]
+        self.pending = left + [i for i in self.pending if i not in left]
+
+    def state_dict(self, in_flight: list[Task] | None = None) -> dict:
+        """Cursor position; simulations issued but unfinished (``in_flight``) are re-run after a resume."""
+        pending = list(self.pending)
+        for t in in_flight or []:
+            pending += [int(i) for i in t.sim_ids.tolist() if int(i) not in self.done and int(i) not in pending]
+        return {"next_id": self.next_id, "pending": sorted(pending), "done": sorted(self.done)}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.next_id = int(d["next_id"])
+        self.pending = [int(i) for i in d["pending"]]
+        self.done = {int(i) for i in d["done"]}

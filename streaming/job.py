@@ -1,0 +1,157 @@
+"""A training job: builds solver, model, buffer, source and trainer from a :class:`JobConfig` and runs it.
+
+Run directory (one per ``pdestream train``): ``config.resolved.toml``, ``metrics.jsonl``,
+``tensorboard/``, ``checkpoints/`` (Orbax), ``surrogate/`` (best model by validation, loadable with
+``Surrogate.load``), ``summary.json``. Nothing else is written; never a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from solvers import Solver, get_solver
+from streaming.buffers import make_buffer
+from streaming.checkpoint import Checkpoints
+from streaming.config import ConfigError, JobConfig, dump_toml, load_config
+from streaming.design import DesignCursor
+from streaming.metrics import MetricsLog
+from streaming.optim import make_optimizer
+from streaming.samples import SampleSpec
+from streaming.sources import LocalSource, Source
+from streaming.trainer import Trainer, Validation
+from streaming.worker import SolverWorker
+from surrogates import get_model
+from surrogates.normalizer import Normalizer
+from surrogates.surrogate import SurrogateMetadata
+
+VALIDATION_FIRST_ID = 2**30  # validation simulations get ids far from the training ones
+
+
+def sample_spec(cfg: JobConfig, solver: Solver) -> SampleSpec:
+    s = cfg.sample
+    return SampleSpec(s.kind, s.window, s.horizon, s.condition_on_params, solver.dt * cfg.solver.every)
+
+
+def worker_args(cfg: JobConfig, spec: SampleSpec) -> dict[str, Any]:
+    """Constructor arguments of :class:`SolverWorker` for this job (the same on every backend)."""
+    return {"name": cfg.solver.name, "config": dict(cfg.solver.config), "steps": cfg.solver.steps,
+            "every": cfg.solver.every, "chunk_frames": cfg.workers.chunk_frames, "lookback": spec.lookback,
+            "lookahead": spec.lookahead}
+
+
+def build_solver(cfg: JobConfig) -> Solver:
+    return get_solver(cfg.solver.name, **cfg.solver.config)
+
+
+def build_model(cfg: JobConfig, solver: Solver, spec: SampleSpec) -> tuple[nnx.Module, SurrogateMetadata]:
+    n_fields = len(solver.channels)
+    cin, cout = spec.channels(n_fields)
+    cond_names = solver.param_space.names if spec.condition_on_params else ()
+    meta = SurrogateMetadata(kind=spec.kind, solver=solver.name, grid=solver.grid, dt=spec.frame_dt,
+                             channels=solver.channels, cond_names=cond_names, time_in_cond=spec.time_in_cond,
+                             window=spec.window if spec.kind != "field" else 1, horizon=spec.lookahead)
+    hparams = dict(cfg.model.hparams)
+    if cfg.model.name == "mlp":
+        hparams.setdefault("grid", list(solver.grid))
+    model = get_model(cfg.model.name, in_channels=max(cin, 1),  # the MLP reads no fields; 1 keeps the contract
+                      out_channels=cout, ndim=len(solver.grid), cond_dim=meta.cond_dim,
+                      rngs=nnx.Rngs(cfg.optim.seed), **hparams)
+    return model, meta
+
+
+def build_validation(cfg: JobConfig, solver: Solver) -> Validation:
+    cursor = DesignCursor(solver, cfg.validation.n_sims, "uniform", cfg.validation.seed, cfg.validation.n_sims,
+                          first_id=VALIDATION_FIRST_ID)
+    task = cursor.next_task()
+    keys = jax.vmap(jax.random.key)(np.asarray(task.ic_seeds, np.uint32))
+    frames = np.asarray(solver.rollout(keys, task.params, cfg.solver.steps, cfg.solver.every), np.float32)
+    if not np.isfinite(frames).all():
+        raise ConfigError("validation simulations produced NaN/Inf; reduce solver dt or the parameter range")
+    return Validation(frames, task.params, cfg.validation.rollout_steps)
+
+
+def make_source(cfg: JobConfig, cursor: DesignCursor, args: dict, comm: Any = None) -> Source:
+    w = cfg.workers
+    if w.backend == "local":
+        return LocalSource(cursor, SolverWorker(**args))
+    if w.backend == "ray":
+        from streaming.ray_source import RaySource
+
+        return RaySource(cursor, args, w.count, w.max_inflight, w.max_failures, w.address, w.device, w.gpu_fraction)
+    from streaming.mpi_source import MPISource, mpi_world
+
+    return MPISource(cursor, comm if comm is not None else mpi_world(), w.max_inflight)
+
+
+def new_run_dir(cfg: JobConfig) -> Path:
+    name = cfg.logging.name or f"{cfg.solver.name}-{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.logging.run_dir) / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"run directory {run_dir} exists; pick another logging.name or resume it with --resume")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm: Any = None) -> dict:
+    """Train online as ``cfg`` says (or continue the run in ``resume``); returns the summary."""
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.resolved.toml").exists():
+            raise ConfigError(f"--resume {run_dir}: not a run directory (no config.resolved.toml)")
+        cfg = load_config(run_dir / "config.resolved.toml")
+    else:
+        assert cfg is not None
+        run_dir = new_run_dir(cfg)
+        (run_dir / "config.resolved.toml").write_text(dump_toml(cfg))
+    solver = build_solver(cfg)
+    spec = sample_spec(cfg, solver)
+    model, meta = build_model(cfg, solver, spec)
+    tx, schedule = make_optimizer(cfg.optim)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    b = cfg.buffer
+    if b.kind != "reservoir" and cfg.workers.chunk_frames > b.capacity:
+        raise ConfigError(f"workers.chunk_frames={cfg.workers.chunk_frames} exceeds buffer.capacity={b.capacity}")
+    buffer = make_buffer(b.kind, capacity=b.capacity, watermark=b.watermark, max_reuse=b.max_reuse, seed=cfg.optim.seed)
+    normalizer = Normalizer(len(solver.channels), len(solver.grid), meta.cond_dim)
+    validation = build_validation(cfg, solver)
+    cursor = DesignCursor(solver, cfg.solver.n_sims, cfg.solver.design, cfg.solver.seed, cfg.workers.sims_per_task)
+    checkpoints = Checkpoints(run_dir, cfg.checkpoint.keep)
+    restored = None
+    if resume is not None and checkpoints.latest_step() is not None:
+        train_target = nnx.to_pure_dict(nnx.split((model, optimizer))[1])
+        restored = checkpoints.restore(train_target)
+        _, tree, meta_ckpt = restored
+        buffer.load_state_dict(tree["buffer"])
+        normalizer = Normalizer.from_state_dict(tree["normalizer"])
+        cursor.load_state_dict(meta_ckpt["cursor"])
+    args = worker_args(cfg, spec)
+    metrics = MetricsLog(run_dir, cfg.logging.tensorboard)
+    source = make_source(cfg, cursor, args, comm)
+    trainer = Trainer(cfg=cfg, spec=spec, model=model, optimizer=optimizer, schedule=schedule, buffer=buffer,
+                      normalizer=normalizer, metadata=meta, validation=validation, run_dir=run_dir, metrics=metrics,
+                      checkpoints=checkpoints, mode="sync" if cfg.workers.backend == "local" else "background",
+                      cursor_state=lambda: cursor.state_dict(source.in_flight()))
+    if restored is not None:
+        trainer.restore(restored[0], restored[2])
+    interrupted = None
+    try:
+        summary = trainer.run(source)
+    except KeyboardInterrupt as e:
+        summary = e.args[0] if e.args and isinstance(e.args[0], dict) else trainer.summary(0.0, True)
+        interrupted = e
+    finally:
+        source.close()
+        metrics.close()
+        checkpoints.close()
+    summary["run_dir"] = str(run_dir)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    if interrupted is not None:
+        raise KeyboardInterrupt(summary)
+    return summary

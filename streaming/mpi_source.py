@@ -1,0 +1,163 @@
+"""MPI transport: rank 0 trains, every other rank runs a solver worker.
+
+Launch either way (both put the trainer on rank 0 of ``MPI.COMM_WORLD``):
+
+- ``mpiexec -n 1 pdestream train cfg.toml --backend mpi : -n 8 pdestream worker cfg.toml`` (MPMD);
+- ``mpiexec -n 9 pdestream train cfg.toml --backend mpi`` (ranks > 0 of ``train`` become workers).
+
+``COMM_WORLD`` is split into a trainer group and a worker group (``split_roles``), so that the
+trainer side can give its own communicator to ``jax.distributed`` without counting solver ranks.
+
+Protocol (worker -> trainer unless noted), with tags:
+
+- ``TASK`` (trainer -> worker): a pickled :class:`~streaming.design.Task`, or None to stop;
+- ``HEADER``: a small pickled dict: a chunk's wire header, a simulation report, or ``task_done``/``bye``;
+- ``DATA``: the chunk's fields as a raw float32 buffer (uppercase ``Isend``/``Recv``, no pickling);
+- ``CREDIT`` (trainer -> worker): flow control. A worker starts with ``max_inflight`` credits and
+  spends one per chunk; the trainer returns the credit once the chunk is in the buffer, so a
+  slow trainer stops the workers rather than filling memory. A credit of -1 asks the worker to
+  abandon its task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from streaming.chunk import Chunk
+from streaming.design import DesignCursor, Task
+from streaming.sources import Message
+from streaming.worker import SimReport, SolverWorker
+
+TASK, HEADER, DATA, CREDIT = 11, 12, 13, 14
+TRAINER = 0
+
+
+def mpi_world() -> Any:
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def split_roles(comm: Any) -> Any:
+    """Split ``comm`` into the trainer group (rank 0) and the worker group; returns this rank's group."""
+    return comm.Split(0 if comm.Get_rank() == TRAINER else 1, comm.Get_rank())
+
+
+class MPISource:
+    """Trainer side: hands tasks to the worker ranks and yields what they send."""
+
+    def __init__(self, cursor: DesignCursor, comm: Any, max_inflight: int) -> None:
+        from mpi4py import MPI
+
+        self._mpi = MPI
+        self.cursor, self.comm = cursor, comm
+        self.max_inflight = max_inflight
+        self.workers = list(range(1, comm.Get_size()))
+        if not self.workers:
+            raise ValueError("--backend mpi needs worker ranks: launch with mpiexec -n 1+W (W >= 1 workers)")
+        self._tasks: dict[int, Task | None] = {}
+        self._closing = False
+        self._alive = set(self.workers)
+        self.bytes_received = 0
+
+    def _assign(self, rank: int) -> None:
+        task = None if self._closing else self.cursor.next_task()
+        self._tasks[rank] = task
+        self.comm.send(task, dest=rank, tag=TASK)
+
+    def _receive(self) -> tuple[int, dict, np.ndarray | None]:
+        status = self._mpi.Status()
+        header = self.comm.recv(source=self._mpi.ANY_SOURCE, tag=HEADER, status=status)
+        src = status.Get_source()
+        data = None
+        if header["type"] == "chunk":
+            data = np.empty(header["shape"], dtype=np.float32)
+            self.comm.Recv([data, self._mpi.FLOAT], source=src, tag=DATA)
+            self.bytes_received += data.nbytes
+        return src, header, data
+
+    def __iter__(self) -> Iterator[Message]:
+        for rank in self.workers:
+            self.comm.send({"max_inflight": self.max_inflight}, dest=rank, tag=TASK)
+            self._assign(rank)
+        while self._alive:
+            src, header, data = self._receive()
+            kind = header["type"]
+            if kind == "chunk":
+                chunk = Chunk.from_wire(header["wire"], data)
+                if not self._closing:
+                    yield chunk
+                self.comm.send(1, dest=src, tag=CREDIT)
+            elif kind == "report":
+                report = SimReport(header["sim_id"], header["status"], header["message"])
+                if report.status == "done" or report.status == "nan":
+                    self.cursor.mark_done([report.sim_id])
+                if not self._closing:
+                    yield report
+            elif kind == "task_done":
+                self._assign(src)
+            elif kind == "bye":
+                self._alive.discard(src)
+
+    def in_flight(self) -> list[Task]:
+        return [t for t in self._tasks.values() if t is not None]
+
+    def close(self) -> None:
+        """Stop the workers: abandon running tasks, answer every ``task_done`` with None, wait for ``bye``."""
+        if self._closing or not self._alive:
+            return
+        self._closing = True
+        for rank in self._alive:
+            self.comm.send(-1, dest=rank, tag=CREDIT)
+        for _ in self:  # drain until every worker said bye
+            pass
+
+
+def run_worker(comm: Any, worker: SolverWorker) -> None:
+    """Worker rank main loop: receive tasks from rank 0, stream their messages back with credits."""
+    from mpi4py import MPI
+
+    hello = comm.recv(source=TRAINER, tag=TASK)
+    credits = int(hello["max_inflight"])
+    pending: list[Any] = []
+    stop = False
+
+    def take_credits(block: bool) -> None:
+        nonlocal credits, stop
+        while block or comm.Iprobe(source=TRAINER, tag=CREDIT):
+            value = comm.recv(source=TRAINER, tag=CREDIT)
+            if value < 0:
+                stop = True
+                return
+            credits += value
+            block = False
+
+    while True:
+        task = comm.recv(source=TRAINER, tag=TASK)
+        if task is None:
+            break
+        for msg in worker.run(task):
+            take_credits(block=False)
+            if stop:
+                break
+            if isinstance(msg, SimReport):
+                comm.send({"type": "report", "sim_id": msg.sim_id, "status": msg.status, "message": msg.message},
+                          dest=TRAINER, tag=HEADER)
+                continue
+            while credits <= 0 and not stop:
+                take_credits(block=True)
+            if stop:
+                break
+            header, fields = msg.to_wire()
+            comm.send({"type": "chunk", "wire": header, "shape": fields.shape}, dest=TRAINER, tag=HEADER)
+            pending.append((comm.Isend([np.ascontiguousarray(fields, np.float32), MPI.FLOAT], dest=TRAINER,
+                                       tag=DATA), fields))
+            credits -= 1
+            pending = [(r, f) for r, f in pending if not r.Test()]
+        MPI.Request.Waitall([r for r, _ in pending])
+        pending = []
+        comm.send({"type": "task_done"}, dest=TRAINER, tag=HEADER)
+    comm.send({"type": "bye"}, dest=TRAINER, tag=HEADER)

@@ -1,0 +1,161 @@
+"""Ray transport: solver workers are Ray actors whose ``run`` is a streaming generator of messages.
+
+- With no address a local Ray cluster starts on this machine (``ray.init``); ``address`` joins one.
+- Each actor runs one task at a time; its generator is created with Ray's generator backpressure
+  (at most ``max_inflight`` chunks generated and not yet consumed), so when training is slower
+  than generation the actors pause and memory stays flat.
+- ``ray.wait`` multiplexes the actors' generators.
+- A dead actor (SIGKILL, OOM) is restarted by Ray (``max_restarts``); its task's unfinished
+  simulations go back to the design cursor and are re-run in full; the buffer's (sim id, step)
+  de-duplication drops what had already arrived. After ``max_failures`` failures the job stops
+  with :class:`~streaming.errors.JobFailed`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
+
+from streaming.design import DesignCursor, Task
+from streaming.errors import JobFailed
+from streaming.sources import Message
+from streaming.worker import SimReport, SolverWorker
+
+_ACTOR_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError)
+
+
+class _RayWorker:
+    """Actor body: a :class:`SolverWorker` whose ``run`` streams messages."""
+
+    def __init__(self, worker_args: dict[str, Any]) -> None:
+        self.worker = SolverWorker(**worker_args)
+
+    def run(self, task: Task) -> Iterator[Message]:
+        yield from self.worker.run(task)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def worker_env(device: str, gpu_fraction: float) -> dict[str, str]:
+    """Environment of a worker process: CPU-only JAX, or a capped share of a GPU next to the trainer."""
+    if device == "gpu":
+        return {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "XLA_CLIENT_MEM_FRACTION": f"{gpu_fraction:.3f}",
+                "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{gpu_fraction:.3f}"}
+    return {"JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def ensure_ray(address: str | None, n_workers: int) -> bool:
+    """Connect to Ray (a local cluster if ``address`` is None); True if this call started it."""
+    if ray.is_initialized():
+        return False
+    if address is None:
+        ray.init(num_cpus=max(os.cpu_count() or 1, n_workers), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+    return True
+
+
+class RaySource:
+    """Multiplexes ``count`` Ray actors into one stream of messages."""
+
+    def __init__(self, cursor: DesignCursor, worker_args: dict[str, Any], count: int, max_inflight: int,
+                 max_failures: int, address: str | None = None, device: str = "cpu",
+                 gpu_fraction: float = 0.1) -> None:
+        self.cursor = cursor
+        self.max_inflight, self.max_failures = max_inflight, max_failures
+        self.failures = 0
+        self._started_ray = ensure_ray(address, count)
+        options: dict[str, Any] = {
+            "max_restarts": max(max_failures, 1),
+            "max_task_retries": 0,
+            "max_concurrency": 2,  # one task streams while control calls (pid) are answered
+            "num_cpus": 1 if device == "cpu" else 0,
+            "runtime_env": {"env_vars": worker_env(device, gpu_fraction)},
+        }
+        if device == "gpu":
+            options["num_gpus"] = gpu_fraction
+        actor_cls = ray.remote(_RayWorker)
+        self.actors = [actor_cls.options(**options).remote(worker_args) for _ in range(count)]
+        self._active: dict[Any, tuple[int, Task]] = {}
+        self._closed = False
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the actors (for fault-injection tests)."""
+        return ray.get([a.pid.remote() for a in self.actors])
+
+    def _start(self, idx: int) -> None:
+        task = self.cursor.next_task()
+        if task is None:
+            return
+        gen = self.actors[idx].run.options(_generator_backpressure_num_objects=self.max_inflight).remote(task)
+        self._active[gen] = (idx, task)
+
+    def _failed(self, gen: Any, err: BaseException) -> None:
+        idx, task = self._active.pop(gen)
+        self.failures += 1
+        if self.failures > self.max_failures:
+            raise JobFailed(
+                f"solver workers failed {self.failures} times (last: {type(err).__name__}: {str(err)[:200]}); "
+                "check the worker logs under /tmp/ray/session_latest/logs or raise workers.max_failures"
+            ) from err
+        self.cursor.requeue(task)
+        self._wait_alive(idx)
+        self._start(idx)
+
+    def _wait_alive(self, idx: int, timeout: float = 300.0) -> None:
+        """Block until Ray has restarted actor ``idx`` (it answers a call again)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                ray.get(self.actors[idx].pid.remote(), timeout=10)
+                return
+            except ActorDiedError as e:
+                raise JobFailed(f"solver worker {idx} died for good ({str(e)[:200]}); check the worker logs") from e
+            except (ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                time.sleep(0.5)
+        raise JobFailed(f"solver worker {idx} did not come back within {timeout:.0f} s after a failure")
+
+    def __iter__(self) -> Iterator[Message]:
+        for idx in range(len(self.actors)):
+            self._start(idx)
+        while self._active and not self._closed:
+            ready, _ = ray.wait(list(self._active), num_returns=1, timeout=1.0)
+            if not ready:
+                continue
+            gen = ready[0]
+            try:
+                ref = next(gen)
+            except StopIteration:
+                idx, _ = self._active.pop(gen)
+                self._start(idx)
+                continue
+            except _ACTOR_ERRORS as e:
+                self._failed(gen, e)
+                continue
+            try:
+                msg = ray.get(ref)
+            except _ACTOR_ERRORS as e:
+                self._failed(gen, e)
+                continue
+            if isinstance(msg, SimReport):
+                self.cursor.mark_done([msg.sim_id])
+            yield msg
+
+    def in_flight(self) -> list[Task]:
+        return [task for _, task in self._active.values()]
+
+    def close(self) -> None:
+        self._closed = True
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self._active.clear()
+        if self._started_ray:
+            time.sleep(0.1)
+            ray.shutdown()

@@ -1,0 +1,390 @@
+"""The online trainer: messages in, gradient steps out.
+
+The trainer consumes an iterable of messages (chunks and simulation reports) and knows nothing of
+the transport behind it. Two ingestion modes:
+
+- ``background`` (Ray, MPI): a receiver thread cuts chunks into samples and puts them into the
+  buffer (waiting for room when the buffer blocks producers), while a prefetch thread draws
+  batches and ``device_put`` s them ahead of the train step (double buffering), so the device
+  does not wait on the host.
+- ``sync`` (local backend): before each step the trainer pulls messages until a batch's worth of
+  new samples entered the buffer; no threads, so a run and its resume are reproducible step for
+  step.
+
+The normaliser is fitted on the first ``watermark`` samples and frozen. Every
+``validation.interval`` steps the model is scored on held-out simulations (one-step and rollout
+relative L2, physical units); the best one is exported as a :class:`~surrogates.Surrogate` to
+``run_dir/surrogate``. Checkpoints hold the train state, buffer, normaliser and design cursor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from streaming.buffers import Buffer
+from streaming.checkpoint import Checkpoints
+from streaming.chunk import Chunk
+from streaming.metrics import MetricsLog
+from streaming.progress import progress_bar
+from streaming.samples import SampleSpec, cut
+from streaming.worker import SimReport
+from surrogates.surrogate import Surrogate
+from surrogates.normalizer import Normalizer
+from surrogates.training import make_train_step
+
+
+class StreamEnded(RuntimeError):
+    """The stream ended before the buffer reached its watermark."""
+
+
+@dataclass
+class Validation:
+    """Held-out simulations: frames ``(S, T, C, *grid)`` and parameters ``(S, P)``."""
+
+    frames: np.ndarray
+    params: np.ndarray
+    rollout_steps: int
+
+    def score(self, sur: Surrogate, spec: SampleSpec) -> dict[str, float]:
+        """One-step and rollout relative L2 (mean over samples / frames), physical units."""
+        s, t_len = self.frames.shape[:2]
+        cond = self.params.astype(np.float32) if spec.condition_on_params else None
+        rel = lambda p, y: np.linalg.norm((p - y).reshape(len(p), -1), axis=1) / np.maximum(  # noqa: E731
+            np.linalg.norm(y.reshape(len(y), -1), axis=1), 1e-12)
+        if spec.kind == "field":
+            pred = np.asarray(sur.rollout(None, t_len - 1, cond=cond, t0=0.0))  # (S, T, C, *grid)
+            err = rel(pred.reshape(-1, *pred.shape[2:]), self.frames.reshape(-1, *pred.shape[2:]))
+            return {"val_one_step_rel_l2": float(err.mean()), "val_rollout_rel_l2": float(err.mean())}
+        w = spec.window
+        one = []
+        for j in range(w, t_len - spec.lookahead + 1):
+            win = self.frames[:, j - w : j]
+            pred = np.asarray(sur.step(win if w > 1 else win[:, 0], cond=cond, t=(j - 1) * spec.frame_dt))
+            truth = self.frames[:, j : j + spec.lookahead] if spec.kind == "bundle" else self.frames[:, j]
+            one.append(rel(pred, truth))
+        n_roll = min(self.rollout_steps, t_len - w)
+        start = self.frames[:, :w]
+        roll = np.asarray(sur.rollout(start if w > 1 else start[:, 0], n_roll, cond=cond, t0=(w - 1) * spec.frame_dt))
+        truth = self.frames[:, w - 1 : w + n_roll]
+        r = [rel(roll[:, i], truth[:, i]) for i in range(1, n_roll + 1)]
+        return {"val_one_step_rel_l2": float(np.mean(one)), "val_rollout_rel_l2": float(np.mean(r))}
+
+
+@dataclass
+class Counters:
+    chunks: int = 0
+    samples_in: int = 0
+    samples_new: int = 0
+    bytes_in: int = 0
+    sims_done: int = 0
+    sims_dropped: int = 0
+    dropped_messages: list[str] = field(default_factory=list)
+
+
+class Trainer:
+    """Runs ``optim.steps`` gradient steps on samples streamed through ``buffer``."""
+
+    def __init__(self, *, cfg: Any, spec: SampleSpec, model: nnx.Module, optimizer: nnx.Optimizer,
+                 schedule: Any, buffer: Buffer, normalizer: Normalizer, metadata: Any, validation: Validation,
+                 run_dir: Path, metrics: MetricsLog, checkpoints: Checkpoints, mode: str,
+                 cursor_state: Callable[[], dict]) -> None:
+        self.cfg, self.spec, self.model, self.optimizer = cfg, spec, model, optimizer
+        self.schedule, self.buffer, self.normalizer, self.metadata = schedule, buffer, normalizer, metadata
+        self.validation, self.run_dir, self.metrics, self.checkpoints = validation, run_dir, metrics, checkpoints
+        self.mode, self.cursor_state = mode, cursor_state
+        self.step = 0
+        self.best_val = float("inf")
+        self.history: list[dict] = []
+        self.counters = Counters()
+        self.train_step = make_train_step(model, optimizer, loss=cfg.optim.loss, pushforward=cfg.optim.pushforward)
+        self.surrogate: Surrogate | None = None
+        self._encode = None
+        self._norm_samples = 0
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._source_done = threading.Event()
+        self._norm_ready = threading.Event()
+        devices = jax.local_devices()
+        self.mesh = Mesh(np.array(devices), ("data",))
+        if cfg.optim.batch_size % len(devices):
+            raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must be a multiple of the "
+                             f"{len(devices)} local devices (data parallelism)")
+        self._batch_sharding = NamedSharding(self.mesh, P("data"))
+        if len(devices) > 1:  # parameters replicated on every device
+            self.train_step._state = jax.device_put(self.train_step._state, NamedSharding(self.mesh, P()))
+        if normalizer.frozen:
+            self._on_normalizer_frozen()
+
+    # ------------------------------------------------------------------ samples in
+    def _ingest(self, msg: Chunk | SimReport) -> int:
+        """Put one message into the buffer; returns the number of new samples."""
+        c = self.counters
+        if isinstance(msg, SimReport):
+            if msg.status == "done":
+                c.sims_done += 1
+            else:
+                c.sims_dropped += 1
+                c.dropped_messages.append(msg.message)
+            return 0
+        keys, samples = cut(msg, self.spec)
+        c.chunks += 1
+        c.bytes_in += msg.nbytes
+        c.samples_in += len(keys)
+        if not len(keys):
+            return 0
+        if not self.normalizer.frozen:
+            self._fit_normalizer(samples)
+        if self.buffer.blocks_producers:
+            while not self.buffer.wait_for_room(len(keys), timeout=0.5):
+                if self._stop.is_set():
+                    return 0
+        new = int(self.buffer.put_many(keys, samples).sum())
+        c.samples_new += new
+        return new
+
+    def _fit_normalizer(self, samples: dict[str, np.ndarray]) -> None:
+        y = samples["y"]
+        frames = y.reshape(-1, len(self.metadata.channels), *y.shape[2:])
+        cond = []
+        if "cond" in samples:
+            cond.append(samples["cond"])
+        if self.spec.time_in_cond:
+            cond.append(samples["t"][:, None])
+        self.normalizer.update(frames, np.concatenate(cond, 1) if cond else None)
+        self._norm_samples += len(y)
+        if self._norm_samples >= self.cfg.buffer.watermark:
+            self.normalizer.freeze()
+            self._on_normalizer_frozen()
+
+    def _on_normalizer_frozen(self) -> None:
+        self.surrogate = Surrogate.from_model(self.model, self.normalizer, self.metadata)
+        sur, spec, c = self.surrogate, self.spec, len(self.metadata.channels)
+
+        def encode(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+            b = batch["y"].shape[0]
+            grid = batch["y"].shape[2:]
+            x = None if spec.kind == "field" else batch["x"].reshape(b, spec.window, c, *grid)
+            y = batch["y"].reshape(b, spec.lookahead, c, *grid)
+            return sur.encode_batch(x, y, batch.get("cond"), batch["t"])
+
+        self._encode = jax.jit(encode)
+        self._norm_ready.set()
+
+    def _receiver(self, source: Iterable) -> None:
+        try:
+            for msg in source:
+                self._ingest(msg)
+                if self._stop.is_set():
+                    break
+        except BaseException as e:  # handed to the train loop, which re-raises it
+            self._error = e
+        finally:
+            self._source_done.set()
+            if self.buffer.kind != "reservoir" and not self._stop.is_set():
+                self.buffer.end_reception()
+            with self.buffer._cond:
+                self.buffer._cond.notify_all()
+
+    # ------------------------------------------------------------------ batches out
+    def _draw(self) -> dict[str, np.ndarray] | None:
+        """A batch from the buffer, or None when the stream and the buffer are exhausted."""
+        b = self.cfg.optim.batch_size
+        while True:
+            got = self.buffer.sample_batch(b)
+            if got is not None:
+                return got[1]
+            if self._error is not None or self._stop.is_set():
+                return None
+            if self.buffer.is_exhausted(b) or (self._source_done.is_set() and len(self.buffer) < b):
+                return None
+            self.buffer.wait_for_batch(b, timeout=0.5)
+
+    def _prefetcher(self, out: queue.Queue) -> None:
+        try:
+            while not self._stop.is_set():
+                batch = self._draw()
+                if batch is None:
+                    break
+                dev = jax.device_put(batch, self._batch_sharding)
+                while not self._stop.is_set():
+                    try:
+                        out.put(dev, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as e:
+            self._error = e
+        finally:
+            with contextlib.suppress(queue.Full):
+                out.put(None, timeout=5)
+
+    def _batches(self, source: Iterable) -> Iterator[dict]:
+        if self.mode == "sync":
+            it = iter(source)
+            done = False
+
+            def pull(n_new: int) -> None:
+                nonlocal done
+                got = 0
+                while not done and got < n_new:
+                    try:
+                        got += self._ingest(next(it))
+                    except StopIteration:
+                        done = True
+                        self._source_done.set()
+                        if self.buffer.kind != "reservoir":
+                            self.buffer.end_reception()
+
+            while not done and not (self.buffer.ready() and self._norm_ready.is_set()):
+                pull(1)
+            self._check_ready()
+            while True:
+                batch = self.buffer.sample_batch(self.cfg.optim.batch_size)
+                if batch is None:
+                    return
+                yield jax.device_put(batch[1], self._batch_sharding)
+                pull(self.cfg.optim.batch_size)
+        else:
+            threading.Thread(target=self._receiver, args=(source,), daemon=True, name="receiver").start()
+            while not (self._norm_ready.is_set() and self.buffer.ready()):
+                if self._error is not None:
+                    raise self._error
+                if self._source_done.is_set():
+                    break
+                time.sleep(0.05)
+            self._check_ready()
+            q: queue.Queue = queue.Queue(maxsize=2)
+            threading.Thread(target=self._prefetcher, args=(q,), daemon=True, name="prefetch").start()
+            while (batch := q.get()) is not None:
+                yield batch
+            if self._error is not None:
+                raise self._error
+
+    def _check_ready(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if not (self.buffer.ready() and self._norm_ready.is_set()):
+            raise StreamEnded(
+                f"the stream ended with {len(self.buffer)} samples in the buffer, below buffer.watermark="
+                f"{self.buffer.watermark}; raise solver.n_sims or solver.steps, or lower buffer.watermark"
+            )
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, source: Iterable) -> dict:
+        cfg = self.cfg
+        total = cfg.optim.steps
+        t0 = time.time()
+        last_t, last_step, last_samples = t0, self.step, 0
+        losses: list[jax.Array] = []
+        extra = "loss {task.fields[loss]} val {task.fields[val]} | {task.fields[rate]}"
+        interrupted = False
+        try:
+            with progress_bar("train", total=total, enabled=cfg.logging.progress, extra=extra,
+                              fields={"loss": "-", "val": "-", "rate": ""}) as bar:
+                bar.advance(self.step)
+                for batch in self._batches(source):
+                    if self.step >= total:
+                        break
+                    losses.append(self.train_step(self._encode(batch)))
+                    self.step += 1
+                    record: dict[str, Any] = {}
+                    if self.step % cfg.logging.interval == 0 or self.step == total:
+                        now = time.time()
+                        loss = float(jnp.mean(jnp.stack(losses)))
+                        losses = []
+                        if not np.isfinite(loss):
+                            raise FloatingPointError(
+                                f"training loss is {loss} at step {self.step}; lower optim.lr or set optim.clip_norm")
+                        dt = max(now - last_t, 1e-9)
+                        stats = self.buffer.stats()
+                        record = {
+                            "loss": loss, "lr": float(self.schedule(self.step)),
+                            "samples_received_per_s": (self.counters.samples_new - last_samples) / dt,
+                            "batches_per_s": (self.step - last_step) / dt,
+                            "buffer_size": stats["size"], "put_get_balance": stats["put_get_balance"],
+                            "samples_received": self.counters.samples_new, "sims_done": self.counters.sims_done,
+                            "sims_dropped": self.counters.sims_dropped,
+                        }
+                        last_t, last_step, last_samples = now, self.step, self.counters.samples_new
+                    if self.step % cfg.validation.interval == 0 or self.step == total:
+                        record.update(self.validate())
+                    if record:
+                        self.metrics.log(self.step, record, {"seen_counts": self.buffer.seen_counts()})
+                        self.history.append({"step": self.step, **record})
+                        fill = f"buf {len(self.buffer)}/{self.buffer.capacity}"
+                        rate = f"{record.get('batches_per_s', 0):.1f} it/s {record.get('samples_received_per_s', 0):.0f} smp/s {fill}"
+                        bar.advance(0, loss=f"{record.get('loss', float('nan')):.3e}",
+                                    val=f"{self.best_val:.3e}", rate=rate)
+                    bar.advance(1)
+                    if self.step % cfg.checkpoint.interval == 0:
+                        self.save_checkpoint()
+                    if self.step >= total:
+                        break
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            self._stop.set()
+        if interrupted or self.step % cfg.checkpoint.interval:
+            self.save_checkpoint()
+        if self.best_val == float("inf"):
+            self.validate()
+        summary = self.summary(time.time() - t0, interrupted)
+        if interrupted:
+            raise KeyboardInterrupt(summary)
+        return summary
+
+    def validate(self) -> dict[str, float]:
+        assert self.surrogate is not None
+        self.surrogate.set_state(self.train_step.model_state)
+        scores = self.validation.score(self.surrogate, self.spec)
+        if scores["val_one_step_rel_l2"] < self.best_val:
+            self.best_val = scores["val_one_step_rel_l2"]
+            self.surrogate.save(self.run_dir / "surrogate", overwrite=True)
+        return scores
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_tree(self) -> tuple[Any, dict]:
+        return nnx.to_pure_dict(self.train_step._state), {
+            "buffer": self.buffer.state_dict(), "normalizer": self.normalizer.state_dict()}
+
+    def save_checkpoint(self) -> None:
+        train, tree = self.state_tree()
+        meta = {"step": self.step, "best_val": self.best_val, "cursor": self.cursor_state(),
+                "counters": {k: v for k, v in vars(self.counters).items() if k != "dropped_messages"}}
+        self.checkpoints.save(self.step, train, tree, meta)
+
+    def restore(self, train: Any, meta: dict) -> None:
+        nnx.replace_by_pure_dict(self.train_step._state, train)
+        self.train_step.sync()
+        self.train_step.resplit()
+        self.step = int(meta["step"])
+        self.best_val = float(meta["best_val"])
+        for k, v in meta.get("counters", {}).items():
+            setattr(self.counters, k, v)
+
+    def summary(self, seconds: float, interrupted: bool) -> dict:
+        c = self.counters
+        last = next((h for h in reversed(self.history) if "loss" in h), {})
+        return {
+            "steps": self.step, "seconds": round(seconds, 2), "interrupted": interrupted,
+            "final_loss": last.get("loss"), "best_val_one_step_rel_l2": self.best_val,
+            "last_val": next((h for h in reversed(self.history) if "val_one_step_rel_l2" in h), {}),
+            "chunks_received": c.chunks, "samples_received": c.samples_new, "duplicates": c.samples_in - c.samples_new,
+            "megabytes_received": round(c.bytes_in / 2**20, 2), "sims_done": c.sims_done,
+            "sims_dropped": c.sims_dropped, "dropped": c.dropped_messages[:20],
+            "buffer": self.buffer.stats(),
+        }
