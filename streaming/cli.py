@@ -10,6 +10,10 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streaming.config import JobConfig
 
 OUR_PACKAGES = ("solvers", "surrogates", "streaming", "benchmarks")
 
@@ -72,6 +76,54 @@ def cmd_show(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _job_config(args: argparse.Namespace) -> JobConfig:
+    from streaming.config import load_config
+
+    overrides = parse_set(args.set)
+    if getattr(args, "backend", None):
+        overrides["workers.backend"] = args.backend
+    if getattr(args, "address", None):
+        overrides["workers.address"] = args.address
+    return load_config(args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from streaming.job import run_job
+    from streaming.report import print_summary
+
+    if args.resume:
+        if args.config or args.set:
+            raise CliError("--resume RUN_DIR continues a run with its saved config; drop CONFIG and --set")
+        cfg = None
+    else:
+        if not args.config:
+            raise CliError("give a config file (e.g. configs/quickstart.toml) or --resume RUN_DIR")
+        cfg = _job_config(args)
+    if cfg is not None and cfg.workers.backend == "mpi":
+        from streaming.mpi_source import mpi_world, run_worker_for, split_roles
+
+        comm = mpi_world()
+        split_roles(comm)
+        if comm.Get_rank() != 0:
+            run_worker_for(cfg, comm)
+            return
+        summary = run_job(cfg, comm=comm)
+    else:
+        summary = run_job(cfg, resume=args.resume)
+    print_summary(summary)
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from streaming.mpi_source import mpi_world, run_worker_for, split_roles
+
+    cfg = _job_config(args)
+    comm = mpi_world()
+    split_roles(comm)
+    if comm.Get_rank() == 0:
+        raise CliError("`pdestream worker` runs on MPI ranks > 0; rank 0 must be `pdestream train ... --backend mpi`")
+    run_worker_for(cfg, comm)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pdestream", description="Online training of neural PDE surrogates.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,12 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sim", type=int, default=0, help="simulation index")
     p.add_argument("--frames", type=int, default=5, help="number of snapshots")
     p.add_argument("--out", required=True, help="output PNG")
+
+    p = add("train", cmd_train, "Train a surrogate online: solver workers stream into the trainer.",
+            "pdestream train configs/quickstart.toml --set optim.steps=2000")
+    p.add_argument("config", nargs="?", help="job config (TOML)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=1e-4")
+    p.add_argument("--backend", choices=["ray", "mpi", "local"], help="override workers.backend")
+    p.add_argument("--address", help="join an existing Ray cluster (default: start one on this machine)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+
+    p = add("worker", cmd_worker, "Run solver workers on MPI ranks > 0 for a `train --backend mpi` job (MPMD).",
+            "mpiexec -n 1 pdestream train cfg.toml --backend mpi : -n 4 pdestream worker cfg.toml")
+    p.add_argument("config", help="the job config (TOML), the same as the trainer's")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     return parser
 
 
 def is_user_error(exc: BaseException) -> bool:
-    """A ValueError raised by one of our packages is a user's mistake."""
-    return isinstance(exc, ValueError) and type(exc).__module__.split(".")[0] in OUR_PACKAGES
+    """A ValueError (a user's mistake) or a JobFailed raised by one of our packages gets a one-line message."""
+    from streaming.errors import JobFailed
+
+    ours = type(exc).__module__.split(".")[0] in OUR_PACKAGES
+    return ours and isinstance(exc, ValueError | JobFailed | FloatingPointError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -95,6 +95,7 @@ class WorkersSection(_Section):
     gpu_fraction: float = Field(0.1, gt=0, le=1, description="memory share of a GPU per worker if device=gpu")
     max_failures: int = Field(5, ge=0, description="worker failures tolerated before the job stops")
     address: str | None = Field(None, description="Ray cluster address; None starts a local cluster")
+    nice: int = Field(10, ge=0, le=19, description="OS priority drop of worker processes, so the trainer keeps its CPU")
 
 
 class ValidationSection(_Section):

@@ -72,9 +72,10 @@ def build_validation(cfg: JobConfig, solver: Solver) -> Validation:
     task = cursor.next_task()
     keys = jax.vmap(jax.random.key)(np.asarray(task.ic_seeds, np.uint32))
     frames = np.asarray(solver.rollout(keys, task.params, cfg.solver.steps, cfg.solver.every), np.float32)
-    if not np.isfinite(frames).all():
-        raise ConfigError("validation simulations produced NaN/Inf; reduce solver dt or the parameter range")
-    return Validation(frames, task.params, cfg.validation.rollout_steps)
+    finite = np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
+    if not finite.any():
+        raise ConfigError("every validation simulation produced NaN/Inf; reduce solver dt or the parameter range")
+    return Validation(frames[finite], task.params[finite], cfg.validation.rollout_steps)
 
 
 def make_source(cfg: JobConfig, cursor: DesignCursor, args: dict, comm: Any = None) -> Source:
@@ -84,7 +85,8 @@ def make_source(cfg: JobConfig, cursor: DesignCursor, args: dict, comm: Any = No
     if w.backend == "ray":
         from streaming.ray_source import RaySource
 
-        return RaySource(cursor, args, w.count, w.max_inflight, w.max_failures, w.address, w.device, w.gpu_fraction)
+        return RaySource(cursor, args, w.count, w.max_inflight, w.max_failures, w.address, w.device, w.gpu_fraction,
+                         w.nice)
     from streaming.mpi_source import MPISource, mpi_world
 
     return MPISource(cursor, comm if comm is not None else mpi_world(), w.max_inflight)

@@ -21,6 +21,7 @@ Protocol (worker -> trainer unless noted), with tags:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -161,3 +162,12 @@ def run_worker(comm: Any, worker: SolverWorker) -> None:
         pending = []
         comm.send({"type": "task_done"}, dest=TRAINER, tag=HEADER)
     comm.send({"type": "bye"}, dest=TRAINER, tag=HEADER)
+
+
+def run_worker_for(cfg: Any, comm: Any) -> None:
+    """Worker rank of a job: build the job's :class:`SolverWorker` and serve rank 0 until it stops us."""
+    from streaming.job import build_solver, sample_spec, worker_args
+
+    if cfg.workers.nice:
+        os.nice(cfg.workers.nice)
+    run_worker(comm, SolverWorker(**worker_args(cfg, sample_spec(cfg, build_solver(cfg)))))

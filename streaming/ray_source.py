@@ -32,7 +32,9 @@ _ACTOR_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCra
 class _RayWorker:
     """Actor body: a :class:`SolverWorker` whose ``run`` streams messages."""
 
-    def __init__(self, worker_args: dict[str, Any]) -> None:
+    def __init__(self, worker_args: dict[str, Any], nice: int) -> None:
+        if nice:
+            os.nice(nice)  # solvers yield the CPU to the trainer on a shared machine
         self.worker = SolverWorker(**worker_args)
 
     def run(self, task: Task) -> Iterator[Message]:
@@ -67,7 +69,7 @@ class RaySource:
 
     def __init__(self, cursor: DesignCursor, worker_args: dict[str, Any], count: int, max_inflight: int,
                  max_failures: int, address: str | None = None, device: str = "cpu",
-                 gpu_fraction: float = 0.1) -> None:
+                 gpu_fraction: float = 0.1, nice: int = 0) -> None:
         self.cursor = cursor
         self.max_inflight, self.max_failures = max_inflight, max_failures
         self.failures = 0
@@ -82,7 +84,7 @@ class RaySource:
         if device == "gpu":
             options["num_gpus"] = gpu_fraction
         actor_cls = ray.remote(_RayWorker)
-        self.actors = [actor_cls.options(**options).remote(worker_args) for _ in range(count)]
+        self.actors = [actor_cls.options(**options).remote(worker_args, nice) for _ in range(count)]
         self._active: dict[Any, tuple[int, Task]] = {}
         self._closed = False
 

@@ -42,8 +42,8 @@ from streaming.metrics import MetricsLog
 from streaming.progress import progress_bar
 from streaming.samples import SampleSpec, cut
 from streaming.worker import SimReport
-from surrogates.surrogate import Surrogate
 from surrogates.normalizer import Normalizer
+from surrogates.surrogate import Surrogate
 from surrogates.training import make_train_step
 
 
@@ -252,12 +252,12 @@ class Trainer:
             while not done and not (self.buffer.ready() and self._norm_ready.is_set()):
                 pull(1)
             self._check_ready()
-            while True:
+            while True:  # pull, draw, step: a checkpoint taken after a step resumes at the next pull
+                pull(self.cfg.optim.batch_size)
                 batch = self.buffer.sample_batch(self.cfg.optim.batch_size)
                 if batch is None:
                     return
                 yield jax.device_put(batch[1], self._batch_sharding)
-                pull(self.cfg.optim.batch_size)
         else:
             threading.Thread(target=self._receiver, args=(source,), daemon=True, name="receiver").start()
             while not (self._norm_ready.is_set() and self.buffer.ready()):
@@ -326,7 +326,8 @@ class Trainer:
                         self.metrics.log(self.step, record, {"seen_counts": self.buffer.seen_counts()})
                         self.history.append({"step": self.step, **record})
                         fill = f"buf {len(self.buffer)}/{self.buffer.capacity}"
-                        rate = f"{record.get('batches_per_s', 0):.1f} it/s {record.get('samples_received_per_s', 0):.0f} smp/s {fill}"
+                        rate = (f"{record.get('batches_per_s', 0):.1f} it/s "
+                                f"{record.get('samples_received_per_s', 0):.0f} smp/s {fill}")
                         bar.advance(0, loss=f"{record.get('loss', float('nan')):.3e}",
                                     val=f"{self.best_val:.3e}", rate=rate)
                     bar.advance(1)
@@ -368,8 +369,9 @@ class Trainer:
         self.checkpoints.save(self.step, train, tree, meta)
 
     def restore(self, train: Any, meta: dict) -> None:
-        nnx.replace_by_pure_dict(self.train_step._state, train)
-        self.train_step.sync()
+        state = self.train_step._state
+        nnx.replace_by_pure_dict(state, train)
+        nnx.update((self.model, self.optimizer), state)
         self.train_step.resplit()
         self.step = int(meta["step"])
         self.best_val = float(meta["best_val"])

@@ -1,14 +1,12 @@
 """`pdestream solve` / `show` / `solvers` end to end, with real HDF5 files."""
 
-from dataclasses import dataclass
-
 import h5py
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from blowup_solver import Growth
 
 from benchmarks.trajectories import TrajectoryFileError, read_trajectories
-from solvers import Param, ParamSpace, SimulationBlowUp, Solver
+from solvers import SimulationBlowUp
 from streaming.cli import main
 from streaming.solve import solve_to_file
 
@@ -50,39 +48,8 @@ def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, capsys, argv, needle
     assert not list(tmp_path.iterdir())
 
 
-@dataclass(frozen=True)
-class _GrowthConfig:
-    dt: float = 1.0
-    dtype: str = "float32"
-
-
-class _Growth(Solver):
-    """u' = a u by explicit Euler: overflows to Inf for large a (a deliberately unstable test solver)."""
-
-    name = "growth"
-    channels = ("u",)
-    param_space = ParamSpace((Param("a", 0.0, 1e6),))
-    Config = _GrowthConfig
-
-    @property
-    def grid(self):
-        return (4,)
-
-    def coords(self):
-        return {"x": np.arange(4.0)}
-
-    def initial_state(self, key, params):
-        return jnp.ones(4, self.dtype)
-
-    def step(self, state, params):
-        return state * (1 + params[0] * self.config.dt)
-
-    def fields(self, state):
-        return state[None]
-
-
 def test_blow_up_names_parameters_and_leaves_no_file(tmp_path, monkeypatch):
-    solver = _Growth()
+    solver = Growth()
     monkeypatch.setattr(solver, "sample_params", lambda key, n, design: np.array([[0.1], [1e5], [0.2]]))
     with pytest.raises(SimulationBlowUp, match=r"simulation 1 blew up .* a=100000"):
         solve_to_file(solver, 3, 20, tmp_path / "b.h5", show_progress=False)

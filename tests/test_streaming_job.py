@@ -1,0 +1,109 @@
+"""End-to-end online training on the local backend: learning, resume, NaN handling, bad configs, CLI."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from solvers import register
+from streaming.cli import main
+from streaming.config import ConfigError, load_config
+from streaming.job import run_job
+from streaming.metrics import read_metrics
+from surrogates.surrogate import Surrogate
+
+SMALL = {
+    "solver.config": "{ n = 14, dt = 0.002 }",
+    "solver.steps": "20",
+    "solver.n_sims": "0",
+    "model.hparams": "{ modes = 6, width = 12, depth = 2 }",
+    "optim.batch_size": "16",
+    "optim.lr": "3e-3",
+    "buffer.capacity": "1024",
+    "buffer.watermark": "64",
+    "workers.backend": "local",
+    "workers.chunk_frames": "5",
+    "validation.n_sims": "2",
+    "logging.progress": "false",
+    "logging.tensorboard": "false",
+}
+
+
+def small_config(tmp_path, **extra):
+    overrides = {**SMALL, "logging.run_dir": str(tmp_path), **{k.replace("__", "."): str(v) for k, v in extra.items()}}
+    return load_config("configs/quickstart.toml", overrides)
+
+
+def test_local_job_learns_and_exports_surrogate(tmp_path):
+    cfg = small_config(tmp_path, optim__steps=150, validation__interval=50, logging__interval=10,
+                       checkpoint__interval=100, logging__name="learn")
+    summary = run_job(cfg)
+    run = tmp_path / "learn"
+    records = read_metrics(run / "metrics.jsonl")
+    vals = [r["val_one_step_rel_l2"] for r in records if "val_one_step_rel_l2" in r]
+    losses = [r["loss"] for r in records if "loss" in r]
+    # the validation error at the end is at least 3x below the first validation (50 steps in)
+    assert len(vals) == 3 and vals[-1] < vals[0] / 3, vals
+    assert losses[-1] < losses[0] / 10, losses
+    assert summary["steps"] == 150 and summary["duplicates"] == 0
+    for name in ("config.resolved.toml", "summary.json", "metrics.jsonl", "checkpoints", "surrogate"):
+        assert (run / name).exists(), name
+    sur = Surrogate.load(run / "surrogate")
+    assert sur.grid == (16, 16) and sur.metadata.solver == "heat2d"
+    # the resolved config reloads to the same job
+    assert load_config(run / "config.resolved.toml") == cfg
+
+
+def test_resume_gives_the_same_next_losses(tmp_path):
+    cfg = small_config(tmp_path, optim__steps=20, checkpoint__interval=10, checkpoint__keep=3, logging__interval=1,
+                       validation__interval=100, logging__name="resume")
+    run_job(cfg)
+    run = tmp_path / "resume"
+    full = {r["step"]: r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r}
+    shutil.rmtree(run / "checkpoints" / "20")
+    (run / "metrics.jsonl").unlink()
+    summary = run_job(resume=run)
+    resumed = {r["step"]: r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r}
+    assert summary["steps"] == 20 and sorted(resumed) == list(range(11, 21))
+    np.testing.assert_allclose([resumed[s] for s in range(11, 21)], [full[s] for s in range(11, 21)], rtol=1e-6)
+
+
+def test_nan_simulations_are_dropped_and_counted(tmp_path):
+    register("growth", "blowup_solver:Growth")
+    # a log-uniform in [1e-2, 1e6]: simulations with a > 1e3 (5/8 of them) turn NaN at their first step
+    cfg = small_config(tmp_path, solver__name="growth", solver__config="{ n = 8 }", solver__n_sims=16,
+                       solver__design="lhs", model__hparams="{ modes = 4, width = 8, depth = 1 }",
+                       sample__condition_on_params="false", optim__steps=5, buffer__watermark=16,
+                       validation__n_sims=4, solver__steps=40, logging__name="nanjob", workers__sims_per_task=4,
+                       workers__chunk_frames=8)
+    summary = run_job(cfg)
+    assert summary["sims_dropped"] > 0 and summary["sims_done"] > 0
+    assert any("NaN" in m for m in summary["dropped"])
+    saved = json.loads((tmp_path / "nanjob" / "summary.json").read_text())
+    assert saved["sims_dropped"] == summary["sims_dropped"]
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        ({"optim.lrr": "1"}, "unknown key 'optim.lrr'; allowed: optimizer, lr"),
+        ({"buffer.kind": "lifo"}, "buffer.kind='lifo'"),
+        ({"buffer.watermark": "9000"}, "exceeds buffer.capacity"),
+        ({"solver.steps": "7", "solver.every": "2"}, "multiple of every"),
+        ({"optim.lr": "-1"}, "optim.lr=-1"),
+    ],
+)
+def test_bad_configs_name_the_key(overrides, needle):
+    with pytest.raises(ConfigError, match=None) as e:
+        load_config("configs/quickstart.toml", overrides)
+    assert needle in str(e.value)
+
+
+def test_cli_train_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", "configs/quickstart.toml", "--set", "model.name=transformer",
+                 "--set", f"logging.run_dir={tmp_path}", "--backend", "local"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown model 'transformer'" in err[0]
+    assert main(["train", "nosuch.toml"]) == 2
+    assert "no such config file" in capsys.readouterr().err
