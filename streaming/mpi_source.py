@@ -61,6 +61,7 @@ class MPISource:
             raise ValueError("--backend mpi needs worker ranks: launch with mpiexec -n 1+W (W >= 1 workers)")
         self._tasks: dict[int, Task | None] = {}
         self._closing = False
+        self._started = False
         self._alive = set(self.workers)
         self.bytes_received = 0
 
@@ -81,9 +82,11 @@ class MPISource:
         return src, header, data
 
     def __iter__(self) -> Iterator[Message]:
-        for rank in self.workers:
-            self.comm.send({"max_inflight": self.max_inflight}, dest=rank, tag=TASK)
-            self._assign(rank)
+        if not self._started:
+            self._started = True
+            for rank in self.workers:
+                self.comm.send({"max_inflight": self.max_inflight}, dest=rank, tag=TASK)
+                self._assign(rank)
         while self._alive:
             src, header, data = self._receive()
             kind = header["type"]
@@ -108,7 +111,7 @@ class MPISource:
 
     def close(self) -> None:
         """Stop the workers: abandon running tasks, answer every ``task_done`` with None, wait for ``bye``."""
-        if self._closing or not self._alive:
+        if self._closing or not self._alive or not self._started:
             return
         self._closing = True
         for rank in self._alive:

@@ -8,6 +8,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+import solvers  # noqa: E402, F401  (sets the project-wide JAX PRNG configuration)
+
 
 @contextlib.contextmanager
 def x64():
