@@ -27,6 +27,7 @@ class _Section(BaseModel):
 class SolverSection(_Section):
     name: str = "heat2d"
     config: dict[str, Any] = Field(default_factory=dict, description="solver config overrides")
+    fixed: dict[str, float] = Field(default_factory=dict, description="parameters held at a value, e.g. { nu = 1e-3 }")
     steps: int = Field(50, ge=1, description="solver steps per simulation")
     every: int = Field(1, ge=1, description="keep every k-th step as a frame")
     design: Literal["uniform", "lhs", "sobol"] = "lhs"

@@ -50,7 +50,10 @@ class DesignCursor:
             b = (i - self.first_id) // BLOCK
             if b not in self._blocks:
                 key = jax.random.fold_in(jax.random.key(self.seed), b)
-                self._blocks[b] = self.solver.sample_params(key, BLOCK, self.design)
+                block = self.solver.sample_params(key, BLOCK, self.design)
+                for j, v in self.fixed.items():
+                    block[:, j] = v
+                self._blocks[b] = self.solver.param_space.validate(block)
             out.append(self._blocks[b][(i - self.first_id) % BLOCK])
         return np.stack(out) if out else np.zeros((0, len(self.solver.param_space)))
 

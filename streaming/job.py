@@ -68,7 +68,7 @@ def build_model(cfg: JobConfig, solver: Solver, spec: SampleSpec) -> tuple[nnx.M
 
 def build_validation(cfg: JobConfig, solver: Solver) -> Validation:
     cursor = DesignCursor(solver, cfg.validation.n_sims, "uniform", cfg.validation.seed, cfg.validation.n_sims,
-                          first_id=VALIDATION_FIRST_ID)
+                          first_id=VALIDATION_FIRST_ID, fixed=cfg.solver.fixed)
     task = cursor.next_task()
     keys = jax.vmap(jax.random.key)(np.asarray(task.ic_seeds, np.uint32))
     frames = np.asarray(solver.rollout(keys, task.params, cfg.solver.steps, cfg.solver.every), np.float32)
@@ -123,7 +123,8 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
     buffer = make_buffer(b.kind, capacity=b.capacity, watermark=b.watermark, max_reuse=b.max_reuse, seed=cfg.optim.seed)
     normalizer = Normalizer(len(solver.channels), len(solver.grid), meta.cond_dim)
     validation = build_validation(cfg, solver)
-    cursor = DesignCursor(solver, cfg.solver.n_sims, cfg.solver.design, cfg.solver.seed, cfg.workers.sims_per_task)
+    cursor = DesignCursor(solver, cfg.solver.n_sims, cfg.solver.design, cfg.solver.seed, cfg.workers.sims_per_task,
+                          fixed=cfg.solver.fixed)
     checkpoints = Checkpoints(run_dir, cfg.checkpoint.keep)
     restored = None
     if resume is not None and checkpoints.latest_step() is not None:
