@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from solvers import Solver
+from solvers import Solver, SolverError
 
 BLOCK = 1024  # parameters are drawn in blocks of this many simulations (LHS/Sobol need a block size)
 
@@ -32,10 +32,16 @@ class DesignCursor:
     ``requeue(task)`` puts a failed task's unfinished simulations back at the front.
     """
 
-    def __init__(
-        self, solver: Solver, n_sims: int, design: str, seed: int, sims_per_task: int, first_id: int = 0
-    ) -> None:
+    def __init__(self, solver: Solver, n_sims: int, design: str, seed: int, sims_per_task: int,
+                 first_id: int = 0, fixed: dict[str, float] | None = None) -> None:
         self.solver, self.n_sims, self.design, self.seed = solver, n_sims, design, seed
+        names = solver.param_space.names
+        unknown = sorted(set(fixed or {}) - set(names))
+        if unknown:
+            raise SolverError(
+                f"solver.fixed: unknown parameter(s) {', '.join(unknown)}; {solver.name} has {', '.join(names)}"
+            )
+        self.fixed = {names.index(k): float(v) for k, v in (fixed or {}).items()}
         self.sims_per_task = sims_per_task
         self.first_id = first_id
         self.next_id = first_id

@@ -24,7 +24,7 @@ from streaming.design import DesignCursor
 from streaming.metrics import MetricsLog
 from streaming.optim import make_optimizer
 from streaming.samples import SampleSpec
-from streaming.sources import LocalSource, Source
+from streaming.sources import LocalSource, MemorySource, Source
 from streaming.trainer import Trainer, Validation
 from streaming.worker import SolverWorker
 from surrogates import get_model
@@ -101,8 +101,12 @@ def new_run_dir(cfg: JobConfig) -> Path:
     return run_dir
 
 
-def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm: Any = None) -> dict:
-    """Train online as ``cfg`` says (or continue the run in ``resume``); returns the summary."""
+def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm: Any = None,
+            messages: list | None = None) -> dict:
+    """Train online as ``cfg`` says (or continue the run in ``resume``); returns the summary.
+
+    ``messages`` replaces the solver workers by chunks already in memory (for benchmarks).
+    """
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.resolved.toml").exists():
@@ -136,7 +140,7 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
         cursor.load_state_dict(meta_ckpt["cursor"])
     args = worker_args(cfg, spec)
     metrics = MetricsLog(run_dir, cfg.logging.tensorboard)
-    source = make_source(cfg, cursor, args, comm)
+    source = MemorySource(cursor, messages) if messages is not None else make_source(cfg, cursor, args, comm)
     trainer = Trainer(cfg=cfg, spec=spec, model=model, optimizer=optimizer, schedule=schedule, buffer=buffer,
                       normalizer=normalizer, metadata=meta, validation=validation, run_dir=run_dir, metrics=metrics,
                       checkpoints=checkpoints, mode="sync" if cfg.workers.backend == "local" else "background",

@@ -54,3 +54,23 @@ class LocalSource:
 
     def close(self) -> None:
         self._closed = True
+
+
+class MemorySource:
+    """Replays messages already in memory (benchmarks: training from arrays, no solver running)."""
+
+    def __init__(self, cursor: DesignCursor, messages: list[Message]) -> None:
+        self.cursor, self.messages = cursor, messages
+        self._closed = False
+
+    def __iter__(self) -> Iterator[Message]:
+        for msg in self.messages:
+            if self._closed:
+                return
+            yield msg
+
+    def in_flight(self) -> list[Task]:
+        return []
+
+    def close(self) -> None:
+        self._closed = True

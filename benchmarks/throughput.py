@@ -1,0 +1,175 @@
+"""Streaming throughput: (a) fields/s into one trainer process with 1, 2 and 4 solver workers, over
+Ray and over MPI; (b) streaming efficiency = training steps/s online / steps/s of the same training
+from chunks already in memory.
+
+    python benchmarks/throughput.py [--json FILE] [--seconds 20] [--workers 1 2 4] [--steps 300]
+
+(a) runs the trainer's ingest path (receive, cut into next-step samples, put into a reservoir) with
+no training, on 64 x 64 float32 heat2d fields (exponential scheme), and counts fields received per
+second after a warm-up. (b) runs ``configs/quickstart.toml`` twice with the same seed and budget:
+once with Ray workers, once replaying pre-generated chunks (same trainer, same threads). On a
+2-core machine the solver processes and the trainer share the cores, so (b) measures that
+contention as well; on a GPU machine the trainer's steps run on the device.
+Prints a table and writes a flat JSON dict (keys ``ingest_fields_per_s_ray_4w``,
+``ingest_fields_per_s_mpi_4w``, ``streaming_efficiency``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+FIELD_CASE = {"solver.name": "heat2d", "solver.config": '{ n = 62, scheme = "exponential" }', "solver.steps": "50",
+              "solver.n_sims": "0", "workers.sims_per_task": "16", "workers.chunk_frames": "25",
+              "workers.max_inflight": "4", "buffer.capacity": "20000", "buffer.watermark": "1000",
+              "logging.progress": "false", "logging.tensorboard": "false"}
+
+
+def ingest_rate(backend: str, n_workers: int, seconds: float) -> float:
+    """Fields per second received by one process from ``n_workers`` workers (Ray, or MPI via mpiexec)."""
+    if backend == "mpi":
+        bin_dir = Path(sys.executable).parent
+        out = subprocess.run([str(bin_dir / "mpiexec"), "-n", str(n_workers + 1), sys.executable, __file__,
+                              "--_mpi-rank", "--seconds", str(seconds)], capture_output=True, text=True,
+                             timeout=seconds * 10 + 300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        if out.returncode:
+            raise RuntimeError(out.stderr[-2000:])
+        return float(out.stdout.strip().splitlines()[-1])
+    from streaming.config import load_config
+    from streaming.design import DesignCursor
+    from streaming.job import build_solver, sample_spec, worker_args
+    from streaming.ray_source import RaySource
+
+    cfg = load_config(ROOT / "configs/quickstart.toml", {**FIELD_CASE, "workers.count": str(n_workers)})
+    solver = build_solver(cfg)
+    spec = sample_spec(cfg, solver)
+    cursor = DesignCursor(solver, 0, "uniform", 0, cfg.workers.sims_per_task)
+    source = RaySource(cursor, worker_args(cfg, spec), n_workers, cfg.workers.max_inflight, 2, nice=0)
+    try:
+        return _count(source, spec, cfg, seconds)
+    finally:
+        source.close()
+
+
+def _count(source: object, spec: object, cfg: object, seconds: float) -> float:
+    from streaming.buffers import make_buffer
+    from streaming.chunk import Chunk
+    from streaming.samples import cut
+
+    buf = make_buffer("reservoir", capacity=cfg.buffer.capacity, watermark=1)
+    fields, t0 = 0, None
+    for msg in source:
+        if not isinstance(msg, Chunk):
+            continue
+        keys, samples = cut(msg, spec)
+        buf.put_many(keys, samples)
+        if t0 is None:  # start the clock after the first chunk (compiles, actor start-up)
+            t0 = time.perf_counter()
+            continue
+        fields += msg.n_steps
+        if time.perf_counter() - t0 >= seconds:
+            break
+    return fields / (time.perf_counter() - t0)
+
+
+def _mpi_main(seconds: float) -> None:
+    from mpi4py import MPI
+
+    from streaming.config import load_config
+    from streaming.design import DesignCursor
+    from streaming.job import build_solver, sample_spec, worker_args
+    from streaming.mpi_source import MPISource, run_worker
+    from streaming.worker import SolverWorker
+
+    comm = MPI.COMM_WORLD
+    cfg = load_config(ROOT / "configs/quickstart.toml", FIELD_CASE)
+    solver = build_solver(cfg)
+    spec = sample_spec(cfg, solver)
+    if comm.Get_rank():
+        run_worker(comm, SolverWorker(**worker_args(cfg, spec)))
+        return
+    source = MPISource(DesignCursor(solver, 0, "uniform", 0, cfg.workers.sims_per_task), comm,
+                       cfg.workers.max_inflight)
+    rate = _count(source, spec, cfg, seconds)
+    source.close()
+    print(rate, flush=True)
+
+
+def efficiency(steps: int) -> dict[str, float]:
+    """Steps/s of the quickstart trained online (Ray) and from the same kind of chunks in memory."""
+    from streaming.config import load_config
+    from streaming.design import DesignCursor
+    from streaming.job import build_solver, run_job, sample_spec, worker_args
+    from streaming.worker import SolverWorker
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        base = {"optim.steps": str(steps), "logging.progress": "false", "logging.tensorboard": "false",
+                "logging.run_dir": tmp, "validation.interval": str(10 * steps), "checkpoint.interval": str(10 * steps)}
+        cfg = load_config(ROOT / "configs/quickstart.toml", {**base, "logging.name": "memory"})
+        solver = build_solver(cfg)
+        spec = sample_spec(cfg, solver)
+        worker = SolverWorker(**worker_args(cfg, spec))
+        cursor = DesignCursor(solver, 0, cfg.solver.design, cfg.solver.seed, cfg.workers.sims_per_task)
+        need = steps * cfg.optim.batch_size + cfg.buffer.watermark
+        messages: list = []
+        while sum(getattr(m, "n_steps", 0) for m in messages) < need:
+            messages += list(worker.run(cursor.next_task()))
+        for name, kwargs in (("memory", {"messages": messages}), ("online", {})):
+            cfg = load_config(ROOT / "configs/quickstart.toml", {**base, "logging.name": name})
+            summary = run_job(cfg, **kwargs)
+            rec = [json.loads(line) for line in open(Path(tmp) / name / "metrics.jsonl")]
+            rates = [r["batches_per_s"] for r in rec if "batches_per_s" in r][1:]  # skip the compile window
+            out[f"train_steps_per_s_{name}"] = float(np.median(rates))
+            out[f"seconds_{name}"] = summary["seconds"]
+    out["streaming_efficiency"] = out["train_steps_per_s_online"] / out["train_steps_per_s_memory"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measurement window per ingest run")
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4])
+    parser.add_argument("--backends", nargs="*", default=["ray", "mpi"])
+    parser.add_argument("--steps", type=int, default=300, help="training steps for the efficiency runs")
+    parser.add_argument("--skip-efficiency", action="store_true")
+    parser.add_argument("--_mpi-rank", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._mpi_rank:
+        _mpi_main(args.seconds)
+        return
+    import jax
+
+    results: dict[str, float | str] = {"device": str(jax.devices()[0]), "cpus": os.cpu_count() or 0}
+    print("| backend | workers | fields/s (64x64 float32) |\n|---|---|---|")
+    for backend in args.backends:
+        for w in args.workers:
+            rate = ingest_rate(backend, w, args.seconds)
+            results[f"ingest_fields_per_s_{backend}_{w}w"] = rate
+            print(f"| {backend} | {w} | {rate:,.0f} |", flush=True)
+    if not args.skip_efficiency:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        results.update(efficiency(args.steps))
+        print(f"training steps/s: online {results['train_steps_per_s_online']:.2f}, from memory "
+              f"{results['train_steps_per_s_memory']:.2f} -> streaming efficiency "
+              f"{results['streaming_efficiency']:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
