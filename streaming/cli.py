@@ -124,6 +124,30 @@ def cmd_worker(args: argparse.Namespace) -> None:
     run_worker_for(cfg, comm)
 
 
+def cmd_validate(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from benchmarks import validation
+
+    if args.problem == "cavity":
+        out = validation.validate_cavity(args.re, args.grid or 64, dtype=args.dtype)
+    else:
+        out = validation.validate_cylinder(args.case, args.grid or 41, dtype=args.dtype)
+    rows = out.get("rows", [])
+    table = Table(title=f"validate {args.problem}")
+    for col in rows[0] if rows else []:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(f"{v:.5g}" if isinstance(v, float) else str(v) for v in row.values()))
+    Console().print(table)
+    summary = {k: v for k, v in out.items() if k != "rows" and not isinstance(v, list | dict)}
+    print(json.dumps(summary, indent=2, default=str))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2, default=float)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pdestream", description="Online training of neural PDE surrogates.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=5, help="number of snapshots")
     p.add_argument("--out", required=True, help="output PNG")
 
+    p = add("validate", cmd_validate, "Run a CFD solver against published reference data (Ghia 1982, Schafer-Turek).",
+            "pdestream validate cavity --re 100 --grid 64 --json cavity.json")
+    p.add_argument("problem", choices=["cavity", "cylinder"])
+    p.add_argument("--re", type=float, default=100.0, help="cavity Reynolds number (Ghia tables: 100)")
+    p.add_argument("--case", default="2D-1", help="cylinder case: 2D-1 (steady) or 2D-2 (periodic)")
+    p.add_argument("--grid", type=int, help="cells per side (cavity, default 64) / across the channel (cylinder, 41)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--json", help="write the profiles/coefficients and errors here")
+
     p = add("train", cmd_train, "Train a surrogate online: solver workers stream into the trainer.",
             "pdestream train configs/quickstart.toml --set optim.steps=2000")
     p.add_argument("config", nargs="?", help="job config (TOML)")
@@ -170,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
             "mpiexec -n 1 pdestream train cfg.toml --backend mpi : -n 4 pdestream worker cfg.toml")
     p.add_argument("config", help="the job config (TOML), the same as the trainer's")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+
+    from streaming.cli_eval import add_parsers as add_eval_parsers
+
+    add_eval_parsers(sub, add)
     return parser
 
 

@@ -156,14 +156,14 @@ def test_inviscid_dealiased_flow_conserves_energy_and_enstrophy(enable_x64):
 
 
 def test_time_stepping_is_fourth_order(enable_x64):
-    # Forced nonlinear flow (|w| ~ 3.4) to t = 2 with dt = 0.1, 0.05, 0.025: for a 4th-order scheme the differences
-    # of successive solutions fall by 2^4 (a reference run at dt/16 gave orders 3.6 and 4.0 for the errors);
-    # we ask for the observed order in [3.3, 4.5].
+    # Forced nonlinear flow (|w| ~ 3.4) to t = 2 with dt = 0.05, 0.025, 0.0125: for a 4th-order scheme the
+    # differences of successive solutions fall by 2^4 once dt is in the asymptotic range (dt = 0.1 is not, for
+    # some initial fields); we ask for the observed order in [3.3, 4.5].
     n, t_end = 32, 2.0
     params = jnp.array([1e-4])
     w0 = _grf_vorticity(_solver(**UNFORCED), jax.random.key(1), params, scale=10.0)
     finals = []
-    for dt in (0.1, 0.05, 0.025):
+    for dt in (0.05, 0.025, 0.0125):
         solver = _solver(n=n, dt=dt, dtype="float64")
         state = _advance(solver, _state(solver, w0, params), params, round(t_end / dt))
         finals.append(np.asarray(solver.fields(state)[0]))
