@@ -109,8 +109,15 @@ def cmd_train(args: argparse.Namespace) -> None:
             return
         summary = run_job(cfg, comm=comm)
     else:
-        summary = run_job(cfg, resume=args.resume)
+        summary = run_job(cfg, resume=args.resume, offline=args.offline)
     print_summary(summary)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from streaming.offline import generate
+
+    cfg = _job_config(args)
+    print(f"wrote {generate(cfg, args.out, show_progress=not args.quiet)}")
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -198,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["ray", "mpi", "local"], help="override workers.backend")
     p.add_argument("--address", help="join an existing Ray cluster (default: start one on this machine)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--offline", metavar="DATA.h5", help="train from a file written by `pdestream generate` instead")
+
+    p = add("generate", cmd_generate, "Write a job's simulations to HDF5 (the offline baseline's dataset).",
+            "pdestream generate configs/quickstart.toml --set solver.n_sims=200 --out data.h5")
+    p.add_argument("config", help="job config (TOML)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add("worker", cmd_worker, "Run solver workers on MPI ranks > 0 for a `train --backend mpi` job (MPMD).",
             "mpiexec -n 1 pdestream train cfg.toml --backend mpi : -n 4 pdestream worker cfg.toml")

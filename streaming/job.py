@@ -102,11 +102,21 @@ def new_run_dir(cfg: JobConfig) -> Path:
 
 
 def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm: Any = None,
-            messages: list | None = None) -> dict:
+            messages: list | None = None, offline: str | Path | None = None) -> dict:
     """Train online as ``cfg`` says (or continue the run in ``resume``); returns the summary.
 
-    ``messages`` replaces the solver workers by chunks already in memory (for benchmarks).
+    ``messages`` replaces the solver workers by chunks already in memory (for benchmarks);
+    ``offline`` trains from a trajectory file instead (see :mod:`streaming.offline`).
     """
+    if offline is not None:
+        from streaming.offline import file_messages
+
+        assert cfg is not None
+        messages = file_messages(offline, cfg)
+        spec0 = sample_spec(cfg, build_solver(cfg))
+        n_samples = sum(m.n_steps - spec0.lookback - spec0.lookahead + 1 for m in messages if hasattr(m, "n_steps"))
+        cfg = cfg.model_copy(update={"buffer": cfg.buffer.model_copy(update={
+            "kind": "reservoir", "capacity": max(cfg.buffer.capacity, n_samples), "max_reuse": None})})
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.resolved.toml").exists():

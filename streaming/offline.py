@@ -1,0 +1,66 @@
+"""The offline baseline: write a job's simulations to HDF5 (``pdestream generate``) and read them back
+as the sample source of the same trainer (``pdestream train CFG --offline DATA.h5``).
+
+Offline training keeps every sample of the file in the buffer (a reservoir sized to hold them all)
+and draws batches uniformly at random: each batch holds distinct samples, and over
+``dataset_size / batch_size`` steps every sample is drawn once in expectation (an epoch). The file
+must fit in memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.trajectories import TrajectoryWriter, read_trajectories
+from solvers import check_finite
+from streaming.chunk import Chunk
+from streaming.config import ConfigError, JobConfig
+from streaming.design import DesignCursor
+from streaming.progress import progress_bar
+from streaming.worker import SimReport, SolverWorker
+
+
+def generate(cfg: JobConfig, out: str | Path, show_progress: bool = True) -> Path:
+    """Simulate the job's ``solver.n_sims`` simulations (same ids, parameters and initial conditions as
+    the online stream) and write them in the ``pdestream solve`` layout."""
+    from streaming.job import build_solver, sample_spec, worker_args
+
+    if cfg.solver.n_sims < 1:
+        raise ConfigError("generate needs a finite dataset: set solver.n_sims (e.g. --set solver.n_sims=1000)")
+    solver = build_solver(cfg)
+    worker = SolverWorker(**worker_args(cfg, sample_spec(cfg, solver)))
+    cursor = DesignCursor(solver, cfg.solver.n_sims, cfg.solver.design, cfg.solver.seed, cfg.workers.sims_per_task,
+                          fixed=cfg.solver.fixed)
+    n_out = cfg.solver.steps // cfg.solver.every + 1
+    writer = TrajectoryWriter(
+        path=Path(out), n_sims=cfg.solver.n_sims, frame_shape=(n_out, len(solver.channels), *solver.grid),
+        n_params=len(solver.param_space), solver=solver.name, channels=solver.channels,
+        param_names=solver.param_space.names, coords=solver.coords(),
+        times=np.arange(n_out) * cfg.solver.every * solver.dt, config=solver.describe()["config"], dt=solver.dt,
+        every=cfg.solver.every)
+    with writer as w, progress_bar(f"generate {solver.name}", total=cfg.solver.n_sims, enabled=show_progress) as bar:
+        start = 0
+        while (task := cursor.next_task()) is not None:
+            frames = worker.simulate(task)
+            check_finite(frames, task.params, solver.param_space.names, task.sim_ids)
+            w.write(start, frames, task.params, task.sim_ids)
+            start += len(task.sim_ids)
+            bar.advance(len(task.sim_ids))
+    return Path(out)
+
+
+def file_messages(path: str | Path, cfg: JobConfig) -> list[Chunk | SimReport]:
+    """Every simulation of a trajectory file as one chunk (and a report), checked against the job."""
+    traj = read_trajectories(path)
+    if traj.solver != cfg.solver.name:
+        raise ConfigError(f"{path} holds {traj.solver} simulations but the job trains on {cfg.solver.name}")
+    frames = traj.fields()
+    messages: list[Chunk | SimReport] = []
+    for i in range(len(frames)):
+        sid = int(traj.sim_id[i])
+        messages.append(Chunk(sim_id=sid, steps=np.arange(frames.shape[1]), fields=frames[i],
+                              params=traj.params[i], solver=traj.solver))
+        messages.append(SimReport(sid, "done"))
+    return messages
