@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -49,21 +50,44 @@ class TrajectoryWriter:
     dt: float
     every: int
 
+    @classmethod
+    def for_solver(cls, solver: Any, path: str | Path, n_sims: int, n_steps: int, every: int) -> TrajectoryWriter:
+        """A writer for ``n_sims`` rollouts of ``n_steps`` steps (a frame every ``every``) of ``solver``."""
+        n_out = n_steps // every + 1
+        return cls(path=Path(path), n_sims=n_sims, frame_shape=(n_out, len(solver.channels), *solver.grid),
+                   n_params=len(solver.param_space), solver=solver.name, channels=solver.channels,
+                   param_names=solver.param_space.names, coords=solver.coords(),
+                   times=np.arange(n_out) * every * solver.dt, config=solver.describe()["config"], dt=solver.dt,
+                   every=every)
+
     def __enter__(self) -> TrajectoryWriter:
         self.path = Path(self.path)
         self._tmp = self.path.with_name(self.path.name + ".partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         f = self._file = h5py.File(self._tmp, "w")
         chunk = (1, 1, *self.frame_shape[1:])
-        f.create_dataset("fields", (self.n_sims, *self.frame_shape), "f4", chunks=chunk, compression="gzip",
-                         compression_opts=1, shuffle=True)
+        f.create_dataset(
+            "fields",
+            (self.n_sims, *self.frame_shape),
+            "f4",
+            chunks=chunk,
+            compression="gzip",
+            compression_opts=1,
+            shuffle=True,
+        )
         f.create_dataset("params", (self.n_sims, self.n_params), "f8").attrs["names"] = list(self.param_names)
         f.create_dataset("sim_id", (self.n_sims,), "i8")
         f["t"] = np.asarray(self.times, np.float64)
         for name, c in self.coords.items():
             f[name] = np.asarray(c, np.float64)
-        f.attrs.update(format=FORMAT, solver=self.solver, channels=list(self.channels),
-                       config=json.dumps(self.config), dt=self.dt, every=self.every)
+        f.attrs.update(
+            format=FORMAT,
+            solver=self.solver,
+            channels=list(self.channels),
+            config=json.dumps(self.config),
+            dt=self.dt,
+            every=self.every,
+        )
         return self
 
     def write(self, start: int, frames: np.ndarray, params: np.ndarray, sim_ids: np.ndarray) -> None:

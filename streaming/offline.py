@@ -33,13 +33,7 @@ def generate(cfg: JobConfig, out: str | Path, show_progress: bool = True) -> Pat
     worker = SolverWorker(**worker_args(cfg, sample_spec(cfg, solver)))
     cursor = DesignCursor(solver, cfg.solver.n_sims, cfg.solver.design, cfg.solver.seed, cfg.workers.sims_per_task,
                           fixed=cfg.solver.fixed)
-    n_out = cfg.solver.steps // cfg.solver.every + 1
-    writer = TrajectoryWriter(
-        path=Path(out), n_sims=cfg.solver.n_sims, frame_shape=(n_out, len(solver.channels), *solver.grid),
-        n_params=len(solver.param_space), solver=solver.name, channels=solver.channels,
-        param_names=solver.param_space.names, coords=solver.coords(),
-        times=np.arange(n_out) * cfg.solver.every * solver.dt, config=solver.describe()["config"], dt=solver.dt,
-        every=cfg.solver.every)
+    writer = TrajectoryWriter.for_solver(solver, out, cfg.solver.n_sims, cfg.solver.steps, cfg.solver.every)
     with writer as w, progress_bar(f"generate {solver.name}", total=cfg.solver.n_sims, enabled=show_progress) as bar:
         start = 0
         while (task := cursor.next_task()) is not None:

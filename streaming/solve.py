@@ -33,13 +33,7 @@ def solve_to_file(
     key_design, key_ic = jax.random.split(jax.random.key(seed))
     params = solver.sample_params(key_design, n_sims, design)
     keys = jax.random.split(key_ic, n_sims)
-    n_out = n_steps // every + 1
-    writer = TrajectoryWriter(
-        path=Path(out), n_sims=n_sims, frame_shape=(n_out, len(solver.channels), *solver.grid),
-        n_params=params.shape[1], solver=solver.name, channels=solver.channels,
-        param_names=solver.param_space.names, coords=solver.coords(),
-        times=np.arange(n_out) * every * solver.dt, config=solver.describe()["config"], dt=solver.dt, every=every,
-    )
+    writer = TrajectoryWriter.for_solver(solver, out, n_sims, n_steps, every)
     with writer as w, progress_bar(f"solve {solver.name}", total=n_sims, enabled=show_progress) as bar:
         for start in range(0, n_sims, batch):
             stop = min(start + batch, n_sims)
