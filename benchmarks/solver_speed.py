@@ -30,6 +30,9 @@ CASES: dict[str, tuple[dict, int]] = {
     "ns2d": ({"n": 64}, 100),
     "darcy2d": ({"n": 64}, 1),
     "cavity": ({}, 100),
+    "tube": ({}, 100),
+    "dam": ({}, 100),
+    "cylinder": ({}, 100),
 }
 
 

@@ -26,6 +26,10 @@ _REGISTRY = {
     "ks1d": "solvers.ks1d:KS1D",
     "ns2d": "solvers.ns2d:NS2D",
     "darcy2d": "solvers.darcy2d:Darcy2D",
+    "cavity": "solvers.cfd.cavity:Cavity",
+    "tube": "solvers.cfd.tube:Tube",
+    "dam": "solvers.cfd.dam:Dam",
+    "cylinder": "solvers.cfd.cylinder:Cylinder",
 }
 
 
