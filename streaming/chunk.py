@@ -247,3 +247,12 @@ class Chunk:
             f"Chunk(sim_id={self.sim_id}, solver={self.solver!r}, steps={steps}, "
             f"fields={self.fields.dtype}{list(self.fields.shape)}, params={self.params.tolist()}{slab})"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class SimReport:
+    """End of one simulation: ``status`` is ``"done"`` or ``"nan"`` (dropped: it produced NaN/Inf)."""
+
+    sim_id: int
+    status: str
+    message: str = ""

@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
             "pdestream train configs/quickstart.toml --set optim.steps=2000")
     p.add_argument("config", nargs="?", help="job config (TOML)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=1e-4")
-    p.add_argument("--backend", choices=["ray", "mpi", "local"], help="override workers.backend")
+    p.add_argument("--backend", choices=["ray", "mpi", "local", "external"], help="override workers.backend")
     p.add_argument("--address", help="join an existing Ray cluster (default: start one on this machine)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
     p.add_argument("--offline", metavar="DATA.h5", help="train from a file written by `pdestream generate` instead")

@@ -87,7 +87,7 @@ class BufferSection(_Section):
 
 
 class WorkersSection(_Section):
-    backend: Literal["ray", "mpi", "local"] = "ray"
+    backend: Literal["ray", "mpi", "local", "external"] = "ray"
     count: int = Field(2, ge=1)
     sims_per_task: int = Field(4, ge=1, description="simulations a worker runs together (vmap)")
     chunk_frames: int = Field(8, ge=1, description="frames per chunk message")
@@ -96,6 +96,8 @@ class WorkersSection(_Section):
     gpu_fraction: float = Field(0.1, gt=0, le=1, description="memory share of a GPU per worker if device=gpu")
     max_failures: int = Field(5, ge=0, description="worker failures tolerated before the job stops")
     address: str | None = Field(None, description="Ray cluster address; None starts a local cluster")
+    listen: str = Field("127.0.0.1:47011", description="external backend: HOST:PORT that streaming.client "
+                        "connects to; port 0 picks a free port")
     nice: int = Field(10, ge=0, le=19, description="OS priority drop of worker processes, so the trainer keeps its CPU")
 
 

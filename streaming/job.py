@@ -8,6 +8,7 @@ Run directory (one per ``pdestream train``): ``config.resolved.toml``, ``metrics
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,13 @@ def make_source(cfg: JobConfig, cursor: DesignCursor, args: dict, comm: Any = No
     w = cfg.workers
     if w.backend == "local":
         return LocalSource(cursor, SolverWorker(**args))
+    if w.backend == "external":
+        from streaming.client_source import ClientSource
+
+        solver = build_solver(cfg)
+        return ClientSource(w.listen, cfg.solver.n_sims or None, w.max_inflight,
+                            overlap=args["lookback"] + args["lookahead"] - 1, channels=solver.channels,
+                            grid=solver.grid, n_params=len(solver.param_space))
     if w.backend == "ray":
         from streaming.ray_source import RaySource
 
@@ -151,6 +159,9 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
     args = worker_args(cfg, spec)
     metrics = MetricsLog(run_dir, cfg.logging.tensorboard)
     source = MemorySource(cursor, messages) if messages is not None else make_source(cfg, cursor, args, comm)
+    if cfg.workers.backend == "external" and messages is None:
+        print(f"pdestream train: external solvers connect to {source.address} "
+              f"(streaming.client.connect, or PDESTREAM_ADDRESS={source.address})", file=sys.stderr, flush=True)
     trainer = Trainer(cfg=cfg, spec=spec, model=model, optimizer=optimizer, schedule=schedule, buffer=buffer,
                       normalizer=normalizer, metadata=meta, validation=validation, run_dir=run_dir, metrics=metrics,
                       checkpoints=checkpoints, mode="sync" if cfg.workers.backend == "local" else "background",

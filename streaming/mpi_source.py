@@ -22,6 +22,8 @@ Protocol (worker -> trainer unless noted), with tags:
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -62,6 +64,7 @@ class MPISource:
         self._tasks: dict[int, Task | None] = {}
         self._closing = False
         self._started = False
+        self._iter_thread: threading.Thread | None = None
         self._alive = set(self.workers)
         self.bytes_received = 0
 
@@ -82,6 +85,7 @@ class MPISource:
         return src, header, data
 
     def __iter__(self) -> Iterator[Message]:
+        self._iter_thread = threading.current_thread()
         if not self._started:
             self._started = True
             for rank in self.workers:
@@ -109,13 +113,23 @@ class MPISource:
     def in_flight(self) -> list[Task]:
         return [t for t in self._tasks.values() if t is not None]
 
-    def close(self) -> None:
-        """Stop the workers: abandon running tasks, answer every ``task_done`` with None, wait for ``bye``."""
+    def close(self, timeout: float = 120.0) -> None:
+        """Stop the workers: abandon running tasks, answer every ``task_done`` with None, wait for ``bye``.
+
+        Only one thread may receive at a time: if another thread is still iterating (the trainer's
+        receiver), it drains the remaining messages itself and this call waits for it to finish.
+        """
         if self._closing or not self._alive or not self._started:
             return
         self._closing = True
         for rank in self._alive:
             self.comm.send(-1, dest=rank, tag=CREDIT)
+        other = self._iter_thread
+        deadline = time.monotonic() + timeout
+        while other is not None and other is not threading.current_thread() and other.is_alive():
+            if time.monotonic() > deadline:
+                raise RuntimeError("MPI receiver thread did not stop; workers may be hung")
+            time.sleep(0.05)
         for _ in self:  # drain until every worker said bye
             pass
 

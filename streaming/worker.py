@@ -8,23 +8,13 @@ nothing of transports: ``run(task)`` yields :class:`~streaming.chunk.Chunk` s an
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import jax
 import numpy as np
 
 from solvers import get_solver
-from streaming.chunk import Chunk
+from streaming.chunk import Chunk, SimReport
 from streaming.design import Task
-
-
-@dataclass(frozen=True)
-class SimReport:
-    """End of one simulation: ``status`` is ``"done"`` or ``"nan"`` (dropped: it produced NaN/Inf)."""
-
-    sim_id: int
-    status: str
-    message: str = ""
 
 
 def chunk_bounds(n_frames: int, chunk_frames: int, lookback: int, lookahead: int) -> list[tuple[int, int, int]]:

@@ -1,0 +1,510 @@
+"""External solvers as a source: a TCP listener that external clients (:mod:`streaming.client`) stream into.
+
+Backend ``external`` of a training job. ``ClientSource(listen, expected_sims, max_inflight)`` binds
+``listen`` (``"host:port"``; port 0 picks a free port, ``source.address`` tells which; an empty host
+listens on every interface) as soon as it is built, accepts any number of client connections and
+yields what they send, as every source does: :class:`~streaming.chunk.Chunk` s and one
+:class:`~streaming.worker.SimReport` per simulation.
+
+- Slabs: a simulation sent by ``ranks`` processes, each with the ``offset`` of its slab, is
+  assembled frame by frame into full-grid chunks; a frame is emitted once the whole grid is
+  covered. Overlapping slabs, or a frame still uncovered once every rank has moved past it, drop
+  the simulation with status ``"error"`` and a message naming the offsets (the clients' next call
+  raises :class:`~streaming.client.ClientError` with the same message).
+- Overlap between messages: the last ``overlap`` frames of a simulation's previous chunk are
+  prepended to the next chunk when the steps follow on, so that every sample needing ``overlap + 1``
+  consecutive frames is cut from some chunk (pass ``lookback + lookahead - 1`` of the sample spec).
+- NaN/Inf in a message drops the simulation: ``SimReport(sim_id, "nan")``; its later data are
+  ignored (chunks delivered before stay in the buffer: they were finite). A client that disconnects
+  without ``close()`` drops its simulation with status ``"error"``.
+- ``SimReport(sim_id, "done")`` once every rank of the simulation closed.
+- Flow control: a message is acknowledged only after the chunk(s) it went into were taken by the
+  consumer (the trainer's loop asked for the next message), and a client keeps at most
+  ``max_inflight`` messages unacknowledged, so a slow trainer blocks the clients.
+- The stream ends once ``expected_sims`` simulations finished (done or dropped); with None it runs
+  until :meth:`close`.
+
+Threads: one accepts connections, one per connection reads frames (decoding and the NaN check run
+there); the iterating thread assembles, yields and acknowledges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streaming.chunk import Chunk, ChunkError, SimReport
+from streaming.client import PROTOCOL, ClientError, parse_address, recv_header, recv_payload, send_frame
+
+Message = Chunk | SimReport
+_POLL_S = 0.1  # how often a waiting thread checks for close()
+
+
+class ClientSourceError(ValueError):
+    """A bad setting of the external source (e.g. ``workers.listen``); the message names the fix."""
+
+
+class _Refused(Exception):
+    """A hello the source will not accept; the message goes back to the client."""
+
+
+class _ProtocolError(Exception):
+    """A malformed or inconsistent message; the client's simulation is dropped."""
+
+
+@dataclass(eq=False)
+class _Sim:
+    sim_id: int
+    params: np.ndarray
+    fields: tuple[str, ...]
+    grid: tuple[int, ...]
+    solver: str
+    ranks: int
+    conns: list[_Conn] = field(default_factory=list)
+    status: str = "open"  # open | done | dropped
+    ended: int = 0  # ranks that sent "end"
+    pending: dict[int, _Frame] = field(default_factory=dict)  # step -> frame being assembled from slabs
+    tail_steps: np.ndarray | None = None  # last `overlap` frames of the last chunk, for the next one
+    tail_fields: np.ndarray | None = None
+
+
+@dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    peer: str
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one writer at a time
+    sim: _Sim | None = None
+    offset: tuple[int, ...] = ()
+    read_step: int = -1  # last step read (reader thread)
+    seen_step: int = -1  # last step processed (iterating thread)
+    unacked: int = 0
+    ended: bool = False
+
+    def send(self, header: dict[str, Any]) -> None:
+        """Best effort: a connection that went away is noticed by its reader thread."""
+        with self.lock, contextlib.suppress(OSError):
+            send_frame(self.sock, header)
+
+    @property
+    def label(self) -> str:
+        return f"the rank at offset {self.offset}" if self.sim is not None and self.sim.ranks > 1 else "the client"
+
+
+@dataclass(eq=False)
+class _Msg:
+    """A received message: acknowledged once ``remaining`` (frames or chunks it went into) were consumed."""
+
+    conn: _Conn
+    remaining: int = 0
+
+
+@dataclass(eq=False)
+class _Frame:
+    data: np.ndarray  # (C, *grid)
+    mask: np.ndarray  # (*grid) bool: cells received
+    covered: int = 0
+    msgs: list[_Msg] = field(default_factory=list)
+
+
+def _bind(listen: str) -> socket.socket:
+    try:
+        host, port = parse_address(listen, "workers.listen")
+    except ClientError as e:
+        raise ClientSourceError(str(e)) from None
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host or "0.0.0.0", port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as e:
+        raise ClientSourceError(f"workers.listen={listen!r}: cannot listen there ({e}); pick another port, or port 0 "
+                                "for a free one") from None
+    sock.settimeout(_POLL_S)
+    return sock
+
+
+class ClientSource:
+    """Yields the chunks and simulation reports that external clients send; see the module docstring.
+
+    listen: ``"host:port"`` to bind. expected_sims: simulations after which the stream ends (None:
+    never). max_inflight: unacknowledged messages per client. overlap: frames repeated between
+    consecutive chunks of a simulation. channels / grid / n_params: what the job trains on; a client
+    whose ``fields``, global ``grid`` or number of parameters differ is refused at ``connect``.
+    """
+
+    def __init__(self, listen: str, expected_sims: int | None = None, max_inflight: int = 4, *, overlap: int = 1,
+                 channels: Sequence[str] | None = None, grid: Sequence[int] | None = None,
+                 n_params: int | None = None) -> None:
+        if expected_sims is not None and expected_sims < 0:
+            raise ClientSourceError(f"expected_sims={expected_sims}: must be >= 0 (None: stream until closed)")
+        if max_inflight < 1:
+            raise ClientSourceError(f"max_inflight={max_inflight}: must be >= 1")
+        if overlap < 0:
+            raise ClientSourceError(f"overlap={overlap}: must be >= 0")
+        self.expected_sims, self.max_inflight, self.overlap = expected_sims, max_inflight, overlap
+        self.channels = None if channels is None else tuple(channels)
+        self.grid = None if grid is None else tuple(int(g) for g in grid)
+        self.n_params = n_params
+        self.cursor = None  # no design cursor: the clients choose their simulations
+        self.bytes_received = 0
+        self.sims_finished = 0
+        self._lock = threading.Lock()
+        self._sims: dict[int, _Sim] = {}
+        self._conns: dict[_Conn, threading.Thread] = {}  # open connections and their reader threads
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self._listener = _bind(listen)
+        host, port = self._listener.getsockname()[:2]
+        if host in ("0.0.0.0", "::"):
+            host = socket.gethostname()
+        self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True, name="client-source-accept")
+        self._acceptor.start()
+
+    @property
+    def address(self) -> str:
+        """``"host:port"`` clients connect to (the chosen port when ``listen`` asked for port 0)."""
+        return self._address
+
+    def in_flight(self) -> list:
+        """Nothing to re-run after a resume: external clients own their simulations."""
+        return []
+
+    @property
+    def finished(self) -> bool:
+        return self.expected_sims is not None and self.sims_finished >= self.expected_sims
+
+    # ------------------------------------------------------------------ iteration (the consumer's thread)
+    def __iter__(self) -> Iterator[Message]:
+        while not self._closed and not self.finished:
+            try:
+                kind, conn, payload = self._events.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if kind == "chunk":
+                out = self._on_chunk(conn, *payload)
+            elif kind == "end":
+                out = self._on_end(conn)
+            else:
+                out = self._on_lost(conn, payload)
+            for msg, taken in out:
+                yield msg
+                if self._closed:
+                    return
+                for m in taken:  # the consumer asked for more: msg was taken
+                    m.remaining -= 1
+                    if m.remaining == 0:
+                        self._ack(m.conn)
+        if not self._closed:
+            self._drain()
+
+    def _on_chunk(self, conn: _Conn, chunk: Chunk, finite: bool) -> list[tuple[Message, list[_Msg]]]:
+        sim = conn.sim
+        assert sim is not None
+        msg = _Msg(conn)
+        conn.unacked += 1
+        self.bytes_received += chunk.fields.nbytes
+        if sim.status != "open":
+            self._ack(conn)
+            return []
+        if not finite:
+            steps = chunk.steps.tolist()
+            return self._drop(sim, "nan", f"simulation {sim.sim_id} sent NaN/Inf (steps {steps[0]}..{steps[-1]}"
+                              f"{' from ' + conn.label if sim.ranks > 1 else ''}); dropped", [msg])
+        conn.seen_step = int(chunk.steps[-1])
+        if sim.ranks == 1 and not chunk.is_slab:  # the whole grid from one process: no assembly
+            msg.remaining = 1
+            return [(self._stitch(sim, chunk.steps, chunk.fields), [msg])]
+        return self._assemble(sim, conn, chunk, msg)
+
+    def _assemble(self, sim: _Sim, conn: _Conn, chunk: Chunk, msg: _Msg) -> list[tuple[Message, list[_Msg]]]:
+        total = math.prod(sim.grid)
+        box = tuple(slice(o, o + n) for o, n in zip(chunk.offset, chunk.grid, strict=True))
+        cells = math.prod(chunk.grid)
+        for i, step in enumerate(chunk.steps.tolist()):
+            frame = sim.pending.get(step)
+            if frame is None:
+                frame = sim.pending[step] = _Frame(np.empty((len(sim.fields), *sim.grid), np.float32),
+                                                   np.zeros(sim.grid, bool))
+            seen = frame.mask[box]
+            if seen.any():
+                first = tuple(int(o + j) for o, j in zip(chunk.offset, np.argwhere(seen)[0], strict=True))
+                return self._drop(sim, "error", f"simulation {sim.sim_id} step {step}: the slab of shape {chunk.grid} "
+                                  f"at offset {chunk.offset} overlaps cells another rank sent (first: {first}); "
+                                  "give every rank a disjoint slab", [msg])
+            frame.mask[box] = True
+            frame.data[(slice(None), *box)] = chunk.fields[i]
+            frame.covered += cells
+            frame.msgs.append(msg)
+            msg.remaining += 1
+        with self._lock:
+            all_connected = len(sim.conns) == sim.ranks
+            behind = min(c.seen_step for c in sim.conns)
+        if all_connected:  # every rank moved past `behind`: an incomplete frame there has a hole
+            for step in sorted(sim.pending):
+                frame = sim.pending[step]
+                if step <= behind and frame.covered < total:
+                    return self._drop(sim, "error", self._gap_message(sim, step, frame))
+        done = sorted(s for s, f in sim.pending.items() if f.covered == total)
+        out = []
+        while done:  # runs of consecutive complete frames
+            run = [done.pop(0)]
+            while done and done[0] == run[-1] + 1:
+                run.append(done.pop(0))
+            frames = [sim.pending.pop(s) for s in run]
+            fields = np.stack([f.data for f in frames])
+            out.append((self._stitch(sim, np.asarray(run, np.int64), fields), [m for f in frames for m in f.msgs]))
+        return out
+
+    def _gap_message(self, sim: _Sim, step: int, frame: _Frame) -> str:
+        hole = tuple(int(i) for i in np.argwhere(~frame.mask)[0])
+        return (f"simulation {sim.sim_id} step {step}: the slabs of its {sim.ranks} rank(s) cover {frame.covered} of "
+                f"{frame.mask.size} cells of grid {sim.grid} (first missing cell {hole}); check each rank's offset "
+                "and that ranks= is the number of processes sending slabs")
+
+    def _stitch(self, sim: _Sim, steps: np.ndarray, fields: np.ndarray) -> Chunk:
+        k = self.overlap
+        if k and sim.tail_steps is not None and steps[0] == sim.tail_steps[-1] + 1:
+            steps = np.concatenate([sim.tail_steps, steps])
+            fields = np.concatenate([sim.tail_fields, fields])
+        if k:
+            sim.tail_steps, sim.tail_fields = steps[-k:].copy(), fields[-k:].copy()
+        return Chunk(sim_id=sim.sim_id, steps=steps, fields=fields, params=sim.params, solver=sim.solver)
+
+    def _on_end(self, conn: _Conn) -> list[tuple[Message, list[_Msg]]]:
+        conn.ended = True
+        self._ack(conn, 0)
+        sim = conn.sim
+        assert sim is not None
+        if sim.status != "open":
+            return []
+        sim.ended += 1
+        if sim.ended < sim.ranks:
+            return []
+        if sim.pending:
+            step = min(sim.pending)
+            return self._drop(sim, "error", self._gap_message(sim, step, sim.pending[step]))
+        with self._lock:
+            sim.status = "done"
+            self.sims_finished += 1
+            sim.conns = []  # a finished simulation keeps only its id and metadata
+        sim.tail_steps = sim.tail_fields = None
+        return [(SimReport(sim.sim_id, "done"), [])]
+
+    def _on_lost(self, conn: _Conn, reason: str) -> list[tuple[Message, list[_Msg]]]:
+        sim = conn.sim
+        if conn.ended or sim is None or sim.status != "open":
+            return []
+        return self._drop(sim, "error", f"simulation {sim.sim_id}: {conn.label} ({conn.peer}) {reason}; dropped")
+
+    def _drop(self, sim: _Sim, status: str, message: str, extra: Sequence[_Msg] = ()) -> list[tuple[Message, list]]:
+        """Drop ``sim``: acknowledge what it has waiting, tell its clients, report it."""
+        with self._lock:  # the notice goes out before any "bye" (see _end) and any acknowledgement
+            sim.status = "dropped"
+            self.sims_finished += 1
+            for c in sim.conns:
+                c.send({"type": "dropped" if status == "nan" else "error", "message": message})
+            sim.conns = []
+        waiting = {id(m): m for f in sim.pending.values() for m in f.msgs}
+        waiting.update({id(m): m for m in extra})
+        for m in waiting.values():
+            m.remaining = 0
+            self._ack(m.conn)
+        sim.pending.clear()
+        sim.tail_steps = sim.tail_fields = None
+        return [(SimReport(sim.sim_id, status, message), [])]
+
+    def _ack(self, conn: _Conn, n: int = 1) -> None:
+        conn.unacked -= n
+        if n:
+            conn.send({"type": "ack", "n": n})
+        if conn.ended and conn.unacked == 0:
+            conn.send({"type": "bye"})
+
+    # ------------------------------------------------------------------ connections (their own threads)
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                sock, addr = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Conn(sock, f"{addr[0]}:{addr[1]}")
+            reader = threading.Thread(target=self._serve, args=(conn,), daemon=True, name=f"client {conn.peer}")
+            with self._lock:
+                if self._closed:
+                    sock.close()
+                    return
+                self._conns[conn] = reader
+            reader.start()
+
+    def _serve(self, conn: _Conn) -> None:
+        """Reader thread of one connection: hello, then chunks and end, until the peer closes."""
+        try:
+            header, n = recv_header(conn.sock)
+            recv_payload(conn.sock, n)
+            try:
+                self._hello(conn, header)
+            except _Refused as e:
+                conn.send({"type": "stop" if self._closed or self.finished else "error", "message": str(e)})
+                return
+            conn.send({"type": "welcome", "max_inflight": self.max_inflight})
+            while True:
+                header, n = recv_header(conn.sock)
+                kind = header.get("type")
+                if self._closed:  # drain until the client hangs up
+                    recv_payload(conn.sock, n)
+                elif kind == "chunk":
+                    chunk = self._read_chunk(conn, header, n)
+                    self._events.put(("chunk", conn, (chunk, chunk.is_finite())))
+                elif kind == "end":
+                    recv_payload(conn.sock, n)
+                    self._end(conn)
+                else:
+                    raise _ProtocolError(f"unexpected message type {kind!r} after the hello")
+        except _ProtocolError as e:
+            conn.send({"type": "error", "message": str(e)})
+            self._events.put(("lost", conn, f"sent a bad message ({e})"))
+        except (OSError, EOFError) as e:
+            if not self._closed:
+                self._events.put(("lost", conn, f"disconnected before close() ({e}; solver crashed or aborted?)"))
+        finally:
+            with contextlib.suppress(OSError):
+                conn.sock.close()
+            with self._lock:
+                self._conns.pop(conn, None)
+
+    def _end(self, conn: _Conn) -> None:
+        """A client finished: the iterating thread completes its simulation, or, dropped already, it may go."""
+        with self._lock:  # ordered with _drop: an "end" queued before a drop is answered by _drain
+            sim_open = conn.sim is not None and conn.sim.status == "open"
+            if sim_open:
+                self._events.put(("end", conn, None))
+        if not sim_open:
+            conn.ended = True
+            conn.send({"type": "bye"})
+
+    def _drain(self) -> None:
+        """The stream ended: let go the clients of dropped simulations whose "end" is still queued."""
+        while True:
+            try:
+                kind, conn, _ = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "end" and conn.sim is not None and conn.sim.status != "open":
+                conn.ended = True
+                conn.send({"type": "bye"})
+
+    def _hello(self, conn: _Conn, h: dict[str, Any]) -> None:
+        if h.get("type") != "hello":
+            raise _Refused("expected a hello first; connect with streaming.client.connect")
+        if h.get("protocol") != PROTOCOL:
+            raise _Refused(f"client protocol {h.get('protocol')!r}, this job speaks {PROTOCOL}; use the same "
+                           "pdestream version on both ends")
+        try:
+            sim_id, ranks, solver = int(h["sim_id"]), int(h["ranks"]), str(h["solver"])
+            params = np.asarray(h["params"], np.float32).reshape(-1)
+            fields = tuple(str(f) for f in h["fields"])
+            grid = tuple(int(g) for g in h["grid"])
+            offset = (0,) * len(grid) if h.get("offset") is None else tuple(int(o) for o in h["offset"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise _Refused(f"malformed hello ({e}); connect with streaming.client.connect") from None
+        if sim_id < 0 or ranks < 1 or len(offset) != len(grid):
+            raise _Refused(f"malformed hello (sim_id={sim_id}, ranks={ranks}, offset={offset}, grid={grid}); connect "
+                           "with streaming.client.connect")
+        if self.channels is not None and fields != self.channels:
+            raise _Refused(f"fields {list(fields)} but the job trains on {list(self.channels)}; pass "
+                           f"fields={list(self.channels)} (same names, same order) and send those channels")
+        if self.grid is not None and grid != self.grid:
+            raise _Refused(f"grid {grid} but the job trains on grid {self.grid}; send that global grid (or change "
+                           "the job's solver config)")
+        if self.n_params is not None and params.size != self.n_params:
+            raise _Refused(f"{params.size} parameters but the job's model takes {self.n_params}; send a (P,) "
+                           f"vector with P={self.n_params}")
+        with self._lock:
+            if self._closed or self.finished:
+                raise _Refused("the job is no longer taking simulations")
+            sim = self._sims.get(sim_id)
+            if sim is None:
+                sim = self._sims[sim_id] = _Sim(sim_id, params, fields, grid, solver, ranks)
+            elif sim.status != "open":
+                raise _Refused(f"simulation {sim_id} already finished in this job ({sim.status}); give each "
+                               "simulation its own sim_id")
+            elif (fields, grid, ranks) != (sim.fields, sim.grid, sim.ranks) or not np.array_equal(params, sim.params):
+                raise _Refused(f"simulation {sim_id}: this rank's params/fields/grid/ranks ({params.tolist()}, "
+                               f"{list(fields)}, {grid}, {ranks}) differ from those of its first rank ("
+                               f"{sim.params.tolist()}, {list(sim.fields)}, {sim.grid}, {sim.ranks}); every rank of a "
+                               "simulation passes the same")
+            elif len(sim.conns) >= sim.ranks:
+                raise _Refused(f"simulation {sim_id} already has its ranks={sim.ranks} connections; pass ranks= the "
+                               "number of processes sending slabs of it")
+            sim.conns.append(conn)
+            conn.sim, conn.offset = sim, offset
+
+    def _read_chunk(self, conn: _Conn, header: dict[str, Any], n: int) -> Chunk:
+        sim = conn.sim
+        assert sim is not None
+        wire = header.get("wire")
+        try:
+            shape = tuple(int(s) for s in wire["shape"])
+            expect = math.prod(shape) * np.dtype(wire.get("dtype", "<f4")).itemsize
+        except (KeyError, TypeError, ValueError) as e:
+            raise _ProtocolError(f"malformed chunk header ({e})") from None
+        if n != expect:
+            raise _ProtocolError(f"chunk payload of {n} bytes but its header shape {shape} needs {expect}")
+        data = recv_payload(conn.sock, n)
+        try:
+            chunk = Chunk.from_wire(wire, data)
+        except ChunkError as e:
+            raise _ProtocolError(str(e)) from None
+        if chunk.sim_id != sim.sim_id or chunk.global_grid != sim.grid or chunk.offset != conn.offset:
+            raise _ProtocolError(f"chunk of simulation {chunk.sim_id} grid {chunk.global_grid} offset {chunk.offset} "
+                                 f"on the connection of simulation {sim.sim_id} grid {sim.grid} offset {conn.offset}")
+        if chunk.n_channels != len(sim.fields):
+            raise _ProtocolError(f"chunk with {chunk.n_channels} channels for fields {list(sim.fields)}")
+        if int(chunk.steps[0]) <= conn.read_step:
+            raise _ProtocolError(f"steps go backwards ({int(chunk.steps[0])} after {conn.read_step})")
+        conn.read_step = int(chunk.steps[-1])
+        return chunk
+
+    # ------------------------------------------------------------------ shutdown
+    def close(self) -> None:
+        """Stop listening, tell every client the job stopped and close the connections."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            conns, readers = list(self._conns), list(self._conns.values())
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        for c in conns:
+            c.send({"type": "stop", "message": "the job stopped taking data (training finished or interrupted)"})
+            with contextlib.suppress(OSError):
+                c.sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + 0.5  # let clients read "stop" and hang up; then cut the rest
+        for r in readers:
+            r.join(max(deadline - time.monotonic(), 0.0))
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.sock.close()
+        self._acceptor.join(1.0)
+
+    def __enter__(self) -> ClientSource:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
