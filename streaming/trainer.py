@@ -61,10 +61,13 @@ class Validation:
 
     def score(self, sur: Surrogate, spec: SampleSpec) -> dict[str, float]:
         """One-step and rollout relative L2 (mean over samples / frames), physical units."""
-        s, t_len = self.frames.shape[:2]
+        t_len = self.frames.shape[1]
         cond = self.params.astype(np.float32) if spec.condition_on_params else None
-        rel = lambda p, y: np.linalg.norm((p - y).reshape(len(p), -1), axis=1) / np.maximum(  # noqa: E731
-            np.linalg.norm(y.reshape(len(y), -1), axis=1), 1e-12)
+        def rel(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+            """Per-sample relative L2 error."""
+            err = np.linalg.norm((p - y).reshape(len(p), -1), axis=1)
+            return err / np.maximum(np.linalg.norm(y.reshape(len(y), -1), axis=1), 1e-12)
+
         if spec.kind == "field":
             pred = np.asarray(sur.rollout(None, t_len - 1, cond=cond, t0=0.0))  # (S, T, C, *grid)
             err = rel(pred.reshape(-1, *pred.shape[2:]), self.frames.reshape(-1, *pred.shape[2:]))
@@ -196,8 +199,6 @@ class Trainer:
             self._source_done.set()
             if self.buffer.kind != "reservoir" and not self._stop.is_set():
                 self.buffer.end_reception()
-            with self.buffer._cond:
-                self.buffer._cond.notify_all()
 
     # ------------------------------------------------------------------ batches out
     def _draw(self) -> dict[str, np.ndarray] | None:
