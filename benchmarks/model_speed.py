@@ -1,19 +1,27 @@
-"""Forward and train-step throughput (samples/s) of every registered surrogate model.
+"""Forward and train-step throughput (samples/s) of every registered surrogate model, and our FNO
+against neuraloperator's, side by side in one run.
 
-    python benchmarks/model_speed.py                       # 64x64, batch 16, all models
-    python benchmarks/model_speed.py --grid 128 --batch 8 --models fno unet --json speed.json
+    python benchmarks/model_speed.py --json benchmarks/results/model_speed.json
+    python benchmarks/model_speed.py --grid 128 --batch 8 --models fno unet --no-neuraloperator
 
 Each model is built with its default hyper-parameters, 1 input and 1 output channel on a 2D grid
-(the MLP gets cond_dim 6, as Melissa's heat surrogate, and the grid as its `grid`). Times are the
-best of `--repeats` runs of `--iters` calls after one compile call; the train step is
-`surrogates.make_train_step` with Adam. Models that cannot be built (module missing, 2D not
-supported) are reported as skipped with the reason.
+(the MLP gets cond_dim 6, as Melissa's heat surrogate, and the grid as its `grid`); MP-PDE is also
+timed on a 1D grid of 100 points (`--grid-1d`), its setting in Brandstetter et al. 2022. Times are
+the best of `--repeats` runs of `--iters` calls after one compile call; the train step is
+`surrogates.make_train_step` with Adam. Models that cannot be built are reported as skipped with
+the reason.
+
+The FNO comparison (key `fno_train_step_speed_ratio_vs_neuraloperator`, ours / theirs, higher is
+better) uses :mod:`benchmarks.fno_vs_neuraloperator` (matched model, see its docstring) and needs
+the `bench` extra (CPU `torch`, `neuraloperator`). The two sides are timed in alternation,
+`--rounds` times each, and each keeps its best, so a change of machine load hits both alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from rich.progress import track
 
 if __package__ in (None, ""):  # run by path: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,14 +53,16 @@ def _best_time(call, iters: int, repeats: int) -> float:
     return best
 
 
-def measure(name: str, grid: int, batch: int, iters: int, repeats: int) -> dict[str, Any]:
-    """Throughput of one model: {"model", "params", "forward_samples_per_s", "train_samples_per_s"}."""
+def measure(name: str, grid: int, batch: int, iters: int, repeats: int, ndim: int = 2) -> dict[str, Any]:
+    """Throughput of one model on a `grid`^`ndim` grid:
+    {"model", "grid", "params", "forward_samples_per_s", "train_samples_per_s"}."""
     cond_dim = 6 if name == "mlp" else 0
-    extra = {"grid": (grid, grid)} if name == "mlp" else {}
-    model = get_model(name, in_channels=1, out_channels=1, ndim=2, cond_dim=cond_dim, rngs=nnx.Rngs(0), **extra)
+    shape = (grid,) * ndim
+    extra = {"grid": shape} if name == "mlp" else {}
+    model = get_model(name, in_channels=1, out_channels=1, ndim=ndim, cond_dim=cond_dim, rngs=nnx.Rngs(0), **extra)
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((batch, 1, grid, grid)), jnp.float32)
-    y = jnp.asarray(rng.standard_normal((batch, 1, grid, grid)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((batch, 1, *shape)), jnp.float32)
+    y = jnp.asarray(rng.standard_normal((batch, 1, *shape)), jnp.float32)
     cond = jnp.asarray(rng.standard_normal((batch, cond_dim)), jnp.float32) if cond_dim else None
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
@@ -64,48 +75,98 @@ def measure(name: str, grid: int, batch: int, iters: int, repeats: int) -> dict[
     t_train = _best_time(lambda: step(batch_dict), iters, repeats)
     return {
         "model": name,
+        "grid": "x".join(map(str, shape)),
         "params": n_params,
         "forward_samples_per_s": batch * iters / t_fwd,
         "train_samples_per_s": batch * iters / t_train,
     }
 
 
+def fno_vs_neuraloperator(batch: int, grid: int, iters: int, rounds: int) -> dict[str, Any]:
+    """Our FNO and neuraloperator's matched FNO, train steps timed in alternation (best of `rounds` each)."""
+    import neuralop
+    import torch
+
+    from benchmarks.fno_vs_neuraloperator import measure_neuralop, measure_ours
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    ours, theirs = [], []
+    for _ in range(rounds):
+        ours.append(measure_ours(batch, grid, 3, iters, 1))
+        theirs.append(measure_neuralop(True, batch, grid, 3, iters, 1))
+    best_ours = max(r["samples_per_s"] for r in ours)
+    best_theirs = max(r["samples_per_s"] for r in theirs)
+    return {
+        "fno_train_step_speed_ratio_vs_neuraloperator": best_ours / best_theirs,
+        "ours_train_samples_per_s": best_ours,
+        "neuraloperator_train_samples_per_s": best_theirs,
+        "ours_params": ours[0]["params"],
+        "neuraloperator_params": theirs[0]["params"],
+        "neuraloperator_version": neuralop.__version__,
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "rounds": rounds,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Forward/train-step throughput of the registered surrogate models.")
     parser.add_argument("--grid", type=int, default=64, help="grid points per axis (2D), default 64")
+    parser.add_argument("--grid-1d", type=int, default=100, help="1D grid of the MP-PDE row, default 100")
     parser.add_argument("--batch", type=int, default=16, help="batch size, default 16")
     parser.add_argument("--iters", type=int, default=20, help="calls per timed run, default 20")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (best is kept), default 3")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating FNO-vs-neuraloperator rounds, default 3")
     parser.add_argument("--models", nargs="*", default=None, help="model names (default: all registered)")
+    parser.add_argument("--no-neuraloperator", action="store_true", help="skip the FNO vs neuraloperator rows")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
     names = args.models or list(list_models())
+    runs = [(name, 2, args.grid) for name in names] + ([("mppde", 1, args.grid_1d)] if "mppde" in names else [])
     rows: list[dict[str, Any]] = []
-    for name in names:
+    for name, ndim, grid in track(runs, description="models", transient=True):
         try:
-            rows.append(measure(name, args.grid, args.batch, args.iters, args.repeats))
+            rows.append(measure(name, grid, args.batch, args.iters, args.repeats, ndim=ndim))
         except SurrogateError as e:
-            rows.append({"model": name, "skipped": str(e)})
+            rows.append({"model": name, "grid": f"{grid} ({ndim}D)", "skipped": str(e)})
+    versus: dict[str, Any] = {"skipped": "--no-neuraloperator"}
+    if not args.no_neuraloperator:
+        try:
+            versus = fno_vs_neuraloperator(args.batch, args.grid, args.iters, args.rounds)
+        except ImportError as e:
+            versus = {"skipped": f"{e}; install the `bench` extra (CPU torch, neuraloperator)"}
 
-    print(f"device {jax.devices()[0].device_kind}, grid {args.grid}x{args.grid}, batch {args.batch}")
-    print(f"{'model':8s} {'params':>12s} {'forward/s':>12s} {'train/s':>12s}")
+    print(f"device {jax.devices()[0].device_kind}, batch {args.batch}")
+    print(f"{'model':8s} {'grid':>8s} {'params':>12s} {'forward/s':>12s} {'train/s':>12s}")
     for r in rows:
         if "skipped" in r:
-            print(f"{r['model']:8s} skipped: {r['skipped']}")
+            print(f"{r['model']:8s} {r['grid']:>8s} skipped: {r['skipped']}")
         else:
             fwd, train = r["forward_samples_per_s"], r["train_samples_per_s"]
-            print(f"{r['model']:8s} {r['params']:12,d} {fwd:12.1f} {train:12.1f}")
+            print(f"{r['model']:8s} {r['grid']:>8s} {r['params']:12,d} {fwd:12.1f} {train:12.1f}")
+    if "skipped" in versus:
+        print(f"FNO vs neuraloperator skipped: {versus['skipped']}")
+    else:
+        print(f"FNO train samples/s (modes 12, width 32, depth 4, {args.grid}x{args.grid}): ours "
+              f"{versus['ours_train_samples_per_s']:.1f}, neuraloperator {versus['neuraloperator_version']} "
+              f"{versus['neuraloperator_train_samples_per_s']:.1f} -> ratio "
+              f"{versus['fno_train_step_speed_ratio_vs_neuraloperator']:.2f}")
     if args.json is not None:
         report = {
             "device": jax.devices()[0].device_kind,
             "backend": jax.default_backend(),
-            "grid": [args.grid, args.grid],
+            "jax_version": jax.__version__,
             "batch": args.batch,
             "iters": args.iters,
             "repeats": args.repeats,
             "results": rows,
+            "fno_vs_neuraloperator": versus,
         }
+        key = "fno_train_step_speed_ratio_vs_neuraloperator"
+        if key in versus:
+            report[key] = versus[key]
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
     return 0
 

@@ -100,17 +100,16 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise CliError("give a config file (e.g. configs/quickstart.toml) or --resume RUN_DIR")
         cfg = _job_config(args)
     if cfg is not None and cfg.workers.backend == "mpi":
-        from streaming.mpi_source import mpi_world, run_worker_for, split_roles
+        from streaming.mpi_source import finish, mpi_world, run_worker_for, split_roles
 
         comm = mpi_world()
         split_roles(comm)
         if comm.Get_rank() != 0:
             run_worker_for(cfg, comm)
-            return
-        summary = run_job(cfg, comm=comm)
-    else:
-        summary = run_job(cfg, resume=args.resume, offline=args.offline)
-    print_summary(summary)
+            finish(comm)
+        print_summary(run_job(cfg, comm=comm))
+        finish(comm)
+    print_summary(run_job(cfg, resume=args.resume, offline=args.offline))
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -121,7 +120,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    from streaming.mpi_source import mpi_world, run_worker_for, split_roles
+    from streaming.mpi_source import finish, mpi_world, run_worker_for, split_roles
 
     cfg = _job_config(args)
     comm = mpi_world()
@@ -129,6 +128,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     if comm.Get_rank() == 0:
         raise CliError("`pdestream worker` runs on MPI ranks > 0; rank 0 must be `pdestream train ... --backend mpi`")
     run_worker_for(cfg, comm)
+    finish(comm)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:

@@ -16,16 +16,17 @@ Protocol (worker -> trainer unless noted), with tags:
 - ``CREDIT`` (trainer -> worker): flow control. A worker starts with ``max_inflight`` credits and
   spends one per chunk; the trainer returns the credit once the chunk is in the buffer, so a
   slow trainer stops the workers rather than filling memory. A credit of -1 asks the worker to
-  abandon its task.
+  abandon its task; ``FIN`` (-2) answers the worker's ``bye`` and is the last message it receives.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from streaming.sources import Message
 from streaming.worker import SimReport, SolverWorker
 
 TASK, HEADER, DATA, CREDIT = 11, 12, 13, 14
+FIN = -2  # last CREDIT message, the answer to ``bye``: nothing unmatched is left when MPI finalises
 TRAINER = 0
 
 
@@ -109,6 +111,7 @@ class MPISource:
                 self._assign(src)
             elif kind == "bye":
                 self._alive.discard(src)
+                self.comm.send(FIN, dest=src, tag=CREDIT)
 
     def in_flight(self) -> list[Task]:
         return [t for t in self._tasks.values() if t is not None]
@@ -179,6 +182,25 @@ def run_worker(comm: Any, worker: SolverWorker) -> None:
         pending = []
         comm.send({"type": "task_done"}, dest=TRAINER, tag=HEADER)
     comm.send({"type": "bye"}, dest=TRAINER, tag=HEADER)
+    while comm.recv(source=TRAINER, tag=CREDIT) != FIN:  # credits still on the way: match them all
+        pass
+
+
+def finish(comm: Any, code: int = 0) -> NoReturn:
+    """End an MPI rank after a clean job: meet every rank, finalise MPI, and leave at once.
+
+    Hydra's process manager SIGKILLs the process groups of ranks still alive once the first rank has
+    left, so a rank that is slow to tear its interpreter down (JAX, threads) after ``MPI_Finalize``
+    was reported as "killed (signal 9)" and ``mpiexec`` exited with 9 after a successful job. Meeting
+    at a barrier, finalising together and exiting with ``os._exit`` leaves nothing to kill.
+    """
+    from mpi4py import MPI
+
+    comm.Barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    MPI.Finalize()
+    os._exit(code)
 
 
 def run_worker_for(cfg: Any, comm: Any) -> None:
