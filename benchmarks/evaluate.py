@@ -517,7 +517,12 @@ def pdebench_test_sims(pf: PDEBenchFile, test_ratio: float = PDEBENCH_TEST_RATIO
     return idx
 
 
-def _pdebench_cond(sur: Surrogate, pf: PDEBenchFile, cond: Mapping[str, float] | None, n: int) -> np.ndarray | None:
+def _pdebench_cond(
+    sur: Surrogate, pf: PDEBenchFile, cond: Mapping[str, float] | None, sims: np.ndarray
+) -> np.ndarray | None:
+    """``(len(sims), P)`` values of the surrogate's ``cond_names``: from ``cond``, else a root attribute of that name
+    (case-insensitive, one value for the whole file, PDEBench's way), else a per-simulation dataset ``(N,)`` of that
+    name (as ``pdestream solve --layout pdebench`` writes)."""
     need = sur.metadata.cond_names
     if not need:
         return None
@@ -526,22 +531,25 @@ def _pdebench_cond(sur: Surrogate, pf: PDEBenchFile, cond: Mapping[str, float] |
     if unknown:
         raise EvaluationError(f"cond: {unknown} are not parameters of the surrogate; it takes {list(need)}")
     lower = {k.lower(): v for k, v in pf.attrs.items()}
-    values, missing = [], []
+    per_sim = {k.lower(): k for k in pf.extras}
+    columns, missing = [], []
     for name in need:
-        if name in given:
-            values.append(given[name])
+        value = given.get(name, _number(lower.get(name.lower())))
+        if value is not None:
+            columns.append(np.full(len(sims), value, np.float32))
+            continue
+        column = pf.read_extra(per_sim[name.lower()], sims) if name.lower() in per_sim else None
+        if column is None or column.shape != (len(sims),):
+            missing.append(name)
         else:
-            value = _number(lower.get(name.lower()))
-            if value is None:
-                missing.append(name)
-            else:
-                values.append(value)
+            columns.append(column)
     if missing:
         raise EvaluationError(
-            f"{pf.path}: the surrogate is conditioned on {list(need)} but the file's attributes "
-            f"{sorted(pf.attrs)} do not give {missing}; pass them (--cond {missing[0]}=VALUE)"
+            f"{pf.path}: the surrogate is conditioned on {list(need)} but neither the file's attributes "
+            f"{sorted(pf.attrs)} nor its per-simulation datasets {sorted(pf.extras)} give {missing}; pass them "
+            f"(--cond {missing[0]}=VALUE)"
         )
-    return np.tile(np.asarray(values, np.float32), (n, 1))
+    return np.stack(columns, axis=1)
 
 
 def _number(v: Any) -> float | None:
@@ -627,7 +635,7 @@ def evaluate_pdebench(
         sims = sims[: _check_positive_int("max_sims", max_sims)]
     batch = _check_positive_int("batch", batch)
     n_examples = _check_positive_int("n_examples", n_examples, lo=0)
-    c_arr = _pdebench_cond(sur, pf, cond, len(sims))
+    c_arr = _pdebench_cond(sur, pf, cond, sims)
     warnings: list[str] = []
     file_dt = frame_spacing(pf.t)
     if file_dt is not None and not math.isclose(file_dt, m.dt, rel_tol=DT_RTOL):

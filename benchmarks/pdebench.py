@@ -549,3 +549,27 @@ def _atomic_write(path: Path, fill: Callable[[h5py.File], None]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def trajectories_to_pdebench(src: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Rewrite a ``pdestream solve`` file in PDEBench's layout, so PDEBench tooling (and ``--suite pdebench``) reads it.
+
+    A one-channel solver gives the single-file layout: ``tensor`` ``(N, Nt, *grid)``, ``x-coordinate`` [...],
+    ``t-coordinate``, and one dataset ``(N,)`` per solver parameter named after it (PDEBench keeps one parameter set
+    per file in root attributes; ours vary per simulation, and the evaluator reads either). Several channels give
+    the grouped layout, one group per simulation with ``data`` ``(Nt, *grid, C)``, and the parameters, when they are
+    the same for every simulation, as root attributes. The whole file is read into memory.
+    """
+    from benchmarks.trajectories import read_trajectories
+
+    traj = read_trajectories(src)
+    fields = traj.fields()  # (N, Nt, C, *grid)
+    xyz = [traj.coords.get(a) for a in _AXES]
+    attrs = {"solver": traj.solver, "channels": list(traj.channels)}
+    if len(traj.channels) == 1:
+        extras = {name: traj.params[:, i] for i, name in enumerate(traj.param_names)}
+        return write_pdebench_single(out, fields[:, :, 0], xyz[0], traj.t, y=xyz[1], z=xyz[2], extras=extras,
+                                     attrs=attrs)
+    fixed = np.all(traj.params == traj.params[:1], axis=0)
+    attrs.update({name: float(traj.params[0, i]) for i, name in enumerate(traj.param_names) if fixed[i]})
+    return write_pdebench_grouped(out, np.moveaxis(fields, 2, -1), xyz[0], traj.t, y=xyz[1], z=xyz[2], attrs=attrs)

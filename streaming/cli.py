@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -61,10 +62,20 @@ def cmd_solve(args: argparse.Namespace) -> None:
     from streaming.solve import solve_to_file
 
     solver = get_solver(args.solver, **parse_set(args.set))
-    path = solve_to_file(solver, args.n, args.steps, args.out, every=args.every, seed=args.seed,
+    out = Path(args.out)
+    target = out if args.layout == "pdestream" else out.with_name(out.name + ".trajectories")
+    path = solve_to_file(solver, args.n, args.steps, target, every=args.every, seed=args.seed,
                          design=args.design, batch=args.batch, show_progress=not args.quiet)
+    if args.layout == "pdebench":
+        from benchmarks.pdebench import trajectories_to_pdebench
+
+        try:
+            path = trajectories_to_pdebench(target, out)
+        finally:
+            target.unlink(missing_ok=True)
     n_out = args.steps // args.every + 1
-    print(f"wrote {path}: fields ({args.n}, {n_out}, {len(solver.channels)}, {', '.join(map(str, solver.grid))})")
+    print(f"wrote {path} ({args.layout} layout): {args.n} simulations x {n_out} frames of "
+          f"{', '.join(solver.channels)} on {'x'.join(map(str, solver.grid))}")
 
 
 def cmd_show(args: argparse.Namespace) -> None:
@@ -181,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16, help="simulations run together (vmap)")
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--layout", choices=["pdestream", "pdebench"], default="pdestream",
+                   help="file layout: ours (default) or PDEBench's (single-file `tensor`, grouped for several fields)")
 
     p = add("show", cmd_show, "Draw snapshots of one simulation of a trajectory file to a PNG.",
             "pdestream show x.h5 --sim 0 --out x.png")

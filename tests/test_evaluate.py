@@ -34,7 +34,7 @@ from benchmarks.evaluate import (
     to_json,
 )
 from benchmarks.metrics import field_metrics, pdebench_metrics
-from benchmarks.pdebench import open_pdebench, write_pdebench_grouped, write_pdebench_single
+from benchmarks.pdebench import open_pdebench, trajectories_to_pdebench, write_pdebench_grouped, write_pdebench_single
 from benchmarks.predict import predict_file
 from benchmarks.trajectories import TrajectoryWriter, read_trajectories
 from solvers import get_solver
@@ -242,6 +242,24 @@ def test_surrogate_on_its_own_rollout_has_zero_error(heat_sur, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- PDEBench
+def test_pdestream_file_in_pdebench_layout_with_per_simulation_parameters(tmp_path):
+    """`pdestream solve --layout pdebench`: same fields, one (N,) dataset per parameter; the evaluator conditions
+    each simulation on its own parameters (zero error on the surrogate's own rollout proves it: one swapped or
+    shared parameter vector would not give ~0)."""
+    heat_sur = _surrogate(_heat_meta(), seed=7, scale=100.0, offset=300.0)  # its own: other tests alter theirs
+    frames = _oracle_file(heat_sur, tmp_path / "oracle.h5", n=4, t_len=6, seed=5)
+    out = trajectories_to_pdebench(tmp_path / "oracle.h5", tmp_path / "oracle_pdebench.h5")
+    pf = open_pdebench(out)
+    assert pf.layout == "tensor" and pf.shape == (4, 6, 1, *HEAT.grid)
+    assert set(HEAT.param_space.names) <= set(pf.extras)
+    np.testing.assert_array_equal(pf.read().fields, frames)
+    r = evaluate_pdebench(heat_sur, out, initial_step=1, split="all")
+    assert r["results"]["rollout_full"]["surrogate"]["overall"]["NMSE"] < NMSE_ZERO
+    assert r["results"]["rollout_full"]["identity"]["overall"]["NMSE"] > 1e-6
+    r = evaluate_pdebench(heat_sur, out, initial_step=1, split="all", cond={"T_left": 100.0})  # overrides one column
+    assert r["results"]["rollout_full"]["surrogate"]["overall"]["NMSE"] > 1e-8
+
+
 @pytest.fixture(scope="module")
 def bundle1d() -> Surrogate:
     meta = SurrogateMetadata(
@@ -315,7 +333,7 @@ def test_pdebench_cfd_and_grouped_layouts_with_cond(cfd2d, tmp_path):
     grouped = write_pdebench_grouped(
         tmp_path / "2D_diff-react.h5", np.moveaxis(data, 2, -1), xy, np.arange(nt) * 0.05, y=xy
     )
-    with pytest.raises(EvaluationError, match=r"do not give \['eta'\].*--cond eta=VALUE"):
+    with pytest.raises(EvaluationError, match=r"give \['eta'\].*--cond eta=VALUE"):
         evaluate_pdebench(cfd2d, grouped, initial_step=k, split="all")
     r = evaluate_pdebench(cfd2d, grouped, initial_step=k, split="all", cond={"eta": 0.01})
     assert r["data"]["layout"] == "grouped" and r["data"]["channels"] == ["c0", "c1", "c2", "c3"]
@@ -481,7 +499,7 @@ def error_inputs(bundle1d, tmp_path_factory) -> dict[str, str]:
 @pytest.mark.parametrize(
     "case,needle",
     [
-        ("cfd", "the CFD suite is not available yet"),
+        ("cfd", "not on a CFD problem"),
         ("grid", "frames have shape (C, *grid) = (1, 16, 16) but the surrogate predicts (1, 8, 8)"),
         ("corrupt_traj", "unreadable or incomplete trajectory file"),
         ("corrupt_pdebench", "not a readable HDF5 file"),
