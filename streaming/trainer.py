@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +46,27 @@ from streaming.worker import SimReport
 from surrogates.normalizer import Normalizer
 from surrogates.surrogate import Surrogate
 from surrogates.training import make_train_step
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block has finished, then raise it.
+
+    A jitted train step donates the previous state's buffers: an interrupt between the call's return and the
+    assignment of the new state would leave nothing but deleted arrays to checkpoint. Outside the main thread
+    (where signal handlers cannot be set) the block runs unguarded.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[object] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
 
 
 class StreamEnded(RuntimeError):
@@ -300,8 +322,9 @@ class Trainer:
                 for batch in self._batches(source):
                     if self.step >= total:
                         break
-                    losses.append(self.train_step(self._encode(batch)))
-                    self.step += 1
+                    with _ctrl_c_deferred():  # the step donates the old state: never stop half-way through it
+                        losses.append(self.train_step(self._encode(batch)))
+                        self.step += 1
                     record: dict[str, Any] = {}
                     if self.step % cfg.logging.interval == 0 or self.step == total:
                         now = time.time()

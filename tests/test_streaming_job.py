@@ -126,3 +126,37 @@ def test_generate_then_train_offline(tmp_path, capsys):
     summary = json.loads((tmp_path / "offline" / "summary.json").read_text())
     # all 6 x 10 next-step samples of the file are in the buffer and nothing else arrived
     assert summary["samples_received"] == 60 and summary["steps"] == 20 and summary["buffer"]["size"] == 60
+
+
+def test_ctrl_c_writes_a_final_checkpoint_and_the_run_resumes(tmp_path):
+    """SIGINT to a running `pdestream train`: exit status 130, a checkpoint at the step reached (its state intact,
+    not half-donated to an interrupted train step), and `--resume` finishes the job."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sets = {**SMALL, "logging.run_dir": str(tmp_path), "logging.name": "ctrlc", "optim.steps": "60",
+            "logging.interval": "1", "validation.interval": "1000", "checkpoint.interval": "1000"}
+    cmd = [sys.executable, "-m", "streaming.cli", "train", "configs/quickstart.toml"]
+    for k, v in sets.items():
+        cmd += ["--set", f"{k}={v}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    run = tmp_path / "ctrlc"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        log = run / "metrics.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["interrupted"] and 3 <= summary["steps"] < 60
+    assert (run / "checkpoints" / str(summary["steps"])).is_dir()
+    assert "deleted" not in err
+    resumed = run_job(resume=run)
+    assert resumed["steps"] == 60 and not resumed["interrupted"]
