@@ -1,4 +1,4 @@
-"""Training buffers between the transport and the batcher: FIFO, FIRO and Reservoir (pure numpy).
+"""Training buffers between the transport and the batcher: FIFO, FIRO, Reservoir and Epoch (pure numpy).
 
 The buffers follow Melissa's online-training buffers (Meyer et al., "High Throughput Training of
 Deep Surrogates from Large Ensemble Runs", SC23 workshops, arXiv 2309.16743; Melissa's
@@ -34,6 +34,16 @@ Kinds (``max_reuse``: how many draws a sample survives; ``None`` picks the kind'
                    Draws as FIRO. Samples are kept however often drawn (default ``max_reuse=None``);
                    with ``max_reuse`` they leave after that many draws, freeing a slot that the
                    next put fills directly. Never blocks producers (``has_room`` is always True).
+    ``epoch``      A fixed dataset served by epochs (the offline baseline, ``pdestream train --offline``):
+                   each epoch draws every sample present when it starts exactly once, in a fresh
+                   random order. When the dataset size is not a multiple of the batch size, the batch
+                   that straddles two epochs takes the ``r`` samples left from the old epoch and the
+                   first ``batch_size - r`` samples of the new epoch's order that are not among them
+                   (the new epoch is still a permutation of all samples), so a batch never holds one
+                   sample twice. Samples put during an epoch join at the next one. Samples never
+                   leave (``max_reuse`` must be None) and ``end_reception`` stops puts without
+                   draining. A put beyond ``capacity`` raises :class:`BufferFullError`: size the
+                   buffer to hold the whole dataset.
 
 Watermark and end of reception
     ``ready()`` is ``len(buf) >= watermark``; ``sample_batch`` serves only when ready and at least
@@ -41,6 +51,7 @@ Watermark and end of reception
     watermark no longer applies, every drawn sample leaves (the buffer drains, as Melissa's does
     at the end of a study), puts raise, and ``is_exhausted(batch_size)`` turns True when fewer than
     ``batch_size`` samples remain (the remainder is dropped, so batch shapes never change).
+    The ``epoch`` buffer does not drain: it keeps serving epochs of its fixed dataset.
 
 Counters
     ``n_put`` new (non-duplicate) samples offered, ``n_duplicates`` dropped keys, ``n_discarded``
@@ -239,6 +250,7 @@ class Buffer:
     kind: ClassVar[str] = ""
     default_max_reuse: ClassVar[int | None] = 1
     blocks_producers: ClassVar[bool] = True
+    drains_at_end: ClassVar[bool] = True  # after end_reception every drawn sample leaves
     n_put: int  # counters: see the module docstring
     n_duplicates: int
     n_discarded: int
@@ -460,7 +472,7 @@ class Buffer:
             keys = decode_keys(self._codes[slots])
             self._seen[slots] += 1
             self.n_drawn += batch_size
-            limit = 1 if self._ended else self.reuse_limit
+            limit = 1 if self._ended and self.drains_at_end else self.reuse_limit
             if limit is not None:
                 gone = slots[self._seen[slots] >= limit]
                 if gone.size:
@@ -634,8 +646,67 @@ class ReservoirBuffer(Buffer):
         self.n_discarded += int(rest.size - hit.size)
 
 
-_KINDS: dict[str, type[Buffer]] = {"fifo": FIFOBuffer, "firo": FIROBuffer, "reservoir": ReservoirBuffer}
-_KIND_IDS = {"fifo": 0, "firo": 1, "reservoir": 2}
+class EpochBuffer(Buffer):
+    """A fixed dataset drawn by epochs: every sample once per epoch, fresh random order (module docstring).
+
+    ``epochs`` counts the epochs started (0 before the first draw).
+    """
+
+    kind = "epoch"
+    default_max_reuse = None
+    blocks_producers = False
+    drains_at_end = False
+
+    def __init__(
+        self, capacity: int, watermark: int, max_reuse: int | None = None, seed: int = 0, *, dedup: bool = True
+    ):
+        if max_reuse is not None:
+            raise BufferConfigError(
+                f"buffer max_reuse={max_reuse!r}: the epoch buffer keeps every sample; allowed None"
+            )
+        super().__init__(capacity, watermark, None, seed, dedup=dedup)
+
+    def _reset_storage(self) -> None:
+        super()._reset_storage()
+        self._order = np.zeros(0, dtype=np.int64)  # slots still to draw in this epoch, in order
+        self.epochs = 0
+
+    def _store(self, codes: np.ndarray, leaves: list[np.ndarray], idx: np.ndarray) -> None:
+        if idx.size > self.free_slots():
+            raise BufferFullError(
+                f"epoch buffer full: {idx.size} new samples but {self.free_slots()} free of capacity "
+                f"{self.capacity}; the epoch buffer holds a whole dataset, so raise its capacity"
+            )
+        super()._store(codes, leaves, idx)
+
+    def _choose(self, batch_size: int) -> np.ndarray:
+        order = self._order
+        if order.size < batch_size:  # start a new epoch; the r = order.size left over finish the old one
+            perm = self._rng.permutation(np.flatnonzero(self._occupied))
+            first = np.flatnonzero(~np.isin(perm, order))[: batch_size - order.size]
+            rest = np.ones(perm.size, dtype=bool)
+            rest[first] = False
+            order = np.concatenate([order, perm[first], perm[rest]])
+            self.epochs += 1
+        self._order = order[batch_size:]
+        return order[:batch_size]
+
+    def state_dict(self) -> dict[str, Any]:
+        """:meth:`Buffer.state_dict` plus the rest of the epoch's order (slots) and the epoch count."""
+        with self._cond:
+            return {**super().state_dict(), "order": self._order.copy(), "epochs": self.epochs}
+
+    def load_state_dict(self, d: Mapping[str, Any]) -> None:
+        with self._cond:
+            super().load_state_dict(d)
+            self._order = np.asarray(d["order"], dtype=np.int64).copy()
+            self.epochs = int(d["epochs"])
+
+
+_KINDS: dict[str, type[Buffer]] = {
+    "fifo": FIFOBuffer, "firo": FIROBuffer, "reservoir": ReservoirBuffer, "epoch": EpochBuffer,
+}
+_KIND_IDS = {"fifo": 0, "firo": 1, "reservoir": 2, "epoch": 3}
 _ARGS = ("capacity", "watermark", "max_reuse", "seed", "dedup")
 
 
@@ -643,7 +714,7 @@ def make_buffer(kind: str, **kw: Any) -> Buffer:
     """Build a training buffer.
 
     Args:
-      kind: ``"fifo"``, ``"firo"`` or ``"reservoir"`` (module docstring).
+      kind: ``"fifo"``, ``"firo"``, ``"reservoir"`` or ``"epoch"`` (module docstring).
       **kw: ``capacity`` and ``watermark`` (required), ``max_reuse=None``, ``seed=0``, ``dedup=True``.
 
     Raises:

@@ -74,7 +74,7 @@ class OptimSection(_Section):
 
 
 class BufferSection(_Section):
-    kind: Literal["fifo", "firo", "reservoir"] = "reservoir"
+    kind: Literal["fifo", "firo", "reservoir", "epoch"] = "reservoir"  # epoch: offline datasets
     capacity: int = Field(4096, ge=1)
     watermark: int = Field(256, ge=1)
     max_reuse: int | None = Field(None, ge=1)

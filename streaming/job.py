@@ -116,22 +116,22 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
     ``messages`` replaces the solver workers by chunks already in memory (for benchmarks);
     ``offline`` trains from a trajectory file instead (see :mod:`streaming.offline`).
     """
-    if offline is not None:
-        from streaming.offline import file_messages
-
-        assert cfg is not None
-        messages = file_messages(offline, cfg)
-        spec0 = sample_spec(cfg, build_solver(cfg))
-        n_samples = sum(m.n_steps - spec0.lookback - spec0.lookahead + 1 for m in messages if hasattr(m, "n_steps"))
-        cfg = cfg.model_copy(update={"buffer": cfg.buffer.model_copy(update={
-            "kind": "reservoir", "capacity": max(cfg.buffer.capacity, n_samples), "max_reuse": None})})
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.resolved.toml").exists():
             raise ConfigError(f"--resume {run_dir}: not a run directory (no config.resolved.toml)")
         cfg = load_config(run_dir / "config.resolved.toml")
+        if offline is not None:
+            from streaming.offline import file_messages
+
+            messages = file_messages(offline, cfg)  # the saved config already holds the offline buffer
     else:
-        assert cfg is not None
+        if cfg is None:
+            raise ConfigError("run_job needs a config, or resume=RUN_DIR")
+        if offline is not None:
+            from streaming.offline import offline_job
+
+            messages, cfg = offline_job(offline, cfg)
         run_dir = new_run_dir(cfg)
         (run_dir / "config.resolved.toml").write_text(dump_toml(cfg))
     solver = build_solver(cfg)
@@ -156,15 +156,18 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
         buffer.load_state_dict(tree["buffer"])
         normalizer = Normalizer.from_state_dict(tree["normalizer"])
         cursor.load_state_dict(meta_ckpt["cursor"])
+        if offline is not None:
+            messages = []  # the checkpointed epoch buffer already holds the whole file
     args = worker_args(cfg, spec)
     metrics = MetricsLog(run_dir, cfg.logging.tensorboard)
     source = MemorySource(cursor, messages) if messages is not None else make_source(cfg, cursor, args, comm)
     if cfg.workers.backend == "external" and messages is None:
         print(f"pdestream train: external solvers connect to {source.address} "
               f"(streaming.client.connect, or PDESTREAM_ADDRESS={source.address})", file=sys.stderr, flush=True)
+    mode = "sync" if cfg.workers.backend == "local" or offline is not None else "background"  # sync: exact resume
     trainer = Trainer(cfg=cfg, spec=spec, model=model, optimizer=optimizer, schedule=schedule, buffer=buffer,
                       normalizer=normalizer, metadata=meta, validation=validation, run_dir=run_dir, metrics=metrics,
-                      checkpoints=checkpoints, mode="sync" if cfg.workers.backend == "local" else "background",
+                      checkpoints=checkpoints, mode=mode,
                       cursor_state=lambda: cursor.state_dict(source.in_flight()))
     if restored is not None:
         trainer.restore(restored[0], restored[2])

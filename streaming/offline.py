@@ -1,10 +1,11 @@
 """The offline baseline: write a job's simulations to HDF5 (``pdestream generate``) and read them back
 as the sample source of the same trainer (``pdestream train CFG --offline DATA.h5``).
 
-Offline training keeps every sample of the file in the buffer (a reservoir sized to hold them all)
-and draws batches uniformly at random: each batch holds distinct samples, and over
-``dataset_size / batch_size`` steps every sample is drawn once in expectation (an epoch). The file
-must fit in memory.
+Offline training keeps every sample of the file in an ``epoch`` buffer (:mod:`streaming.buffers`)
+sized to hold them all, and shuffles by epoch: each epoch draws every sample exactly once in a
+fresh random order (seeded by ``optim.seed``), and a batch never holds one sample twice. The
+watermark is the whole dataset, so the normaliser is fitted on all of it and the first epoch
+already holds every sample. The file must fit in memory.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from streaming.config import ConfigError, JobConfig
 from streaming.design import DesignCursor
 from streaming.progress import progress_bar
 from streaming.worker import SimReport, SolverWorker
+
+Message = Chunk | SimReport
 
 
 def generate(cfg: JobConfig, out: str | Path, show_progress: bool = True) -> Path:
@@ -45,16 +48,38 @@ def generate(cfg: JobConfig, out: str | Path, show_progress: bool = True) -> Pat
     return Path(out)
 
 
-def file_messages(path: str | Path, cfg: JobConfig) -> list[Chunk | SimReport]:
+def file_messages(path: str | Path, cfg: JobConfig) -> list[Message]:
     """Every simulation of a trajectory file as one chunk (and a report), checked against the job."""
     traj = read_trajectories(path)
     if traj.solver != cfg.solver.name:
         raise ConfigError(f"{path} holds {traj.solver} simulations but the job trains on {cfg.solver.name}")
     frames = traj.fields()
-    messages: list[Chunk | SimReport] = []
+    messages: list[Message] = []
     for i in range(len(frames)):
         sid = int(traj.sim_id[i])
         messages.append(Chunk(sim_id=sid, steps=np.arange(frames.shape[1]), fields=frames[i],
                               params=traj.params[i], solver=traj.solver))
         messages.append(SimReport(sid, "done"))
     return messages
+
+
+def offline_config(cfg: JobConfig, messages: list[Message]) -> JobConfig:
+    """``cfg`` with an ``epoch`` buffer that holds every sample of ``messages`` (watermark = the number
+    of samples), so training sees the fixed dataset one shuffled epoch after another."""
+    from streaming.job import build_solver, sample_spec
+
+    spec = sample_spec(cfg, build_solver(cfg))
+    n = sum(max(m.n_steps - spec.lookback - spec.lookahead + 1, 0) for m in messages if isinstance(m, Chunk))
+    if n < cfg.optim.batch_size:
+        raise ConfigError(f"the offline dataset holds {n} samples, fewer than optim.batch_size="
+                          f"{cfg.optim.batch_size}; lower the batch size or write more simulations")
+    # capacity >= chunk_frames keeps run_job's check for blocking buffers quiet; the extra slots stay empty
+    capacity = max(n, cfg.workers.chunk_frames)
+    buffer = cfg.buffer.model_copy(update={"kind": "epoch", "capacity": capacity, "watermark": n, "max_reuse": None})
+    return cfg.model_copy(update={"buffer": buffer})
+
+
+def offline_job(path: str | Path, cfg: JobConfig) -> tuple[list[Message], JobConfig]:
+    """The messages of trajectory file ``path`` and the job config that trains on them by epochs."""
+    messages = file_messages(path, cfg)
+    return messages, offline_config(cfg, messages)

@@ -122,10 +122,20 @@ def test_generate_then_train_offline(tmp_path, capsys):
     assert main(["train", "configs/quickstart.toml", *common, "--offline", str(data),
                  "--set", "optim.steps=20", "--set", "optim.batch_size=8", "--set", "buffer.watermark=32",
                  "--set", "model.hparams={ modes = 4, width = 8, depth = 1 }", "--set", "validation.n_sims=2",
-                 "--set", "logging.name=offline"]) == 0
+                 "--set", "logging.name=offline", "--set", "logging.interval=1",
+                 "--set", "checkpoint.interval=10"]) == 0
     summary = json.loads((tmp_path / "offline" / "summary.json").read_text())
     # all 6 x 10 next-step samples of the file are in the buffer and nothing else arrived
     assert summary["samples_received"] == 60 and summary["steps"] == 20 and summary["buffer"]["size"] == 60
+    # an offline run resumes from its checkpoint (epoch order included) and repeats the uninterrupted losses
+    run = tmp_path / "offline"
+    full = {r["step"]: r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r}
+    shutil.rmtree(run / "checkpoints" / "20")
+    (run / "metrics.jsonl").unlink()
+    assert main(["train", "--resume", str(run), "--offline", str(data)]) == 0
+    resumed = {r["step"]: r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r}
+    assert sorted(resumed) == list(range(11, 21))
+    np.testing.assert_allclose([resumed[s] for s in range(11, 21)], [full[s] for s in range(11, 21)], rtol=1e-6)
 
 
 def test_ctrl_c_writes_a_final_checkpoint_and_the_run_resumes(tmp_path):
