@@ -2,11 +2,15 @@
 ns2d against Exponax's Navier-Stokes vorticity stepper on the same grid and dt, in one run.
 
     python benchmarks/solver_speed.py [--json FILE] [--batch 16] [--repeats 3]
+    python benchmarks/solver_speed.py --cfd [--json benchmarks/results/solver_speed_cfd.json]
 
 Prints a table and writes a flat JSON dict (keys ``<solver>_sim_steps_per_s_batched``,
 ``<solver>_sim_steps_per_s_single``, ``<solver>_batch_speedup``, ``ns2d_vs_exponax_speed_ratio``).
-Timings are the best of ``--repeats`` runs after a warm-up (compile) run; every run is
-synchronised with ``block_until_ready``.
+``--cfd`` runs only the walled-flow solvers (cavity, tube, dam, cylinder) on ``64 x 64`` and
+``128 x 128`` cells (keys ``<solver>_<n>x<n>_...``), each with the largest ``dt`` its CFL check
+accepts for the sampled parameters (the cost of a step with obstacles depends on ``dt`` through the
+conjugate-gradient iterations). Timings are the best of ``--repeats`` runs after a warm-up (compile)
+run; every run is synchronised with ``block_until_ready``.
 """
 
 from __future__ import annotations
@@ -67,6 +71,18 @@ def solver_rate(name: str, config: dict, n_steps: int, batch: int, repeats: int)
     return batch * n_steps / best_time(lambda: run(states), repeats)
 
 
+CFD_SOLVERS = ("cavity", "tube", "dam", "cylinder")
+CFD_GRIDS = (64, 128)
+
+
+def cfd_rates(name: str, n: int, n_steps: int, batch: int, repeats: int) -> tuple[float, float]:
+    """Batched and single sim-steps/s of a walled-flow solver on ``n x n`` cells at its largest stable ``dt``."""
+    params = get_solver(name, nx=n, ny=n).sample_params(jax.random.key(0), batch)
+    dt = get_solver(name, nx=n, ny=n).max_stable_dt(np.asarray(params))
+    config = {"nx": n, "ny": n, "dt": dt}
+    return (solver_rate(name, config, n_steps, batch, repeats), solver_rate(name, config, n_steps, 1, repeats))
+
+
 def exponax_vs_ours(batch: int, repeats: int, n: int = 64, dt: float = 1e-3, nu: float = 1e-3,
                     n_steps: int = 100) -> dict[str, float]:
     """Unforced 2D vorticity NS, both ETDRK4 with 2/3 dealiasing on the periodic unit square."""
@@ -95,10 +111,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="solvers to run (default: all registered)")
+    parser.add_argument("--cfd", action="store_true", help="only the CFD solvers at 64x64 and 128x128")
     args = parser.parse_args()
     results: dict[str, float | str] = {"device": str(jax.devices()[0]), "batch": args.batch}
     rows = []
-    for name, (config, n_steps) in CASES.items():
+    if args.cfd:
+        for name in CFD_SOLVERS:
+            for n in CFD_GRIDS:
+                batched, single = cfd_rates(name, n, 20, args.batch, args.repeats)
+                key = f"{name}_{n}x{n}"
+                results.update({f"{key}_sim_steps_per_s_batched": batched, f"{key}_sim_steps_per_s_single": single,
+                                f"{key}_batch_speedup": batched / single})
+                rows.append((name, f"{n}x{n}", batched, single, batched / single))
+                print(rows[-1], flush=True)
+    for name, (config, n_steps) in ({} if args.cfd else CASES).items():
         if args.only and name not in args.only:
             continue
         try:
@@ -115,7 +141,7 @@ def main() -> None:
     print(f"| solver | grid | sim-steps/s batched | sim-steps/s single | batch speed-up |\n|{'---|' * 5}")
     for name, grid, b, s, r in rows:
         print(f"| {name} | {grid} | {b:,.0f} | {s:,.0f} | {r:.1f}x |")
-    if not args.only or "exponax" in args.only:
+    if not args.cfd and (not args.only or "exponax" in args.only):
         try:
             results.update(exponax_vs_ours(args.batch, args.repeats))
         except ImportError:

@@ -109,15 +109,19 @@ def test_cylinder_geometry_and_cfl():
 
 
 @pytest.mark.slow
-def test_schaefer_turek_2d1_coarse():
-    # 10 cells per diameter (staircase): measured Cd 5.910 (+5.7%), dp 0.1153 (-1.6%), 40 s on 2 cores.
-    out = validate_cylinder("2D-1", 41)
+def test_schaefer_turek_2d1_coarse_staircase():
+    # 10 cells per diameter, no-slip on the staircase: measured Cd 5.910 (+5.7%), dp 0.1153 (-1.6%).
+    out = validate_cylinder("2D-1", 41, boundary="staircase")
     assert out["converged"]
     assert out["cd_rel_error"] <= 0.07 and out["dp_rel_error"] <= 0.03, out
 
 
 @pytest.mark.slow
-def test_schaefer_turek_2d1_drag_within_3_percent():
-    # Issue 5: Cd within 3% on a coarse grid. 20 cells per diameter: measured Cd 5.727 (+2.5%).
-    out = validate_cylinder("2D-1", 82)
-    assert out["cd_rel_error"] <= 0.03, out
+def test_schaefer_turek_2d1_drag_within_1_percent():
+    # Issue 5: Cd within 3% on a coarse grid; with no-slip on the true circle (default) 10 cells per
+    # diameter give Cd 5.595 (+0.09%), Cl 0.0125 (+14%), dp 0.1121 (-4.3%), 200 s on 2 loaded cores.
+    # Tolerances: Cd 1% (tightened from 3%), Cl 30%, dp 6%.
+    out = validate_cylinder("2D-1", 41)
+    assert out["converged"]
+    assert out["cd_rel_error"] <= 0.01, out
+    assert out["cl_rel_error"] <= 0.3 and out["dp_rel_error"] <= 0.06, out

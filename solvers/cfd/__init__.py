@@ -7,6 +7,7 @@ Building blocks (each a small pure function, composed by :func:`make_step`):
 - :mod:`~solvers.cfd.fast_diag`: direct Poisson/Helmholtz solves by fast diagonalisation;
 - :mod:`~solvers.cfd.navier_stokes`: projection and the RK3 / Crank-Nicolson step;
 - :mod:`~solvers.cfd.obstacles`: solid cell masks, masked operators, preconditioned CG;
+- :mod:`~solvers.cfd.immersed`: no-slip on a curved surface (wall distances for the viscous operator);
 - :mod:`~solvers.cfd.forces`: control-volume force on an obstacle;
 - :mod:`~solvers.cfd.cfl`: the CFL check that refuses an unstable ``dt``;
 - :mod:`~solvers.cfd.resample`: CFDBench's 64 x 64 ``(u, v, mask)`` samples.

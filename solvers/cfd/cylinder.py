@@ -7,10 +7,12 @@ inflow ``u(0, y) = 6 U y (H - y) / H^2`` of mean ``U`` (``U_max = 1.5 U``), an o
 (``center_x``, ``center_y``). The benchmark cases are ``D = 0.1`` at ``(0.2, 0.2)`` with density 1 and
 viscosity 1e-3: 2D-1 has ``U = 0.2`` (Re = 20, steady), 2D-2 ``U = 1`` (Re = 100, periodic shedding).
 
-The cylinder is a staircase cell mask (:mod:`solvers.cfd.obstacles`): cells whose centre lies inside
-the circle are solid. This is first order in the cell size for the geometry, so drag and lift need
-fine grids (``benchmarks.validation.validate_cylinder`` reports the errors). Forces come from a
-control-volume momentum balance (:func:`force`).
+The cylinder is a cell mask (:mod:`solvers.cfd.obstacles`): cells whose centre lies inside the
+circle are solid. With ``boundary="interpolated"`` (default) the viscous operator puts the no-slip
+condition on the true circle (:mod:`solvers.cfd.immersed`), second order in the cell size;
+``boundary="staircase"`` keeps it on the cell faces, a first-order geometric error
+(``benchmarks.validation.validate_cylinder`` reports the errors). Forces come from a control-volume
+momentum balance (:func:`force`).
 
 Parameters: ``inlet_velocity`` (mean, m/s), ``density`` (kg/m^3), ``viscosity`` (Pa s), ``diameter``
 (m), ``center_x``, ``center_y`` (m). ``Re = density * inlet_velocity * diameter / viscosity`` spans
@@ -28,6 +30,7 @@ import numpy as np
 
 from solvers.cfd.boundaries import OUTFLOW, Sides, still_walls
 from solvers.cfd.forces import box_force
+from solvers.cfd.immersed import circle_fractions
 from solvers.cfd.navier_stokes import Flow
 from solvers.cfd.problem import MACSolver
 from solvers.cfd.tube import inlet_profile
@@ -37,11 +40,13 @@ from solvers.params import Param, ParamSpace
 # Bound of max|u| / inlet_velocity for the CFL check: 1.5 at the inflow's peak, about 2 U_max beside
 # the cylinder (blockage and the potential-flow speed-up), so 3 with a little margin.
 SPEED_FACTOR = 3.0
+BOUNDARIES = ("interpolated", "staircase")
 
 
 @dataclass(frozen=True)
 class CylinderConfig:
     """nx, ny: cells along and across; dt: time step (s); length, height: channel size (m);
+    boundary: ``"interpolated"`` (no-slip on the circle) or ``"staircase"`` (on the cell faces);
     theta, cfl_max: as cavity."""
 
     nx: int = 220
@@ -49,6 +54,7 @@ class CylinderConfig:
     dt: float = 1e-3
     length: float = 2.2
     height: float = 0.41
+    boundary: str = "interpolated"
     theta: float = 0.5
     cfl_max: float = 1.0
     dtype: str = "float32"
@@ -74,6 +80,8 @@ class Cylinder(MACSolver):
     def __init__(self, **overrides: object) -> None:
         super().__init__(**overrides)
         c = self.config
+        if c.boundary not in BOUNDARIES:
+            raise SolverError(f"cylinder: boundary must be one of {', '.join(BOUNDARIES)}, got {c.boundary!r}")
         lo, hi = self.param_space.low, self.param_space.high
         if not (
             lo[4] - hi[3] / 2 > 0 and hi[4] + 2 * hi[3] < c.length and lo[5] - hi[3] > 0 and hi[5] + hi[3] < c.height
@@ -98,13 +106,12 @@ class Cylinder(MACSolver):
     def flow(self, params: jax.Array) -> Flow:
         nx, ny = self.grid
         walls = still_walls(nx, ny, self.dtype)._replace(u_left=inlet_profile("parabolic", ny, params[0], self.dtype))
-        return Flow(
-            jnp.asarray(self.config.length / nx, self.dtype),
-            jnp.asarray(self.config.height / ny, self.dtype),
-            params[2] / params[1],
-            walls,
-            self.fluid(params),
-        )
+        dx = jnp.asarray(self.config.length / nx, self.dtype)
+        dy = jnp.asarray(self.config.height / ny, self.dtype)
+        fractions = None
+        if self.config.boundary == "interpolated":
+            fractions = circle_fractions(nx, ny, dx, dy, params[4], params[5], params[3] / 2, self.dtype)
+        return Flow(dx, dy, params[2] / params[1], walls, self.fluid(params), fractions)
 
     def density(self, params: jax.Array) -> jax.Array:
         return params[1]

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from solvers.cfd.boundaries import WALL, Sides, WallVelocity, fill_boundary, ghost_u, ghost_v
 from solvers.cfd.fast_diag import FACE, NEUMANN, NODE, FastDiag, fast_diag, solve
+from solvers.cfd.immersed import WallFractions
 from solvers.cfd.obstacles import corner_masks, face_masks, fast_preconditioner, masked_laplacian, pcg
 from solvers.cfd.operators import central_advection, divergence, gradient, laplacian
 
@@ -56,7 +57,9 @@ class Flow(NamedTuple):
 
     ``dx``, ``dy``: cell size (m); ``nu``: kinematic viscosity (m^2/s); ``walls``: the prescribed wall
     velocities (:class:`~solvers.cfd.boundaries.WallVelocity`); ``fluid``: ``None`` (no obstacle) or
-    a cell mask ``(nx, ny)``, 1 in fluid and 0 in solid cells (:mod:`solvers.cfd.obstacles`).
+    a cell mask ``(nx, ny)``, 1 in fluid and 0 in solid cells (:mod:`solvers.cfd.obstacles`);
+    ``fractions``: ``None`` (staircase no-slip) or the distances to a curved surface that put the
+    no-slip condition on it (:mod:`solvers.cfd.immersed`).
     """
 
     dx: jax.Array
@@ -64,6 +67,7 @@ class Flow(NamedTuple):
     nu: jax.Array
     walls: WallVelocity
     fluid: jax.Array | None = None
+    fractions: WallFractions | None = None
 
 
 class FlowState(NamedTuple):
@@ -136,7 +140,7 @@ def _laplacians(u: jax.Array, v: jax.Array, flow: Flow, sides: Sides, walls: Wal
     ug, vg = ghost_u(u, walls), ghost_v(v, walls, sides)
     if flow.fluid is None:
         return laplacian(ug, vg, flow.dx, flow.dy)
-    return masked_laplacian(ug, vg, *face_masks(flow.fluid), flow.dx, flow.dy)
+    return masked_laplacian(ug, vg, *face_masks(flow.fluid), flow.dx, flow.dy, flow.fractions)
 
 
 def implicit_diffusion(

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from solvers.cfd.fast_diag import FastDiag, solve
+from solvers.cfd.immersed import WallFractions, wall_ghost
 
 
 def face_masks(fluid: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -46,24 +47,44 @@ def corner_masks(open_u: jax.Array, open_v: jax.Array) -> tuple[jax.Array, jax.A
 
 
 def masked_laplacian(
-    ug: jax.Array, vg: jax.Array, open_u: jax.Array, open_v: jax.Array, dx: jax.Array, dy: jax.Array
+    ug: jax.Array,
+    vg: jax.Array,
+    open_u: jax.Array,
+    open_v: jax.Array,
+    dx: jax.Array,
+    dy: jax.Array,
+    fractions: WallFractions | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Five-point Laplacians on the interior faces with mirror ghosts across solid surfaces.
+    """Five-point Laplacians on the interior faces with no-slip ghosts across solid surfaces.
 
     ``ug`` ``(nx + 1, ny + 2)`` and ``vg`` ``(nx + 2, ny + 1)`` carry the domain ghosts and zeros on
-    closed faces. Normal neighbours on a closed face are zero (the surface passes through them);
-    tangential ones are replaced by ``-`` the centre value.
+    closed faces. Staircase (``fractions`` None): normal neighbours on a closed face are zero (the
+    surface passes through them); tangential ones are replaced by ``-`` the centre value. With
+    :class:`~solvers.cfd.immersed.WallFractions` every closed neighbour is the ghost that puts the zero
+    on the true surface (:mod:`solvers.cfd.immersed`).
     """
     ou = jnp.pad(open_u, ((0, 0), (1, 1)), constant_values=1)[1:-1]
     ov = jnp.pad(open_v, ((1, 1), (0, 0)), constant_values=1)[:, 1:-1]
     c = ug[1:-1, 1:-1]
-    down = jnp.where(ou[:, :-2] > 0, ug[1:-1, :-2], -c)
-    up = jnp.where(ou[:, 2:] > 0, ug[1:-1, 2:], -c)
-    lu = (ug[2:, 1:-1] - 2 * c + ug[:-2, 1:-1]) / dx**2 + (up - 2 * c + down) / dy**2
+    if fractions is None:
+        left, right = ug[:-2, 1:-1], ug[2:, 1:-1]
+        down = jnp.where(ou[:, :-2] > 0, ug[1:-1, :-2], -c)
+        up = jnp.where(ou[:, 2:] > 0, ug[1:-1, 2:], -c)
+    else:
+        tl, tr, td, tu = fractions.u
+        left, right = wall_ghost(ug[:-2, 1:-1], open_u[:-2], c, tl), wall_ghost(ug[2:, 1:-1], open_u[2:], c, tr)
+        down, up = wall_ghost(ug[1:-1, :-2], ou[:, :-2], c, td), wall_ghost(ug[1:-1, 2:], ou[:, 2:], c, tu)
+    lu = (right - 2 * c + left) / dx**2 + (up - 2 * c + down) / dy**2
     c = vg[1:-1, 1:-1]
-    left = jnp.where(ov[:-2] > 0, vg[:-2, 1:-1], -c)
-    right = jnp.where(ov[2:] > 0, vg[2:, 1:-1], -c)
-    lv = (right - 2 * c + left) / dx**2 + (vg[1:-1, 2:] - 2 * c + vg[1:-1, :-2]) / dy**2
+    if fractions is None:
+        down, up = vg[1:-1, :-2], vg[1:-1, 2:]
+        left = jnp.where(ov[:-2] > 0, vg[:-2, 1:-1], -c)
+        right = jnp.where(ov[2:] > 0, vg[2:, 1:-1], -c)
+    else:
+        tl, tr, td, tu = fractions.v
+        down, up = wall_ghost(vg[1:-1, :-2], open_v[:, :-2], c, td), wall_ghost(vg[1:-1, 2:], open_v[:, 2:], c, tu)
+        left, right = wall_ghost(vg[:-2, 1:-1], ov[:-2], c, tl), wall_ghost(vg[2:, 1:-1], ov[2:], c, tr)
+    lv = (right - 2 * c + left) / dx**2 + (up - 2 * c + down) / dy**2
     return lu, lv
 
 
