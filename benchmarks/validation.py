@@ -221,6 +221,12 @@ def force_history(
     return jax.jit(lambda s: jax.lax.scan(one, s, None, length=n_steps))(state)
 
 
+def _mask_offset(center: float, h: float) -> float:
+    """Distance (cells of size ``h``) from ``center`` to the nearest face or cell-centre line."""
+    half_cells = 2 * center / h
+    return float(abs(half_cells - round(half_cells)) / 2)
+
+
 def _compare(case: str, values: dict[str, float]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Reference interval and relative error to its nearest end (0 inside) of each quantity."""
     out, rows = {}, []
@@ -259,6 +265,13 @@ def validate_cylinder(
     cost and, per quantity, the reference interval and the relative error to its nearest end (0
     inside); ``rows`` for a table. ``boundary``: the cylinder's no-slip treatment
     (:class:`~solvers.cfd.cylinder.CylinderConfig`).
+
+    ``mask_offset_cells``: distance (cells) of the cylinder's centre from the nearest grid line about
+    which the staircase mask is symmetric (a face or a row of cell centres): 0 when ``grid`` is a
+    multiple of 41. The pressure projection sees the staircase, so a nonzero offset shifts the body it
+    blocks by up to half a cell and biases the unsteady lift (issue 5: 2D-2 at ``grid=62``, offset
+    0.24, the lift oscillates about -0.14 and ``cl_max`` is 0.822; with the centre moved onto a face,
+    about -0.03 and 1.005). Compare 2D-2 lifts on grids 41, 82, 123.
     """
     if case not in schaefer_turek1996.INTERVALS:
         raise SolverError(f"cylinder case {case!r} is unknown; use one of {', '.join(schaefer_turek1996.INTERVALS)}")
@@ -278,6 +291,7 @@ def validate_cylinder(
         "re": g["density"] * mean * g["diameter"] / g["viscosity"],
         "grid": [nx, ny],
         "cells_per_diameter": g["diameter"] / (g["height"] / ny),
+        "mask_offset_cells": _mask_offset(g["center"][1], g["height"] / ny),
         "boundary": boundary,
         "dtype": dtype,
         "dt": dt,
