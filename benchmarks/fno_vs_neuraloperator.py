@@ -2,14 +2,14 @@
 
     python benchmarks/fno_vs_neuraloperator.py --json /tmp/bench/fno_vs_neuralop.json
 
-Needs the optional packages `torch` (CPU build) and `neuraloperator` (imported as `neuralop`):
-`pip install -e ".[bench]"`. `benchmarks/model_speed.py` runs the same comparison with its rounds
-interleaved; its JSON carries the key quoted in `benchmarks/RESULTS.md`. Both models: 2D, 1 input / 1 output channel, width 32,
-4 Fourier blocks, Adam(1e-3), MSE loss, batch (16, 1, 64, 64) of fixed random data. Each side runs
-`--warmup` steps, then the best of `--repeats` timed runs of `--iters` steps; JAX is synchronised
-with `block_until_ready`, PyTorch on CPU is synchronous (the loss is read with `.item()` at the end
-of each timed run). PyTorch gets the same thread count as XLA's CPU client (`--threads`,
-default: the number of cores this process may use).
+Needs the optional packages `torch` (CPU build) and `neuraloperator` (imported as `neuralop`): `pip
+install -e ".[bench]"`. `benchmarks/model_speed.py` runs the same comparison with its rounds
+interleaved; its JSON carries the key quoted in `benchmarks/RESULTS.md`. Both models: 2D, 1 input /
+1 output channel, width 32, 4 Fourier blocks, Adam(1e-3), MSE loss, batch (16, 1, 64, 64) of fixed
+random data. Each side runs `--warmup` steps, then the best of `--repeats` timed runs of `--iters`
+steps; JAX is synchronised with `block_until_ready`, PyTorch on CPU is synchronous (the loss is read
+with `.item()` at the end of each timed run). PyTorch gets the same thread count as XLA's CPU client
+(`--threads`, default: the number of cores this process may use).
 
 Matching neuraloperator's `FNO` to ours (Li et al. 2020, arXiv:2010.08895, `fourier_2d.py`):
   * modes: our `modes=12` keeps frequencies [-12, 12) on the first axis and [0, 12) on the rfft
