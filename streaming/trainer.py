@@ -48,25 +48,42 @@ from surrogates.surrogate import Surrogate
 from surrogates.training import make_train_step
 
 
-@contextlib.contextmanager
-def _ctrl_c_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block has finished, then raise it.
+class _CtrlCGuard:
+    """While installed (a context manager), a Ctrl-C (SIGINT) raises KeyboardInterrupt at once, except inside
+    ``hold``, where it is held until the block has finished.
 
     A jitted train step donates the previous state's buffers: an interrupt between the call's return and the
-    assignment of the new state would leave nothing but deleted arrays to checkpoint. Outside the main thread
-    (where signal handlers cannot be set) the block runs unguarded.
+    assignment of the new state would leave nothing but deleted arrays to checkpoint. The handler is set once per
+    run, so a step pays only for a flag. Outside the main thread (no signal handlers there) nothing is installed.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[object] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if held:
-        raise KeyboardInterrupt
+
+    def __init__(self) -> None:
+        self.holding = self.held = False
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if not self.holding:
+            raise KeyboardInterrupt
+        self.held = True
+
+    def __enter__(self) -> _CtrlCGuard:
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.held:
+            raise KeyboardInterrupt
 
 
 class StreamEnded(RuntimeError):
@@ -316,13 +333,13 @@ class Trainer:
         extra = "loss {task.fields[loss]} val {task.fields[val]} | {task.fields[rate]}"
         interrupted = False
         try:
-            with progress_bar("train", total=total, enabled=cfg.logging.progress, extra=extra,
+            with _CtrlCGuard() as ctrl_c, progress_bar("train", total=total, enabled=cfg.logging.progress, extra=extra,
                               fields={"loss": "-", "val": "-", "rate": ""}) as bar:
                 bar.advance(self.step)
                 for batch in self._batches(source):
                     if self.step >= total:
                         break
-                    with _ctrl_c_deferred():  # the step donates the old state: never stop half-way through it
+                    with ctrl_c.hold():  # the step donates the old state: never stop half-way through it
                         losses.append(self.train_step(self._encode(batch)))
                         self.step += 1
                     record: dict[str, Any] = {}

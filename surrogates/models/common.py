@@ -69,6 +69,21 @@ def check_int(model: str, name: str, value: Any, *, lo: int, hi: int | None = No
         raise SurrogateError(f"{model}: hyper-parameter {name}={value} is out of range; use a value {rng}")
 
 
+def check_model_args(
+    model: str, in_channels: Any, out_channels: Any, ndim: Any, cond_dim: Any, hparams: Any,
+    hparams_cls: type, supported_ndims: Sequence[int],
+) -> None:
+    """Constructor checks for models built directly rather than through `get_model`: channel counts,
+    `ndim` among `supported_ndims`, and `hparams` an instance of the model's `Hparams`."""
+    check_int(model, "in_channels", in_channels, lo=1)
+    check_int(model, "out_channels", out_channels, lo=1)
+    check_int(model, "cond_dim", cond_dim, lo=0)
+    if ndim not in supported_ndims:
+        raise SurrogateError(f"{model}: ndim={ndim} is not supported; use one of {list(supported_ndims)}")
+    if not isinstance(hparams, hparams_cls):
+        raise SurrogateError(f"{model}: hparams must be {model}.Hparams, got {type(hparams).__name__}")
+
+
 def check_ints(
     model: str, name: str, value: Any, *, lo: int, length: int | None = None
 ) -> None:

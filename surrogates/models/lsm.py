@@ -60,7 +60,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from surrogates.errors import SurrogateError
-from surrogates.models.common import append_coordinates, check_inputs, check_int
+from surrogates.models.common import append_coordinates, check_inputs, check_int, check_model_args
 
 __all__ = ["LSM", "LSMHparams", "NeuralSpectralBlock"]
 
@@ -275,13 +275,7 @@ class LSM(nnx.Module):
         hparams: LSMHparams,
         rngs: nnx.Rngs,
     ) -> None:
-        check_int(_NAME, "in_channels", in_channels, lo=1)
-        check_int(_NAME, "out_channels", out_channels, lo=1)
-        check_int(_NAME, "cond_dim", cond_dim, lo=0)
-        if ndim not in _SUPPORTED_NDIM:
-            raise SurrogateError(f"{_NAME}: ndim={ndim} is not supported; use one of {list(_SUPPORTED_NDIM)}")
-        if not isinstance(hparams, LSMHparams):
-            raise SurrogateError(f"{_NAME}: hparams must be LSM.Hparams, got {type(hparams).__name__}")
+        check_model_args(_NAME, in_channels, out_channels, ndim, cond_dim, hparams, LSMHparams, _SUPPORTED_NDIM)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.ndim = ndim

@@ -51,7 +51,7 @@ import numpy as np
 from flax import nnx
 
 from surrogates.errors import SurrogateError
-from surrogates.models.common import check_cond, check_inputs, check_int
+from surrogates.models.common import check_cond, check_inputs, check_int, check_model_args
 
 __all__ = ["MPPDE", "MPPDEHparams", "Graph", "grid_graph", "grid_points", "point_graph", "decoder_kernels"]
 
@@ -362,13 +362,7 @@ class MPPDE(nnx.Module):
         hparams: MPPDEHparams,
         rngs: nnx.Rngs,
     ) -> None:
-        check_int(_NAME, "in_channels", in_channels, lo=1)
-        check_int(_NAME, "out_channels", out_channels, lo=1)
-        check_int(_NAME, "cond_dim", cond_dim, lo=0)
-        if ndim not in _SUPPORTED_NDIM:
-            raise SurrogateError(f"{_NAME}: ndim={ndim} is not supported; use one of {list(_SUPPORTED_NDIM)}")
-        if not isinstance(hparams, MPPDEHparams):
-            raise SurrogateError(f"{_NAME}: hparams must be MPPDE.Hparams, got {type(hparams).__name__}")
+        check_model_args(_NAME, in_channels, out_channels, ndim, cond_dim, hparams, MPPDEHparams, _SUPPORTED_NDIM)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.ndim = ndim
