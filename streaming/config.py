@@ -91,7 +91,8 @@ class WorkersSection(_Section):
     count: int = Field(2, ge=1)
     sims_per_task: int = Field(4, ge=1, description="simulations a worker runs together (vmap)")
     chunk_frames: int = Field(8, ge=1, description="frames per chunk message")
-    max_inflight: int = Field(4, ge=1, description="chunks in flight per worker (backpressure)")
+    max_inflight: int = Field(4, ge=1, description="messages in flight per worker (backpressure): chunks over MPI "
+                              "and the client API, bundles of chunks (about 4 MiB) over Ray")
     device: Literal["cpu", "gpu"] = "cpu"
     gpu_fraction: float = Field(0.1, gt=0, le=1, description="memory share of a GPU per worker if device=gpu")
     max_failures: int = Field(5, ge=0, description="worker failures tolerated before the job stops")

@@ -46,6 +46,19 @@ def mpi_world() -> Any:
     return MPI.COMM_WORLD
 
 
+def wait_message(comm: Any, source: int, tag: int, status: Any = None) -> None:
+    """Return once a message from ``source`` with ``tag`` has arrived, sleeping while none has.
+
+    MPICH's blocking receive busy-polls a core; on a machine where solver ranks share cores with the
+    trainer, waiting ranks would take the CPU the others need. The sleep grows from 50 us to 2 ms
+    while nothing arrives, so a busy stream is picked up at once and an idle one costs nothing.
+    """
+    pause = 5e-5
+    while not comm.Iprobe(source=source, tag=tag, status=status):
+        time.sleep(pause)
+        pause = min(2 * pause, 2e-3)
+
+
 def split_roles(comm: Any) -> Any:
     """Split ``comm`` into the trainer group (rank 0) and the worker group; returns this rank's group."""
     return comm.Split(0 if comm.Get_rank() == TRAINER else 1, comm.Get_rank())
@@ -77,8 +90,9 @@ class MPISource:
 
     def _receive(self) -> tuple[int, dict, np.ndarray | None]:
         status = self._mpi.Status()
-        header = self.comm.recv(source=self._mpi.ANY_SOURCE, tag=HEADER, status=status)
+        wait_message(self.comm, self._mpi.ANY_SOURCE, HEADER, status)
         src = status.Get_source()
+        header = self.comm.recv(source=src, tag=HEADER)
         data = None
         if header["type"] == "chunk":
             data = np.empty(header["shape"], dtype=np.float32)
@@ -141,7 +155,11 @@ def run_worker(comm: Any, worker: SolverWorker) -> None:
     """Worker rank main loop: receive tasks from rank 0, stream their messages back with credits."""
     from mpi4py import MPI
 
-    hello = comm.recv(source=TRAINER, tag=TASK)
+    def receive(tag: int) -> Any:
+        wait_message(comm, TRAINER, tag)
+        return comm.recv(source=TRAINER, tag=tag)
+
+    hello = receive(TASK)
     credits = int(hello["max_inflight"])
     pending: list[Any] = []
     stop = False
@@ -149,7 +167,7 @@ def run_worker(comm: Any, worker: SolverWorker) -> None:
     def take_credits(block: bool) -> None:
         nonlocal credits, stop
         while block or comm.Iprobe(source=TRAINER, tag=CREDIT):
-            value = comm.recv(source=TRAINER, tag=CREDIT)
+            value = receive(CREDIT)
             if value < 0:
                 stop = True
                 return
@@ -157,7 +175,7 @@ def run_worker(comm: Any, worker: SolverWorker) -> None:
             block = False
 
     while True:
-        task = comm.recv(source=TRAINER, tag=TASK)
+        task = receive(TASK)
         if task is None:
             break
         for msg in worker.run(task):
@@ -182,7 +200,7 @@ def run_worker(comm: Any, worker: SolverWorker) -> None:
         pending = []
         comm.send({"type": "task_done"}, dest=TRAINER, tag=HEADER)
     comm.send({"type": "bye"}, dest=TRAINER, tag=HEADER)
-    while comm.recv(source=TRAINER, tag=CREDIT) != FIN:  # credits still on the way: match them all
+    while receive(CREDIT) != FIN:  # credits still on the way: match them all
         pass
 
 

@@ -1,9 +1,11 @@
 """Ray transport: solver workers are Ray actors whose ``run`` is a streaming generator of messages.
 
 - With no address a local Ray cluster starts on this machine (``ray.init``); ``address`` joins one.
-- Each actor runs one task at a time; its generator is created with Ray's generator backpressure
-  (at most ``max_inflight`` chunks generated and not yet consumed), so when training is slower
-  than generation the actors pause and memory stays flat.
+- Each actor runs one task at a time and yields its messages in bundles of about ``bundle_bytes``
+  (several chunks, several simulations per Ray object: Ray costs milliseconds per object, so
+  one-chunk objects cap a worker at a few hundred chunks/s); its generator is created with Ray's
+  generator backpressure (at most ``max_inflight`` bundles generated and not yet consumed), so when
+  training is slower than generation the actors pause and memory stays flat.
 - ``ray.wait`` multiplexes the actors' generators.
 - A dead actor (SIGKILL, OOM) is restarted by Ray (``max_restarts``); its task's unfinished
   simulations go back to the design cursor and are re-run in full; the buffer's (sim id, step)
@@ -30,15 +32,24 @@ _ACTOR_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCra
 
 
 class _RayWorker:
-    """Actor body: a :class:`SolverWorker` whose ``run`` streams messages."""
+    """Actor body: a worker (a :class:`SolverWorker` unless ``worker_cls`` says otherwise) whose ``run`` streams."""
 
-    def __init__(self, worker_args: dict[str, Any], nice: int) -> None:
+    def __init__(self, worker_args: dict[str, Any], nice: int, worker_cls: type = SolverWorker) -> None:
         if nice:
             os.nice(nice)  # solvers yield the CPU to the trainer on a shared machine
-        self.worker = SolverWorker(**worker_args)
+        self.worker = worker_cls(**worker_args)
 
-    def run(self, task: Task) -> Iterator[Message]:
-        yield from self.worker.run(task)
+    def run(self, task: Task, bundle_bytes: int) -> Iterator[list[Message]]:
+        bundle: list[Message] = []
+        size = 0
+        for msg in self.worker.run(task):
+            bundle.append(msg)
+            size += getattr(msg, "nbytes", 0)
+            if size >= bundle_bytes:
+                yield bundle
+                bundle, size = [], 0
+        if bundle:
+            yield bundle
 
     def pid(self) -> int:
         return os.getpid()
@@ -65,13 +76,19 @@ def ensure_ray(address: str | None, n_workers: int) -> bool:
 
 
 class RaySource:
-    """Multiplexes ``count`` Ray actors into one stream of messages."""
+    """Multiplexes ``count`` Ray actors into one stream of messages.
+
+    ``worker_cls(**worker_args)`` builds each actor's worker (anything with ``run(task)`` yielding
+    messages; :class:`SolverWorker` by default). Messages travel in bundles of about ``bundle_bytes``.
+    """
 
     def __init__(self, cursor: DesignCursor, worker_args: dict[str, Any], count: int, max_inflight: int,
                  max_failures: int, address: str | None = None, device: str = "cpu",
-                 gpu_fraction: float = 0.1, nice: int = 0) -> None:
+                 gpu_fraction: float = 0.1, nice: int = 0, worker_cls: type = SolverWorker,
+                 bundle_bytes: int = 4 << 20) -> None:
         self.cursor = cursor
         self.max_inflight, self.max_failures = max_inflight, max_failures
+        self.bundle_bytes = bundle_bytes
         self.failures = 0
         self._started_ray = ensure_ray(address, count)
         options: dict[str, Any] = {
@@ -84,7 +101,7 @@ class RaySource:
         if device == "gpu":
             options["num_gpus"] = gpu_fraction
         actor_cls = ray.remote(_RayWorker)
-        self.actors = [actor_cls.options(**options).remote(worker_args, nice) for _ in range(count)]
+        self.actors = [actor_cls.options(**options).remote(worker_args, nice, worker_cls) for _ in range(count)]
         self._active: dict[Any, tuple[int, Task]] = {}
         self._closed = False
 
@@ -96,7 +113,8 @@ class RaySource:
         task = self.cursor.next_task()
         if task is None:
             return
-        gen = self.actors[idx].run.options(_generator_backpressure_num_objects=self.max_inflight).remote(task)
+        gen = self.actors[idx].run.options(_generator_backpressure_num_objects=self.max_inflight).remote(
+            task, self.bundle_bytes)
         self._active[gen] = (idx, task)
 
     def _failed(self, gen: Any, err: BaseException) -> None:
@@ -142,13 +160,14 @@ class RaySource:
                 self._failed(gen, e)
                 continue
             try:
-                msg = ray.get(ref)
+                bundle = ray.get(ref)
             except _ACTOR_ERRORS as e:
                 self._failed(gen, e)
                 continue
-            if isinstance(msg, SimReport):
-                self.cursor.mark_done([msg.sim_id])
-            yield msg
+            for msg in bundle:
+                if isinstance(msg, SimReport):
+                    self.cursor.mark_done([msg.sim_id])
+                yield msg
 
     def in_flight(self) -> list[Task]:
         return [task for _, task in self._active.values()]

@@ -33,7 +33,8 @@ def test_ray_exactly_once_with_a_killed_worker(ray_cluster):
     n_sims, steps = 6, 12
     cursor = DesignCursor(solver, n_sims=n_sims, design="lhs", seed=0, sims_per_task=2)
     args = dict(name="heat2d", config={"n": 6}, steps=steps, every=1, chunk_frames=3, lookback=1, lookahead=1)
-    source = RaySource(cursor, args, count=2, max_inflight=2, max_failures=2)
+    # one chunk per Ray object (bundle_bytes=1): the kill must land while the task is half delivered
+    source = RaySource(cursor, args, count=2, max_inflight=2, max_failures=2, bundle_bytes=1)
     spec = SampleSpec("next_step", 1, 1, True, solver.dt)
     buf = make_buffer("reservoir", capacity=1000, watermark=1)
     killed = False

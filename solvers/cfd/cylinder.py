@@ -30,7 +30,7 @@ import numpy as np
 
 from solvers.cfd.boundaries import OUTFLOW, Sides, still_walls
 from solvers.cfd.forces import box_force
-from solvers.cfd.immersed import circle_fractions
+from solvers.cfd.immersed import circle_apertures, circle_fractions
 from solvers.cfd.navier_stokes import Flow
 from solvers.cfd.problem import MACSolver
 from solvers.cfd.tube import inlet_profile
@@ -40,7 +40,7 @@ from solvers.params import Param, ParamSpace
 # Bound of max|u| / inlet_velocity for the CFL check: 1.5 at the inflow's peak, about 2 U_max beside
 # the cylinder (blockage and the potential-flow speed-up), so 3 with a little margin.
 SPEED_FACTOR = 3.0
-BOUNDARIES = ("interpolated", "staircase")
+BOUNDARIES = ("cut", "interpolated", "staircase")
 
 
 @dataclass(frozen=True)
@@ -92,10 +92,19 @@ class Cylinder(MACSolver):
             )
 
     def fluid(self, params: jax.Array) -> jax.Array:
-        """Cell mask ``(nx, ny)``: 0 where the cell centre is inside the cylinder, else 1."""
+        """Cell mask ``(nx, ny)``: 0 where the cell centre is inside the cylinder, else 1 (``"cut"``: 0
+        where no face of the cell is open, i.e. all four face centres are inside)."""
+        if self.config.boundary == "cut":
+            au, av = self._apertures(params)
+            return jnp.where(au[1:] + au[:-1] + av[:, 1:] + av[:, :-1] > 0, 1.0, 0.0).astype(self.dtype)
         x, y = self._centres()
         r2 = (x[:, None] - params[4]) ** 2 + (y[None, :] - params[5]) ** 2
         return jnp.where(r2 <= (params[3] / 2) ** 2, 0.0, 1.0).astype(self.dtype)
+
+    def _apertures(self, params: jax.Array) -> tuple[jax.Array, jax.Array]:
+        nx, ny = self.grid
+        dx, dy = self.config.length / nx, self.config.height / ny
+        return circle_apertures(nx, ny, dx, dy, params[4], params[5], params[3] / 2, self.dtype)
 
     def _centres(self) -> tuple[jax.Array, jax.Array]:
         nx, ny = self.grid
@@ -108,10 +117,12 @@ class Cylinder(MACSolver):
         walls = still_walls(nx, ny, self.dtype)._replace(u_left=inlet_profile("parabolic", ny, params[0], self.dtype))
         dx = jnp.asarray(self.config.length / nx, self.dtype)
         dy = jnp.asarray(self.config.height / ny, self.dtype)
-        fractions = None
-        if self.config.boundary == "interpolated":
+        fractions = apertures = None
+        if self.config.boundary != "staircase":
             fractions = circle_fractions(nx, ny, dx, dy, params[4], params[5], params[3] / 2, self.dtype)
-        return Flow(dx, dy, params[2] / params[1], walls, self.fluid(params), fractions)
+        if self.config.boundary == "cut":
+            apertures = self._apertures(params)
+        return Flow(dx, dy, params[2] / params[1], walls, self.fluid(params), fractions, apertures)
 
     def density(self, params: jax.Array) -> jax.Array:
         return params[1]

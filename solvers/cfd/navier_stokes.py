@@ -59,7 +59,10 @@ class Flow(NamedTuple):
     velocities (:class:`~solvers.cfd.boundaries.WallVelocity`); ``fluid``: ``None`` (no obstacle) or
     a cell mask ``(nx, ny)``, 1 in fluid and 0 in solid cells (:mod:`solvers.cfd.obstacles`);
     ``fractions``: ``None`` (staircase no-slip) or the distances to a curved surface that put the
-    no-slip condition on it (:mod:`solvers.cfd.immersed`).
+    no-slip condition on it (:mod:`solvers.cfd.immersed`); ``apertures``: ``None`` (a face is open
+    when both its cells are fluid) or the fluid fractions of the faces ``(nx + 1, ny)``,
+    ``(nx, ny + 1)``, 0 on closed faces: the faces with a positive aperture carry velocities and the
+    projection balances the fluxes ``aperture * velocity`` (:func:`~solvers.cfd.immersed.circle_apertures`).
     """
 
     dx: jax.Array
@@ -68,6 +71,14 @@ class Flow(NamedTuple):
     walls: WallVelocity
     fluid: jax.Array | None = None
     fractions: WallFractions | None = None
+    apertures: tuple[jax.Array, jax.Array] | None = None
+
+
+def open_faces(flow: Flow) -> tuple[jax.Array, jax.Array]:
+    """The faces that carry velocities (1/0) of a flow with obstacles: ``(nx + 1, ny)``, ``(nx, ny + 1)``."""
+    if flow.apertures is None:
+        return face_masks(flow.fluid)
+    return tuple((a > 0).astype(a.dtype) for a in flow.apertures)
 
 
 class FlowState(NamedTuple):
@@ -100,7 +111,7 @@ def rest(nx: int, ny: int, flow: Flow, sides: Sides, dtype: jnp.dtype = jnp.floa
     """Fluid at rest inside, the prescribed velocities on the boundary faces, zero pressure."""
     u, v = fill_boundary(jnp.zeros((nx + 1, ny), dtype), jnp.zeros((nx, ny + 1), dtype), flow.walls, sides)
     if flow.fluid is not None:
-        open_u, open_v = face_masks(flow.fluid)
+        open_u, open_v = open_faces(flow)
         u, v = u * open_u, v * open_v
     return FlowState(u, v, jnp.zeros((nx, ny), dtype))
 
@@ -113,20 +124,23 @@ def project(
     Returns the projected ``u``, ``v`` and ``phi`` ``(nx, ny)``. ``scale`` is the time-step factor
     (s), so ``phi`` is a kinematic pressure increment. With obstacles (``flow.fluid``) the gradient
     acts on open faces only and ``L`` is the masked Laplacian, solved by :func:`pcg`; ``phi`` is 0
-    in solid cells.
+    in solid cells. With ``flow.apertures`` ``A`` the divergence is that of the fluxes ``A u`` and
+    ``L phi = div(A grad phi)`` (symmetric, so conjugate gradients still apply).
     """
-    div = divergence(u, v, flow.dx, flow.dy)
     if flow.fluid is None:
+        div = divergence(u, v, flow.dx, flow.dy)
         phi = solve(fd, -div / scale, 0.0, 1.0, flow.dx, flow.dy)
         gx, gy = gradient(phi, flow.dx, flow.dy, sides)
         return u - scale * gx, v - scale * gy, phi
     fluid = flow.fluid
-    open_u, open_v = face_masks(fluid)
+    open_u, open_v = open_faces(flow)
+    wu, wv = (open_u, open_v) if flow.apertures is None else flow.apertures
+    div = divergence(u * wu, v * wv, flow.dx, flow.dy)
     solid_scale = 2 / flow.dx**2 + 2 / flow.dy**2
 
     def apply_a(phi: jax.Array) -> jax.Array:
         gx, gy = gradient(phi, flow.dx, flow.dy, sides)
-        return -divergence(gx * open_u, gy * open_v, flow.dx, flow.dy) + (1 - fluid) * solid_scale * phi
+        return -divergence(gx * wu, gy * wv, flow.dx, flow.dy) + (1 - fluid) * solid_scale * phi
 
     precond = fast_preconditioner(fd, fluid, 0.0, 1.0, flow.dx, flow.dy, solid_scale)
     rtol = PCG_RTOL[jnp.dtype(u.dtype).name]
@@ -140,7 +154,7 @@ def _laplacians(u: jax.Array, v: jax.Array, flow: Flow, sides: Sides, walls: Wal
     ug, vg = ghost_u(u, walls), ghost_v(v, walls, sides)
     if flow.fluid is None:
         return laplacian(ug, vg, flow.dx, flow.dy)
-    return masked_laplacian(ug, vg, *face_masks(flow.fluid), flow.dx, flow.dy, flow.fractions)
+    return masked_laplacian(ug, vg, *open_faces(flow), flow.dx, flow.dy, flow.fractions)
 
 
 def implicit_diffusion(
@@ -166,7 +180,7 @@ def implicit_diffusion(
         us = solve(solvers.u, ru + coef * bu, 1.0, coef, flow.dx, flow.dy)
         vs = solve(solvers.v, rv + coef * bv, 1.0, coef, flow.dx, flow.dy)
         return us, vs
-    open_u, open_v = face_masks(flow.fluid)
+    open_u, open_v = open_faces(flow)
     mu, mv = open_u[1:-1], open_v[:, 1:-1]
     still = flow.walls._replace(**{k: jnp.zeros_like(a) for k, a in flow.walls._asdict().items()})
     rtol = PCG_RTOL[jnp.dtype(dtype).name]
@@ -215,7 +229,7 @@ def make_step(
         if flow.fluid is None:
             au, av = advection(ug, vg, flow.dx, flow.dy)
         else:
-            open_u, open_v = face_masks(flow.fluid)
+            open_u, open_v = open_faces(flow)
             au, av = advection(ug, vg, flow.dx, flow.dy, corners=corner_masks(open_u, open_v))
             gx, gy = gx * open_u, gy * open_v
         lu, lv = _laplacians(u, v, flow, sides, flow.walls)
