@@ -132,12 +132,12 @@ def _mpi_main(seconds: float, replay: bool) -> None:
     finish(comm)
 
 
-def efficiency(steps: int) -> dict[str, float]:
-    """Steps/s of the quickstart trained online (Ray) and from the same kind of chunks in memory."""
+def efficiency(steps: int, replay: bool) -> dict[str, float]:
+    """Steps/s of the quickstart trained online (Ray) and from the same kind of chunks in memory;
+    ``replay``: the Ray workers resend solved frames (solvers that always keep up)."""
     from streaming.config import load_config
     from streaming.design import DesignCursor
     from streaming.job import build_solver, run_job, sample_spec, worker_args
-    from streaming.worker import SolverWorker
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -154,7 +154,7 @@ def efficiency(steps: int) -> dict[str, float]:
             messages += list(worker.run(cursor.next_task()))
         for name, kwargs in (("memory", {"messages": messages}), ("online", {})):
             cfg = load_config(ROOT / "configs/quickstart.toml", {**base, "logging.name": name})
-            summary = run_job(cfg, **kwargs)
+            summary = run_job(cfg, **kwargs, worker_cls=ReplayWorker if replay else SolverWorker)
             rec = [json.loads(line) for line in open(Path(tmp) / name / "metrics.jsonl")]
             rates = [r["batches_per_s"] for r in rec if "batches_per_s" in r][1:]  # skip the compile window
             out[f"train_steps_per_s_{name}"] = float(np.median(rates))

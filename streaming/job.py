@@ -79,10 +79,11 @@ def build_validation(cfg: JobConfig, solver: Solver) -> Validation:
     return Validation(frames[finite], task.params[finite], cfg.validation.rollout_steps)
 
 
-def make_source(cfg: JobConfig, cursor: DesignCursor, args: dict, comm: Any = None) -> Source:
+def make_source(cfg: JobConfig, cursor: DesignCursor, args: dict, comm: Any = None,
+                worker_cls: type = SolverWorker) -> Source:
     w = cfg.workers
     if w.backend == "local":
-        return LocalSource(cursor, SolverWorker(**args))
+        return LocalSource(cursor, worker_cls(**args))
     if w.backend == "external":
         from streaming.client_source import ClientSource
 
@@ -94,7 +95,7 @@ def make_source(cfg: JobConfig, cursor: DesignCursor, args: dict, comm: Any = No
         from streaming.ray_source import RaySource
 
         return RaySource(cursor, args, w.count, w.max_inflight, w.max_failures, w.address, w.device, w.gpu_fraction,
-                         w.nice)
+                         w.nice, worker_cls)
     from streaming.mpi_source import MPISource, mpi_world
 
     return MPISource(cursor, comm if comm is not None else mpi_world(), w.max_inflight)
@@ -110,10 +111,11 @@ def new_run_dir(cfg: JobConfig) -> Path:
 
 
 def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm: Any = None,
-            messages: list | None = None, offline: str | Path | None = None) -> dict:
+            messages: list | None = None, offline: str | Path | None = None, worker_cls: type = SolverWorker) -> dict:
     """Train online as ``cfg`` says (or continue the run in ``resume``); returns the summary.
 
-    ``messages`` replaces the solver workers by chunks already in memory (for benchmarks);
+    ``messages`` replaces the solver workers by chunks already in memory, ``worker_cls`` the
+    :class:`SolverWorker` of local and Ray workers (both for benchmarks);
     ``offline`` trains from a trajectory file instead (see :mod:`streaming.offline`).
     """
     if resume is not None:
@@ -160,7 +162,10 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
             messages = []  # the checkpointed epoch buffer already holds the whole file
     args = worker_args(cfg, spec)
     metrics = MetricsLog(run_dir, cfg.logging.tensorboard)
-    source = MemorySource(cursor, messages) if messages is not None else make_source(cfg, cursor, args, comm)
+    if messages is not None:
+        source: Source = MemorySource(cursor, messages)
+    else:
+        source = make_source(cfg, cursor, args, comm, worker_cls)
     if cfg.workers.backend == "external" and messages is None:
         print(f"pdestream train: external solvers connect to {source.address} "
               f"(streaming.client.connect, or PDESTREAM_ADDRESS={source.address})", file=sys.stderr, flush=True)

@@ -53,7 +53,8 @@ class SampleSpec:
 
 
 def cut(chunk: Chunk, spec: SampleSpec) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """All samples of ``chunk``: keys int64 ``(n, 2)`` and a dict of ``(n, ...)`` float32 arrays."""
+    """All samples of ``chunk``: keys int64 ``(n, 2)`` and a dict of ``(n, ...)`` float32 arrays
+    (read-only views into the chunk where possible: copy before writing to them)."""
     u = chunk.fields  # (T, C, *grid)
     t_len = u.shape[0]
     lb, la = spec.lookback, spec.lookahead
@@ -69,8 +70,10 @@ def cut(chunk: Chunk, spec: SampleSpec) -> tuple[np.ndarray, dict[str, np.ndarra
     else:
         win = sliding_window_view(u, lb + la, axis=0)  # (n, C, *grid, lb+la)
         win = np.moveaxis(win, -1, 1)  # (n, lb+la, C, *grid)
-        samples["x"] = np.ascontiguousarray(win[:, :lb]).reshape(n, -1, *grid)
-        samples["y"] = np.ascontiguousarray(win[:, lb:]).reshape(n, -1, *grid)
+        # Views into the chunk when u is contiguous (frame t+1 follows frame t): the buffer copies
+        # only the samples it keeps, so a full reservoir that rejects most of a chunk costs little.
+        samples["x"] = win[:, :lb].reshape(n, -1, *grid)
+        samples["y"] = win[:, lb:].reshape(n, -1, *grid)
     if spec.condition_on_params:
         samples["cond"] = np.ascontiguousarray(np.broadcast_to(chunk.params, (n, chunk.params.size)))
     last_input = targets if spec.kind == "field" else targets - 1
