@@ -16,9 +16,11 @@ Samples and keys
     ``n`` on every leaf (e.g. ``{"u": chunk.fields, "p": np.broadcast_to(chunk.params, (n, P))}``).
 
 De-duplication
-    A key already seen (by this buffer, ever, or earlier in the same call) is dropped and ``put``
-    returns False. Seen keys live in a Python ``set`` of 64-bit codes: about 60-70 bytes per
-    distinct key (e.g. 0.6 GB for 10 million samples); pass ``dedup=False`` to skip it.
+    A key already seen (by this buffer, or earlier in the same call) is dropped and ``put``
+    returns False. Seen steps live in a Python ``set`` per simulation, about 60-70 bytes per key;
+    :meth:`Buffer.forget` drops the sets of finished simulations (whose keys cannot come again),
+    so memory stays bounded by the simulations in flight over a job of any length (the trainer
+    forgets a simulation when its done/dropped report arrives). ``dedup=False`` skips it all.
 
 Kinds (``max_reuse``: how many draws a sample survives; ``None`` picks the kind's default)
     ``fifo``       Draws the ``batch_size`` oldest samples, in insertion order. A sample leaves
@@ -83,6 +85,7 @@ Sample = Any  # dict[str, np.ndarray] | tuple[np.ndarray, ...] | np.ndarray
 
 _SID_LIMIT = 2**31
 _STEP_LIMIT = 2**32
+_STEP_MASK = _STEP_LIMIT - 1
 _U64 = (1 << 64) - 1
 
 
@@ -286,7 +289,7 @@ class Buffer:
         self._size = 0
         self._head = 0
         self._next_seq = 0
-        self._seen_keys: set[int] = set()
+        self._seen_steps: dict[int, set[int]] = {}  # sim id -> steps seen (de-duplication)
         self._ended = False
         for name in _COUNTERS:
             setattr(self, name, 0)
@@ -391,7 +394,7 @@ class Buffer:
             if idx.size:
                 self._store(codes, leaves, idx)
                 if self.dedup:
-                    self._seen_keys.update(codes[idx].tolist())
+                    self._remember(codes[idx])
             self.n_put += int(idx.size)
             self.n_duplicates += int(n - idx.size)
             self._cond.notify_all()
@@ -411,10 +414,36 @@ class Buffer:
             new[first] = True
         else:  # sorted distinct keys, as Chunk.sample_keys gives: skip the sort
             new[:] = True
-        if self._seen_keys:
-            seen = self._seen_keys
-            new &= np.fromiter((c not in seen for c in codes.tolist()), dtype=bool, count=codes.size)
+        if self._seen_steps:
+            sids = codes >> 32
+            for sid in np.unique(sids).tolist():  # usually a single simulation per call
+                steps = self._seen_steps.get(sid)
+                if steps:
+                    at = np.flatnonzero(sids == sid)
+                    new[at] &= np.fromiter(((int(c) & _STEP_MASK) not in steps for c in codes[at].tolist()),
+                                           dtype=bool, count=at.size)
         return new
+
+    def _remember(self, codes: np.ndarray) -> None:
+        sids = codes >> 32
+        for sid in np.unique(sids).tolist():
+            self._seen_steps.setdefault(sid, set()).update((codes[sids == sid] & _STEP_MASK).tolist())
+
+    def forget(self, sim_ids: Any) -> None:
+        """Drop the de-duplication record of finished simulations ``sim_ids`` (their keys will not come again).
+
+        Call it once a simulation is done or dropped, never while it may still be re-sent (e.g. a
+        task requeued after a worker died): a forgotten key put again is accepted as new.
+        """
+        with self._cond:
+            for sid in np.atleast_1d(np.asarray(sim_ids, dtype=np.int64)).tolist():
+                self._seen_steps.pop(sid, None)
+
+    def _seen_codes(self) -> np.ndarray:
+        """Every remembered key as a sorted int64 code array."""
+        codes = [(sid << 32) | np.fromiter(steps, dtype=np.int64, count=len(steps))
+                 for sid, steps in self._seen_steps.items()]
+        return np.sort(np.concatenate(codes)) if codes else np.zeros(0, np.int64)
 
     def _write(self, slots: np.ndarray, codes: np.ndarray, leaves: list[np.ndarray], src: np.ndarray) -> None:
         """Write samples ``leaves[:][src]`` with ``codes[src]`` into ``slots`` (in that order)."""
@@ -526,7 +555,7 @@ class Buffer:
                 "seen": self._seen[live],
                 "seq": self._seq[live],
                 "rng": _rng_to_array(self._rng),
-                "seen_keys": np.sort(np.fromiter(self._seen_keys, dtype=np.int64, count=len(self._seen_keys))),
+                "seen_keys": self._seen_codes(),
                 "layout": 0 if self._layout is None else 1 + _Layout.KINDS.index(self._layout.kind),
                 "data": {}
                 if self._layout is None
@@ -572,7 +601,7 @@ class Buffer:
             self._head = int(d["head"])
             self._next_seq = int(d["next_seq"])
             self._ended = bool(int(d["ended"]))
-            self._seen_keys = set(np.asarray(d["seen_keys"], dtype=np.int64).tolist())
+            self._remember(np.asarray(d["seen_keys"], dtype=np.int64))
             self._rng = _rng_from_array(d["rng"])
             for name in _COUNTERS:
                 setattr(self, name, int(d[name]))

@@ -398,6 +398,20 @@ def test_dedup_by_key(kind):
     _check_invariants(buf)
 
 
+def test_forget_bounds_the_dedup_record_to_unfinished_simulations():
+    buf = make_buffer("reservoir", capacity=64, watermark=1)
+    for sim in range(5):
+        _put_sim(buf, sim, range(4))
+    buf.forget([0, 1, 2])  # finished: their keys cannot come again
+    assert buf.state_dict()["seen_keys"].tolist() == [(s << 32) | j for s in (3, 4) for j in range(4)]
+    assert not _put_sim(buf, 3, [1, 2]).any()  # unfinished simulations are still de-duplicated
+    assert _put_sim(buf, 0, [1]).all()  # a forgotten key counts as new, as documented
+    state = buf.state_dict()
+    again = make_buffer("reservoir", capacity=64, watermark=1)
+    again.load_state_dict(state)
+    assert not _put_sim(again, 4, [3]).any() and not _put_sim(again, 0, [1]).any()
+
+
 def test_dedup_can_be_disabled():
     buf = make_buffer("firo", capacity=10, watermark=1, dedup=False)
     assert _put_sim(buf, 0, [0, 0, 1]).all() and len(buf) == 3 and buf.n_duplicates == 0
