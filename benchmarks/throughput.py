@@ -53,8 +53,10 @@ class ReplayWorker(SolverWorker):
     def simulate(self, task: Task) -> np.ndarray:
         if not hasattr(self, "_frames"):
             self._frames = super().simulate(task)
-        reps = -(-len(task.sim_ids) // len(self._frames))
-        return np.concatenate([self._frames] * reps)[: len(task.sim_ids)]
+        n = len(task.sim_ids)
+        if n <= len(self._frames):
+            return self._frames[:n]
+        return np.concatenate([self._frames] * -(-n // len(self._frames)))[:n]
 
 
 def ingest_rate(backend: str, n_workers: int, seconds: float, replay: bool) -> float:
