@@ -71,6 +71,7 @@ class Solver:
     channels: ClassVar[tuple[str, ...]]
     param_space: ClassVar[ParamSpace]
     Config: ClassVar[type]
+    frozen_border: ClassVar[int] = 0  # cells at each edge of the output held fixed (Dirichlet walls in the grid)
 
     def __init__(self, **overrides: Any) -> None:
         fields = {f.name: f for f in dataclasses.fields(self.Config)}

@@ -79,6 +79,7 @@ class Heat2D(Solver):
 
     name = "heat2d"
     channels = ("T",)
+    frozen_border = 1  # the wall temperatures are part of the output and never change
     param_space = ParamSpace(
         (
             Param("T_init", 100.0, 500.0, "K", "initial interior temperature"),

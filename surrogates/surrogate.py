@@ -89,6 +89,9 @@ class SurrogateMetadata:
     time_in_cond: the model's conditioning vector ends with the time (added by the surrogate).
     window: W, input frames per model call (1 for "field").
     horizon: K, output frames per model call (1 for "next_step" and "field").
+    frozen_border: width in cells of a grid border whose values never change (Dirichlet walls
+        included in the output, e.g. heat2d's): ``step``/``rollout`` copy it from the last input
+        frame instead of trusting the model there; 0 (default) for none. Not for "field".
     extra: free-form JSON-serialisable information (e.g. a training summary).
     """
 
@@ -101,6 +104,7 @@ class SurrogateMetadata:
     time_in_cond: bool = False
     window: int = 1
     horizon: int = 1
+    frozen_border: int = 0
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -137,6 +141,10 @@ class SurrogateMetadata:
         for name in ("window", "horizon"):
             if _not_int(getattr(self, name), 1):
                 raise bad(name, getattr(self, name), "an integer >= 1")
+        if _not_int(self.frozen_border, 0) or 2 * self.frozen_border >= min(self.grid):
+            raise bad("frozen_border", self.frozen_border, f"an integer >= 0 below half the grid {self.grid}")
+        if self.kind == "field" and self.frozen_border:
+            raise bad("frozen_border", self.frozen_border, '0 for kind="field" (it reads no input frame to copy from)')
         if self.kind == "next_step" and self.horizon != 1:
             raise bad("horizon", self.horizon, '1 for kind="next_step" (use kind="bundle" for K > 1)')
         if self.kind == "field" and (self.window, self.horizon) != (1, 1):
@@ -288,6 +296,7 @@ class _Spec(NamedTuple):
     horizon: int
     dt: float
     time_in_cond: bool
+    frozen_border: int
 
 
 def _full_cond(spec: _Spec, cond: jax.Array | None, t: jax.Array) -> jax.Array | None:
@@ -309,7 +318,21 @@ def _apply(
         x = stats.normalize(window).reshape((b, w * c) + window.shape[3:])
     y = model(x, stats.normalize_cond(cond))
     y = y.reshape((y.shape[0], y.shape[1] // c, c) + y.shape[2:])
-    return stats.denormalize(y)
+    y = stats.denormalize(y)
+    if spec.frozen_border and window is not None:
+        y = jnp.where(_border_mask(y.shape[3:], spec.frozen_border), window[:, -1:], y)
+    return y
+
+
+def _border_mask(grid: tuple[int, ...], width: int) -> np.ndarray:
+    """Boolean ``grid``: True on the cells within ``width`` of any edge."""
+    mask = np.zeros(grid, dtype=bool)
+    for axis, n in enumerate(grid):
+        idx = [slice(None)] * len(grid)
+        for sl in (slice(0, width), slice(n - width, n)):
+            idx[axis] = sl
+            mask[tuple(idx)] = True
+    return mask
 
 
 # The compiled functions take the graph definition and the spec as static arguments, so two
@@ -404,7 +427,7 @@ class Surrogate:
         self._config = dict(config)
         self._stats: FrozenStats = normalizer.stats
         m = metadata
-        self._spec = spec = _Spec(len(m.channels), m.window, m.horizon, m.dt, m.time_in_cond)
+        self._spec = spec = _Spec(len(m.channels), m.window, m.horizon, m.dt, m.time_in_cond, m.frozen_border)
         # The jitted functions, bound to this surrogate's architecture and task.
         self._step_fn = functools.partial(_step_jit, graphdef=graphdef, spec=spec)
         self._rollout_fn = functools.partial(_rollout_jit, graphdef=graphdef, spec=spec)

@@ -63,6 +63,11 @@ def test_long_rollout_reaches_steady_state_with_walls_on_border():
     np.testing.assert_allclose(final[1:-1, 1:-1], g, rtol=1e-4)
     assert np.allclose(final[0, 1:-1], 500) and np.allclose(final[1:-1, -1], 400)
     assert np.allclose(np.asarray(frames[0, 0, 1:-1, 1:-1]), 100)
+    # the declared frozen border (copied forward by surrogates) is exactly the same in every frame
+    b = solver.frozen_border
+    ring = np.ones((32, 32), bool)
+    ring[b:-b, b:-b] = False
+    np.testing.assert_array_equal(np.asarray(frames[-1, 0])[ring], np.asarray(frames[0, 0])[ring])
 
 
 def test_batched_rollout_equals_loop_of_single():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -163,6 +164,27 @@ def test_step_single_vs_batch_and_rollout_consistency(fno2d) -> None:
     np.testing.assert_array_equal(np.asarray(enc["cond"]), np.asarray(stats.normalize_cond(raw_cond)))
     # The time enters the conditioning vector: a later start time changes the prediction.
     assert not np.allclose(np.asarray(sur.step(u[1], nu[1], 3.0)), batch[1])
+
+
+def test_frozen_border_is_copied_from_the_last_input_frame(fno2d, tmp_path) -> None:
+    sur, u, nu, t = fno2d
+    meta = dataclasses.replace(sur.metadata, frozen_border=1)
+    walled = Surrogate(sur._graphdef, nnx.state(sur.model), sur.normalizer, meta, sur.model_config)
+    free = np.asarray(sur.rollout(u, 3, nu, t))
+    roll = np.asarray(walled.rollout(u, 3, nu, t))
+    ring = np.ones((16, 16), bool)
+    ring[1:-1, 1:-1] = False
+    for k in range(4):  # the wall ring of every frame is the initial one, exactly
+        np.testing.assert_array_equal(roll[:, k][..., ring], u[..., ring])
+    assert not np.allclose(free[:, 1][..., ring], u[..., ring])  # the model alone does drift there
+    # one step from the same input: the interior is the model's, unchanged by the constraint
+    np.testing.assert_array_equal(roll[:, 1][..., ~ring], free[:, 1][..., ~ring])
+    assert Surrogate.load(walled.save(tmp_path / "walled")).metadata.frozen_border == 1
+    with pytest.raises(SurrogateError, match="frozen_border"):
+        dataclasses.replace(sur.metadata, frozen_border=8)  # half the 16-cell grid
+    with pytest.raises(SurrogateError, match="frozen_border"):
+        SurrogateMetadata(kind="field", solver="heat2d", grid=(8, 8), dt=0.1, channels=("u",),
+                          cond_names=("a",), frozen_border=1)
 
 
 def test_fno_1d_bundle_save_load_rollout_is_identical(tmp_path) -> None:
