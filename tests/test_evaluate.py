@@ -135,7 +135,7 @@ def test_identity_and_constant_surrogate_by_hand(heat_sur):
     frames = np.broadcast_to((j + 10)[None, :, None, None, None], (n, t_len, 1, *HEAT.grid)).astype(np.float32)
     params = np.full((n, 5), 300.0)
     # A surrogate whose model outputs 0 (zeroed last projection) predicts the normaliser's mean mu everywhere.
-    zero = heat_sur.model
+    zero = nnx.clone(heat_sur.model)  # own arrays: the module-scoped fixture stays untouched
     zero.proj2.kernel[...] = jnp.zeros_like(zero.proj2.kernel[...])
     zero.proj2.bias[...] = jnp.zeros_like(zero.proj2.bias[...])
     const = Surrogate.from_model(zero, heat_sur.normalizer, heat_sur.metadata)
