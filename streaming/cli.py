@@ -99,8 +99,7 @@ def _job_config(args: argparse.Namespace) -> JobConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from streaming.job import run_job
-    from streaming.report import print_summary
+    from streaming.distributed import resolve_spec
 
     if args.resume:
         if args.config or args.set:
@@ -110,6 +109,27 @@ def cmd_train(args: argparse.Namespace) -> None:
         if not args.config:
             raise CliError("give a config file (e.g. configs/quickstart.toml) or --resume RUN_DIR")
         cfg = _job_config(args)
+    spec = resolve_spec(args.coordinator, args.num_processes, args.process_id)
+    if spec is not None:  # one of N trainer processes: jax.distributed starts before anything touches JAX
+        from streaming.distributed import Parallel, check_config, initialize
+
+        if cfg is not None:
+            check_config(cfg, spec, offline=args.offline is not None)
+        initialize(spec)
+        from streaming.job import run_job
+        from streaming.report import print_summary
+
+        summary = run_job(cfg, resume=args.resume, offline=args.offline, parallel=Parallel(spec))
+        if spec.process_id == 0:
+            print_summary(summary)
+        else:  # the others say one line; process 0 writes the run's files and its summary
+            print(f"pdestream train: trainer process {spec.process_id}/{spec.num_processes} done: {summary['steps']} "
+                  f"steps, {summary['sims_done']} simulations, {summary['samples_received']} samples; see "
+                  f"{summary['run_dir']}/processes/process-{spec.process_id}.json", file=sys.stderr)
+        return
+    from streaming.job import run_job
+    from streaming.report import print_summary
+
     if cfg is not None and cfg.workers.backend == "mpi":
         from streaming.mpi_source import finish, mpi_world, run_worker_for, split_roles
 
@@ -219,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join an existing Ray cluster (default: start one on this machine)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
     p.add_argument("--offline", metavar="DATA.h5", help="train from a file written by `pdestream generate` instead")
+    p.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="several trainer processes (data parallel over nodes): process 0's address for "
+                        "jax.distributed (env PDESTREAM_COORDINATOR)")
+    p.add_argument("--num-processes", type=int, metavar="N",
+                   help="number of trainer processes, solver workers not counted (env PDESTREAM_NUM_PROCESSES)")
+    p.add_argument("--process-id", type=int, metavar="K",
+                   help="this trainer process's index in [0, N) (env PDESTREAM_PROCESS_ID)")
 
     p = add("generate", cmd_generate, "Write a job's simulations to HDF5 (the offline baseline's dataset).",
             "pdestream generate configs/quickstart.toml --set solver.n_sims=200 --out data.h5")

@@ -29,11 +29,17 @@ class Task:
 class DesignCursor:
     """Hands out tasks of ``sims_per_task`` simulations, ``n_sims`` in all (0 = unlimited).
 
-    ``requeue(task)`` puts a failed task's unfinished simulations back at the front.
+    ``requeue(task)`` puts a failed task's unfinished simulations back at the front. With
+    ``stride`` N > 1 and ``offset`` k (trainer process k of N) the cursor hands out only the ids
+    ``first_id + k, first_id + k + N, ...`` below ``first_id + n_sims``: N cursors share the design
+    disjointly, and simulation ``i`` has the same parameters and seed whichever cursor hands it out.
     """
 
     def __init__(self, solver: Solver, n_sims: int, design: str, seed: int, sims_per_task: int,
-                 first_id: int = 0, fixed: dict[str, float] | None = None) -> None:
+                 first_id: int = 0, fixed: dict[str, float] | None = None, offset: int = 0,
+                 stride: int = 1) -> None:
+        if stride < 1 or not 0 <= offset < stride:
+            raise SolverError(f"DesignCursor: offset={offset} must be in [0, stride={stride}); stride >= 1")
         self.solver, self.n_sims, self.design, self.seed = solver, n_sims, design, seed
         names = solver.param_space.names
         unknown = sorted(set(fixed or {}) - set(names))
@@ -44,7 +50,8 @@ class DesignCursor:
         self.fixed = {names.index(k): float(v) for k, v in (fixed or {}).items()}
         self.sims_per_task = sims_per_task
         self.first_id = first_id
-        self.next_id = first_id
+        self.offset, self.stride = offset, stride
+        self.next_id = first_id + offset
         self.pending: list[int] = []  # requeued ids, served first
         self.done: set[int] = set()
         self._blocks: dict[int, np.ndarray] = {}
@@ -75,7 +82,7 @@ class DesignCursor:
         self.pending = self.pending[len(ids) :]
         while len(ids) < self.sims_per_task and not (self.n_sims > 0 and self.next_id >= self.first_id + self.n_sims):
             ids.append(self.next_id)
-            self.next_id += 1
+            self.next_id += self.stride
         if not ids:
             return None
         arr = np.asarray(ids, np.int64)

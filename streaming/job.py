@@ -3,6 +3,10 @@
 Run directory (one per ``pdestream train``): ``config.resolved.toml``, ``metrics.jsonl``,
 ``tensorboard/``, ``checkpoints/`` (Orbax), ``surrogate/`` (best model by validation, loadable with
 ``Surrogate.load``), ``summary.json``. Nothing else is written; never a dataset.
+
+With N trainer processes (``parallel``, see :mod:`streaming.distributed`) process 0 creates the run
+directory and writes all of the above; every process adds ``processes/process-K.json`` and
+``process_state/process-K/`` (its part of each checkpoint).
 """
 
 from __future__ import annotations
@@ -22,6 +26,16 @@ from streaming.buffers import make_buffer
 from streaming.checkpoint import Checkpoints
 from streaming.config import ConfigError, JobConfig, dump_toml, load_config
 from streaming.design import DesignCursor
+from streaming.distributed import (
+    DistributedError,
+    NullMetrics,
+    Parallel,
+    broadcast_text,
+    check_config,
+    check_resume,
+    params_checksum,
+    write_process_report,
+)
 from streaming.metrics import MetricsLog
 from streaming.optim import make_optimizer
 from streaming.samples import SampleSpec
@@ -57,7 +71,8 @@ def build_model(cfg: JobConfig, solver: Solver, spec: SampleSpec) -> tuple[nnx.M
     cond_names = solver.param_space.names if spec.condition_on_params else ()
     meta = SurrogateMetadata(kind=spec.kind, solver=solver.name, grid=solver.grid, dt=spec.frame_dt,
                              channels=solver.channels, cond_names=cond_names, time_in_cond=spec.time_in_cond,
-                             window=spec.window if spec.kind != "field" else 1, horizon=spec.lookahead)
+                             window=spec.window if spec.kind != "field" else 1, horizon=spec.lookahead,
+                             frozen_border=0 if spec.kind == "field" else solver.frozen_border)
     hparams = dict(cfg.model.hparams)
     if cfg.model.name == "mlp":
         hparams.setdefault("grid", list(solver.grid))
@@ -110,13 +125,32 @@ def new_run_dir(cfg: JobConfig) -> Path:
     return run_dir
 
 
+def shared_run_dir(cfg: JobConfig, parallel: Parallel) -> Path:
+    """N processes: process 0 creates the run directory (and writes the config); every process gets its path."""
+    run_dir, error = None, None
+    if parallel.is_main:
+        try:
+            run_dir = new_run_dir(cfg)
+            (run_dir / "config.resolved.toml").write_text(dump_toml(cfg))
+        except BaseException as e:  # tell the others before failing, so they do not wait forever
+            error = e
+    path = broadcast_text(None if run_dir is None else str(run_dir.absolute()))
+    if error is not None:
+        raise error
+    if path is None:
+        raise DistributedError("trainer process 0 could not create the run directory; see its error message")
+    return Path(path)
+
+
 def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm: Any = None,
-            messages: list | None = None, offline: str | Path | None = None, worker_cls: type = SolverWorker) -> dict:
+            messages: list | None = None, offline: str | Path | None = None, worker_cls: type = SolverWorker,
+            parallel: Parallel | None = None) -> dict:
     """Train online as ``cfg`` says (or continue the run in ``resume``); returns the summary.
 
     ``messages`` replaces the solver workers by chunks already in memory, ``worker_cls`` the
     :class:`SolverWorker` of local and Ray workers (both for benchmarks);
-    ``offline`` trains from a trajectory file instead (see :mod:`streaming.offline`).
+    ``offline`` trains from a trajectory file instead (see :mod:`streaming.offline`);
+    ``parallel`` makes this process one of N data-parallel trainers (:mod:`streaming.distributed`).
     """
     if resume is not None:
         run_dir = Path(resume)
@@ -134,8 +168,16 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
             from streaming.offline import offline_job
 
             messages, cfg = offline_job(offline, cfg)
-        run_dir = new_run_dir(cfg)
-        (run_dir / "config.resolved.toml").write_text(dump_toml(cfg))
+        if parallel is not None:
+            check_config(cfg, parallel.spec)
+            run_dir = shared_run_dir(cfg, parallel)
+        else:
+            run_dir = new_run_dir(cfg)
+            (run_dir / "config.resolved.toml").write_text(dump_toml(cfg))
+    if resume is not None:
+        check_resume(run_dir, None if parallel is None else parallel.num_processes)
+        if parallel is not None:
+            check_config(cfg, parallel.spec, offline=offline is not None)
     solver = build_solver(cfg)
     spec = sample_spec(cfg, solver)
     model, meta = build_model(cfg, solver, spec)
@@ -146,13 +188,17 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
         raise ConfigError(f"workers.chunk_frames={cfg.workers.chunk_frames} exceeds buffer.capacity={b.capacity}")
     buffer = make_buffer(b.kind, capacity=b.capacity, watermark=b.watermark, max_reuse=b.max_reuse, seed=cfg.optim.seed)
     normalizer = Normalizer(len(solver.channels), len(solver.grid), meta.cond_dim)
-    validation = build_validation(cfg, solver)
+    is_main = parallel is None or parallel.is_main
+    validation = build_validation(cfg, solver) if is_main else None  # only process 0 validates
+    k, n = (0, 1) if parallel is None else (parallel.process_id, parallel.num_processes)
     cursor = DesignCursor(solver, cfg.solver.n_sims, cfg.solver.design, cfg.solver.seed, cfg.workers.sims_per_task,
-                          fixed=cfg.solver.fixed)
-    checkpoints = Checkpoints(run_dir, cfg.checkpoint.keep)
+                          fixed=cfg.solver.fixed, offset=k, stride=n)  # process k: simulations k, k + n, ...
+    checkpoints = Checkpoints(run_dir, cfg.checkpoint.keep, None if parallel is None else k)
     restored = None
     if resume is not None and checkpoints.latest_step() is not None:
         train_target = nnx.to_pure_dict(nnx.split((model, optimizer))[1])
+        if parallel is not None:  # restored straight into arrays replicated over every process's devices
+            train_target = jax.device_put(train_target, parallel.replicated)
         restored = checkpoints.restore(train_target)
         _, tree, meta_ckpt = restored
         buffer.load_state_dict(tree["buffer"])
@@ -161,7 +207,7 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
         if offline is not None:
             messages = []  # the checkpointed epoch buffer already holds the whole file
     args = worker_args(cfg, spec)
-    metrics = MetricsLog(run_dir, cfg.logging.tensorboard)
+    metrics = MetricsLog(run_dir, cfg.logging.tensorboard) if is_main else NullMetrics()
     if messages is not None:
         source: Source = MemorySource(cursor, messages)
     else:
@@ -173,7 +219,7 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
     trainer = Trainer(cfg=cfg, spec=spec, model=model, optimizer=optimizer, schedule=schedule, buffer=buffer,
                       normalizer=normalizer, metadata=meta, validation=validation, run_dir=run_dir, metrics=metrics,
                       checkpoints=checkpoints, mode=mode,
-                      cursor_state=lambda: cursor.state_dict(source.in_flight()))
+                      cursor_state=lambda: cursor.state_dict(source.in_flight()), parallel=parallel)
     if restored is not None:
         trainer.restore(restored[0], restored[2])
     interrupted = None
@@ -187,7 +233,14 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
         metrics.close()
         checkpoints.close()
     summary["run_dir"] = str(run_dir)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    if parallel is not None:
+        write_process_report(run_dir, k, {
+            "process_id": k, "num_processes": n, "steps": trainer.step,
+            "params_sha256": params_checksum(trainer.train_step.model_state),
+            "sims_done_ids": sorted(cursor.done), "counters": trainer.counters.__dict__,
+            "interrupted": interrupted is not None})
+    if is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     if interrupted is not None:
         raise KeyboardInterrupt(summary)
     return summary

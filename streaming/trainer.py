@@ -15,6 +15,10 @@ The normaliser is fitted on the first ``watermark`` samples and frozen. Every
 ``validation.interval`` steps the model is scored on held-out simulations (one-step and rollout
 relative L2, physical units); the best one is exported as a :class:`~surrogates.Surrogate` to
 ``run_dir/surrogate``. Checkpoints hold the train state, buffer, normaliser and design cursor.
+
+With a :class:`~streaming.distributed.Parallel` the trainer is one of N processes: it draws its share
+of the global batch from its own buffer, the normaliser's moments are pooled over the processes when
+the watermarks are reached, and only process 0 validates, logs and exports.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from jax.sharding import PartitionSpec as P
 from streaming.buffers import Buffer
 from streaming.checkpoint import Checkpoints
 from streaming.chunk import Chunk
+from streaming.distributed import Parallel, SurrogateExporter, local_copy
 from streaming.metrics import MetricsLog
 from streaming.progress import progress_bar
 from streaming.samples import SampleSpec, cut
@@ -141,33 +146,44 @@ class Trainer:
     """Runs ``optim.steps`` gradient steps on samples streamed through ``buffer``."""
 
     def __init__(self, *, cfg: Any, spec: SampleSpec, model: nnx.Module, optimizer: nnx.Optimizer,
-                 schedule: Any, buffer: Buffer, normalizer: Normalizer, metadata: Any, validation: Validation,
+                 schedule: Any, buffer: Buffer, normalizer: Normalizer, metadata: Any, validation: Validation | None,
                  run_dir: Path, metrics: MetricsLog, checkpoints: Checkpoints, mode: str,
-                 cursor_state: Callable[[], dict]) -> None:
+                 cursor_state: Callable[[], dict], parallel: Parallel | None = None) -> None:
         self.cfg, self.spec, self.model, self.optimizer = cfg, spec, model, optimizer
         self.schedule, self.buffer, self.normalizer, self.metadata = schedule, buffer, normalizer, metadata
         self.validation, self.run_dir, self.metrics, self.checkpoints = validation, run_dir, metrics, checkpoints
-        self.mode, self.cursor_state = mode, cursor_state
+        self.mode, self.cursor_state, self.parallel = mode, cursor_state, parallel
+        self.is_main = parallel is None or parallel.is_main
         self.step = 0
         self.best_val = float("inf")
         self.history: list[dict] = []
         self.counters = Counters()
         self.train_step = make_train_step(model, optimizer, loss=cfg.optim.loss, pushforward=cfg.optim.pushforward)
         self.surrogate: Surrogate | None = None
+        self.totals: dict[str, int] | None = None  # N processes: counters summed over them, at the end
+        self._exporter = SurrogateExporter(run_dir) if parallel is not None and parallel.is_main else None
         self._encode = None
         self._norm_samples = 0
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._source_done = threading.Event()
         self._norm_ready = threading.Event()
-        devices = jax.local_devices()
-        self.mesh = Mesh(np.array(devices), ("data",))
-        if cfg.optim.batch_size % len(devices):
-            raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must be a multiple of the "
-                             f"{len(devices)} local devices (data parallelism)")
-        self._batch_sharding = NamedSharding(self.mesh, P("data"))
-        if len(devices) > 1:  # parameters replicated on every device
-            self.train_step._state = jax.device_put(self.train_step._state, NamedSharding(self.mesh, P()))
+        if parallel is not None:  # one of N processes: global mesh, this process's share of the batch
+            self.mesh, self._batch_sharding = parallel.mesh, parallel.batch_sharding
+            self.local_batch = parallel.local_batch_size(cfg.optim.batch_size)
+            self.train_step._state = parallel.replicate(self.train_step._state)
+            # a stream that can run dry (samples leave the buffer, finitely many simulations) ends collectively
+            self._agree_each_step = buffer.reuse_limit is not None and cfg.solver.n_sims > 0
+        else:
+            devices = jax.local_devices()
+            self.mesh = Mesh(np.array(devices), ("data",))
+            if cfg.optim.batch_size % len(devices):
+                raise ValueError(f"optim.batch_size={cfg.optim.batch_size} must be a multiple of the "
+                                 f"{len(devices)} local devices (data parallelism)")
+            self._batch_sharding = NamedSharding(self.mesh, P("data"))
+            self.local_batch = cfg.optim.batch_size
+            if len(devices) > 1:  # parameters replicated on every device
+                self.train_step._state = jax.device_put(self.train_step._state, NamedSharding(self.mesh, P()))
         if normalizer.frozen:
             self._on_normalizer_frozen()
 
@@ -181,6 +197,7 @@ class Trainer:
             else:
                 c.sims_dropped += 1
                 c.dropped_messages.append(msg.message)
+            self.buffer.forget([msg.sim_id])  # finished: its keys cannot come again (bounded de-dup memory)
             return 0
         keys, samples = cut(msg, self.spec)
         c.chunks += 1
@@ -188,7 +205,7 @@ class Trainer:
         c.samples_in += len(keys)
         if not len(keys):
             return 0
-        if not self.normalizer.frozen:
+        if not self.normalizer.frozen and self._norm_samples < self.cfg.buffer.watermark:
             self._fit_normalizer(samples)
         if self.buffer.blocks_producers:
             while not self.buffer.wait_for_room(len(keys), timeout=0.5):
@@ -208,9 +225,37 @@ class Trainer:
             cond.append(samples["t"][:, None])
         self.normalizer.update(frames, np.concatenate(cond, 1) if cond else None)
         self._norm_samples += len(y)
-        if self._norm_samples >= self.cfg.buffer.watermark:
+        if self._norm_samples >= self.cfg.buffer.watermark and self.parallel is None:  # N processes: _agree_ready
             self.normalizer.freeze()
             self._on_normalizer_frozen()
+
+    def _norm_fitted(self) -> bool:
+        """The normaliser is frozen, or (N processes) this process has fitted its share and waits to pool it."""
+        if self.parallel is None or self.normalizer.frozen:
+            return self._norm_ready.is_set()
+        return self._norm_samples >= self.cfg.buffer.watermark
+
+    def _agree_ready(self) -> None:
+        """N processes: stop together if one stream ended below its watermark, else pool and freeze the normaliser."""
+        if self.parallel is None:
+            return
+        ready = self.buffer.ready() and self._norm_fitted() and self._error is None
+        if not self.parallel.all_true(ready):
+            if not ready:
+                self._check_ready()  # raises this process's own reason
+            raise StreamEnded("another trainer process's stream ended below buffer.watermark (see its log); raise "
+                              "solver.n_sims or solver.steps, or lower buffer.watermark")
+        if not self.normalizer.frozen:
+            from streaming.distributed import merge_normalizers
+
+            self.normalizer = Normalizer.from_state_dict(merge_normalizers(self.normalizer.state_dict())).freeze()
+            self._on_normalizer_frozen()
+
+    def _put(self, batch: dict[str, np.ndarray]) -> dict:
+        """A host batch on the devices: sharded over the local devices, or (N processes) the global batch."""
+        if self.parallel is not None:
+            return self.parallel.global_batch(batch)
+        return jax.device_put(batch, self._batch_sharding)
 
     def _on_normalizer_frozen(self) -> None:
         self.surrogate = Surrogate.from_model(self.model, self.normalizer, self.metadata)
@@ -242,7 +287,7 @@ class Trainer:
     # ------------------------------------------------------------------ batches out
     def _draw(self) -> dict[str, np.ndarray] | None:
         """A batch from the buffer, or None when the stream and the buffer are exhausted."""
-        b = self.cfg.optim.batch_size
+        b = self.local_batch
         while True:
             got = self.buffer.sample_batch(b)
             if got is not None:
@@ -259,7 +304,7 @@ class Trainer:
                 batch = self._draw()
                 if batch is None:
                     break
-                dev = jax.device_put(batch, self._batch_sharding)
+                dev = self._put(batch)
                 while not self._stop.is_set():
                     try:
                         out.put(dev, timeout=0.5)
@@ -289,30 +334,38 @@ class Trainer:
                         if self.buffer.kind != "reservoir":
                             self.buffer.end_reception()
 
-            while not done and not (self.buffer.ready() and self._norm_ready.is_set()):
+            while not done and not (self.buffer.ready() and self._norm_fitted()):
                 pull(1)
+            self._agree_ready()
             self._check_ready()
             while True:  # pull, draw, step: a checkpoint taken after a step resumes at the next pull
-                pull(self.cfg.optim.batch_size)
-                batch = self.buffer.sample_batch(self.cfg.optim.batch_size)
-                if batch is None:
+                pull(self.local_batch)
+                batch = self.buffer.sample_batch(self.local_batch)
+                if not self._agreed(batch is not None) or batch is None:
                     return
-                yield jax.device_put(batch[1], self._batch_sharding)
+                yield self._put(batch[1])
         else:
             threading.Thread(target=self._receiver, args=(source,), daemon=True, name="receiver").start()
-            while not (self._norm_ready.is_set() and self.buffer.ready()):
-                if self._error is not None:
+            while not (self._norm_fitted() and self.buffer.ready()):
+                if self._error is not None and self.parallel is None:
                     raise self._error
-                if self._source_done.is_set():
+                if self._source_done.is_set() or self._error is not None:
                     break
                 time.sleep(0.05)
+            self._agree_ready()
             self._check_ready()
             q: queue.Queue = queue.Queue(maxsize=2)
             threading.Thread(target=self._prefetcher, args=(q,), daemon=True, name="prefetch").start()
-            while (batch := q.get()) is not None:
+            while self._agreed((batch := q.get()) is not None) and batch is not None:
                 yield batch
             if self._error is not None:
                 raise self._error
+
+    def _agreed(self, have_batch: bool) -> bool:
+        """N processes whose streams can run dry: a step is taken only when every process has a batch."""
+        if self.parallel is None or not self._agree_each_step:
+            return have_batch
+        return self.parallel.all_true(have_batch)
 
     def _check_ready(self) -> None:
         if self._error is not None:
@@ -333,8 +386,9 @@ class Trainer:
         extra = "loss {task.fields[loss]} val {task.fields[val]} | {task.fields[rate]}"
         interrupted = False
         try:
-            with _CtrlCGuard() as ctrl_c, progress_bar("train", total=total, enabled=cfg.logging.progress, extra=extra,
-                              fields={"loss": "-", "val": "-", "rate": ""}) as bar:
+            with _CtrlCGuard() as ctrl_c, progress_bar("train", total=total, enabled=cfg.logging.progress and
+                                                       self.is_main, extra=extra,
+                                                       fields={"loss": "-", "val": "-", "rate": ""}) as bar:
                 bar.advance(self.step)
                 for batch in self._batches(source):
                     if self.step >= total:
@@ -345,23 +399,24 @@ class Trainer:
                     record: dict[str, Any] = {}
                     if self.step % cfg.logging.interval == 0 or self.step == total:
                         now = time.time()
-                        loss = float(jnp.mean(jnp.stack(losses)))
+                        loss = self._mean_loss(losses)
                         losses = []
                         if not np.isfinite(loss):
                             raise FloatingPointError(
                                 f"training loss is {loss} at step {self.step}; lower optim.lr or set optim.clip_norm")
                         dt = max(now - last_t, 1e-9)
                         stats = self.buffer.stats()
+                        counts = self._counts()  # N processes: summed over every process
                         record = {
                             "loss": loss, "lr": float(self.schedule(self.step)),
-                            "samples_received_per_s": (self.counters.samples_new - last_samples) / dt,
+                            "samples_received_per_s": (counts["samples_new"] - last_samples) / dt,
                             "batches_per_s": (self.step - last_step) / dt,
                             "buffer_size": stats["size"], "put_get_balance": stats["put_get_balance"],
-                            "samples_received": self.counters.samples_new, "sims_done": self.counters.sims_done,
-                            "sims_dropped": self.counters.sims_dropped,
+                            "samples_received": counts["samples_new"], "sims_done": counts["sims_done"],
+                            "sims_dropped": counts["sims_dropped"],
                         }
-                        last_t, last_step, last_samples = now, self.step, self.counters.samples_new
-                    if self.step % cfg.validation.interval == 0 or self.step == total:
+                        last_t, last_step, last_samples = now, self.step, counts["samples_new"]
+                    if (self.step % cfg.validation.interval == 0 or self.step == total) and self.is_main:
                         record.update(self.validate())
                     if record:
                         self.metrics.log(self.step, record, {"seen_counts": self.buffer.seen_counts()})
@@ -380,22 +435,47 @@ class Trainer:
             interrupted = True
         finally:
             self._stop.set()
-        if interrupted or self.step % cfg.checkpoint.interval:
+        # N processes: an interrupted process cannot count on the others to join a collective save
+        if (interrupted and self.parallel is None) or (not interrupted and self.step % cfg.checkpoint.interval):
             self.save_checkpoint()
-        if self.best_val == float("inf"):
+        if self.parallel is not None and not interrupted:
+            self.totals = self._counts()
+        if self.best_val == float("inf") and self.is_main:
             self.validate()
+        if self._exporter is not None:
+            self._exporter.close()
         summary = self.summary(time.time() - t0, interrupted)
         if interrupted:
             raise KeyboardInterrupt(summary)
         return summary
 
+    def _mean_loss(self, losses: list[jax.Array]) -> float:
+        """Mean of the device losses since the last log line (N processes: from the local replica)."""
+        if self.parallel is None:
+            return float(jnp.mean(jnp.stack(losses)))
+        return float(np.mean([np.asarray(loss) for loss in local_copy(losses)]))
+
+    def _counts(self) -> dict[str, int]:
+        """Samples and simulations received; with N processes, summed over them (a collective)."""
+        c = self.counters
+        names = ("samples_new", "sims_done", "sims_dropped", "chunks", "bytes_in", "samples_in")
+        values = np.asarray([getattr(c, k) for k in names], np.int64)
+        if self.parallel is not None:
+            values = self.parallel.sum(values)
+        return dict(zip(names, (int(v) for v in values), strict=True))
+
     def validate(self) -> dict[str, float]:
         assert self.surrogate is not None
-        self.surrogate.set_state(self.train_step.model_state)
+        state = self.train_step.model_state
+        self.surrogate.set_state(state if self.parallel is None else local_copy(state))
         scores = self.validation.score(self.surrogate, self.spec)
         if scores["val_one_step_rel_l2"] < self.best_val:
             self.best_val = scores["val_one_step_rel_l2"]
-            self.surrogate.save(self.run_dir / "surrogate", overwrite=True)
+            if self._exporter is None:
+                self.surrogate.save(self.run_dir / "surrogate", overwrite=True)
+            else:  # N processes: from a child process (see SurrogateExporter)
+                self._exporter.export(nnx.to_pure_dict(local_copy(self.train_step.model_state)),
+                                      self.normalizer.state_dict())
         return scores
 
     # ------------------------------------------------------------------ checkpoints
@@ -430,4 +510,6 @@ class Trainer:
             "megabytes_received": round(c.bytes_in / 2**20, 2), "sims_done": c.sims_done,
             "sims_dropped": c.sims_dropped, "dropped": c.dropped_messages[:20],
             "buffer": self.buffer.stats(),
+            **({} if self.parallel is None else {"processes": self.parallel.num_processes,
+                                                  "all_processes": self.totals}),
         }
