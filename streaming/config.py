@@ -99,7 +99,8 @@ class WorkersSection(_Section):
     address: str | None = Field(None, description="Ray cluster address; None starts a local cluster")
     listen: str = Field("127.0.0.1:47011", description="external backend: HOST:PORT that streaming.client "
                         "connects to; port 0 picks a free port")
-    nice: int = Field(10, ge=0, le=19, description="OS priority drop of worker processes, so the trainer keeps its CPU")
+    nice: int = Field(10, ge=0, le=19, description="OS priority drop of worker processes and of the trainer's "
+                      "receiver thread (Linux), so the train step keeps its CPU")
 
 
 class ValidationSection(_Section):

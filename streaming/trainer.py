@@ -24,8 +24,10 @@ the watermarks are reached, and only process 0 validates, logs and exports.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -272,6 +274,10 @@ class Trainer:
         self._norm_ready.set()
 
     def _receiver(self, source: Iterable) -> None:
+        # On Linux a thread has its own nice value: the receiver yields the CPU to the train step
+        # (measured on 2 cores, quickstart with workers that keep up: 5.7-6.4 -> 7.3-7.6 steps/s).
+        if self.cfg.workers.nice and sys.platform.startswith("linux"):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.cfg.workers.nice)
         try:
             for msg in source:
                 self._ingest(msg)
