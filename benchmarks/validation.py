@@ -268,10 +268,18 @@ def validate_cylinder(
 
     ``mask_offset_cells``: distance (cells) of the cylinder's centre from the nearest grid line about
     which the staircase mask is symmetric (a face or a row of cell centres): 0 when ``grid`` is a
-    multiple of 41. The pressure projection sees the staircase, so a nonzero offset shifts the body it
-    blocks by up to half a cell and biases the unsteady lift (issue 5: 2D-2 at ``grid=62``, offset
-    0.24, the lift oscillates about -0.14 and ``cl_max`` is 0.822; with the centre moved onto a face,
-    about -0.03 and 1.005). Compare 2D-2 lifts on grids 41, 82, 123.
+    multiple of 41. With ``boundary="interpolated"`` the pressure projection sees that staircase, so
+    a nonzero offset biases the unsteady lift (issue 5: 2D-2 at ``grid=62``, offset 0.24, ``cl_max``
+    0.822); ``"cut"`` projects onto the circle's face apertures and gives 1.050 there.
+
+    Accuracy (issue 5, 2D-1, float32), ``grid`` 62 / 82 / 100: ``"cut"`` gives ``cd`` 5.589 / 5.589 /
+    5.583 (inside) and ``dp`` -1.7% / -1.7% / -0.03%; ``"interpolated"`` ``cd`` 5.584 / 5.577 / 5.581
+    and ``dp`` -3.2% / -1.8% / -1.1%. ``cl``, 0.2% of the drag, moves with where the circle cuts the
+    cells with either (cut 0.0144 / 0.0105 / 0.0049, interpolated 0.0085 / 0.0116 / 0.0141). At
+    ``grid=41`` (10 cells per diameter, the circle through cell corners) ``"cut"`` is worse: 2D-1
+    ``cd`` 5.642, 2D-2 ``cd_max`` 3.99 and ``cl_max`` 1.44 (interpolated 3.43, 0.90); at ``grid=50``
+    it is better: 2D-2 ``cd_max`` 3.33, ``cl_max`` 1.14, ``strouhal`` 0.295 (interpolated 3.43,
+    1.17, 0.292).
     """
     if case not in schaefer_turek1996.INTERVALS:
         raise SolverError(f"cylinder case {case!r} is unknown; use one of {', '.join(schaefer_turek1996.INTERVALS)}")
@@ -303,9 +311,10 @@ def validate_cylinder(
         fx, fy = (float(f) for f in force)
         wall = time.perf_counter() - t0
         fields = np.asarray(solver.fields(state), np.float64)
-        fluid = solver.mask(params)
         xs = (np.arange(nx) + 0.5) * g["length"] / nx
         ys = (np.arange(ny) + 0.5) * g["height"] / ny
+        # cells whose centre is outside the circle (the "cut" mask also keeps cells cut by it)
+        fluid = np.hypot(xs[:, None] - g["center"][0], ys[None, :] - g["center"][1]) > g["diameter"] / 2
         (xf, yf), (xb, yb) = schaefer_turek1996.PRESSURE_POINTS
         dp = _pressure_at(fields[2], fluid, xs, ys, xf, yf) - _pressure_at(fields[2], fluid, xs, ys, xb, yb)
         values = {"cd": fx / scale, "cl": fy / scale, "dp": dp}

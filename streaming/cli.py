@@ -171,7 +171,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     if args.problem == "cavity":
         out = validation.validate_cavity(args.re, args.grid or 64, dtype=args.dtype)
     else:
-        out = validation.validate_cylinder(args.case, args.grid or 41, dtype=args.dtype)
+        out = validation.validate_cylinder(args.case, args.grid or 41, dtype=args.dtype, boundary=args.boundary)
     rows = out.get("rows", [])
     table = Table(title=f"validate {args.problem}")
     for col in rows[0] if rows else []:
@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", default="2D-1", help="cylinder case: 2D-1 (steady) or 2D-2 (periodic)")
     p.add_argument("--grid", type=int, help="cells per side (cavity, default 64) / across the channel (cylinder, 41)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--boundary", default="interpolated", choices=["cut", "interpolated", "staircase"],
+                   help="cylinder wall treatment: cut-face projection, second-order no-slip, or staircase mask")
     p.add_argument("--json", help="write the profiles/coefficients and errors here")
 
     p = add("train", cmd_train, "Train a surrogate online: solver workers stream into the trainer.",

@@ -7,12 +7,24 @@ inflow ``u(0, y) = 6 U y (H - y) / H^2`` of mean ``U`` (``U_max = 1.5 U``), an o
 (``center_x``, ``center_y``). The benchmark cases are ``D = 0.1`` at ``(0.2, 0.2)`` with density 1 and
 viscosity 1e-3: 2D-1 has ``U = 0.2`` (Re = 20, steady), 2D-2 ``U = 1`` (Re = 100, periodic shedding).
 
-The cylinder is a cell mask (:mod:`solvers.cfd.obstacles`): cells whose centre lies inside the
-circle are solid. With ``boundary="interpolated"`` (default) the viscous operator puts the no-slip
-condition on the true circle (:mod:`solvers.cfd.immersed`), second order in the cell size;
-``boundary="staircase"`` keeps it on the cell faces, a first-order geometric error
-(``benchmarks.validation.validate_cylinder`` reports the errors). Forces come from a control-volume
-momentum balance (:func:`force`).
+The cylinder is a cell mask (:mod:`solvers.cfd.obstacles`). ``boundary`` picks how much of the
+true circle the scheme sees (``benchmarks.validation.validate_cylinder`` reports the errors):
+
+- ``"cut"``: velocities live on every face whose centre is outside the circle and the projection
+  balances the fluxes ``aperture * velocity`` (:func:`~solvers.cfd.immersed.circle_apertures`), so
+  the pressure sees the circle; the viscous operator puts no-slip on the circle. Cells with no open
+  face are solid. Conjugate gradients need 9 pressure iterations per stage instead of 8 (333 x 62).
+- ``"interpolated"``: cells whose centre lies inside the circle are solid, so the projection sees
+  that staircase; the viscous operator puts no-slip on the true circle (:mod:`solvers.cfd.immersed`).
+- ``"staircase"``: the same mask, no-slip on the cell faces, a first-order geometric error.
+
+Where the circle sits in its cells matters most for the lift (issue 5): at Re = 100 on 62 cells
+across (centre 0.24 cells off a face line) the staircase projection biases ``cl_max`` to 0.822,
+cut faces give 1.050 (reference 0.99-1.01); the steady lift at Re = 20, 0.2% of the drag, still
+varies by about +-50% between grids with either. ``"cut"`` fails on 220 x 41 (10 cells per
+diameter, the circle through cell corners: 2D-2 ``cd_max`` +23%) but beats ``"interpolated"`` from
+50 cells across (``benchmarks.validation.validate_cylinder`` lists the measurements). Forces come
+from a control-volume momentum balance (:func:`force`).
 
 Parameters: ``inlet_velocity`` (mean, m/s), ``density`` (kg/m^3), ``viscosity`` (Pa s), ``diameter``
 (m), ``center_x``, ``center_y`` (m). ``Re = density * inlet_velocity * diameter / viscosity`` spans
@@ -30,7 +42,7 @@ import numpy as np
 
 from solvers.cfd.boundaries import OUTFLOW, Sides, still_walls
 from solvers.cfd.forces import box_force
-from solvers.cfd.immersed import circle_apertures, circle_fractions
+from solvers.cfd.immersed import circle_apertures, circle_fractions, close_dead_ends
 from solvers.cfd.navier_stokes import Flow
 from solvers.cfd.problem import MACSolver
 from solvers.cfd.tube import inlet_profile
@@ -46,7 +58,8 @@ BOUNDARIES = ("cut", "interpolated", "staircase")
 @dataclass(frozen=True)
 class CylinderConfig:
     """nx, ny: cells along and across; dt: time step (s); length, height: channel size (m);
-    boundary: ``"interpolated"`` (no-slip on the circle) or ``"staircase"`` (on the cell faces);
+    boundary: ``"cut"`` (cut faces, no-slip on the circle), ``"interpolated"`` (no-slip on the circle,
+    staircase projection) or ``"staircase"`` (no-slip on the cell faces), see the module docstring;
     theta, cfl_max: as cavity."""
 
     nx: int = 220
@@ -104,7 +117,7 @@ class Cylinder(MACSolver):
     def _apertures(self, params: jax.Array) -> tuple[jax.Array, jax.Array]:
         nx, ny = self.grid
         dx, dy = self.config.length / nx, self.config.height / ny
-        return circle_apertures(nx, ny, dx, dy, params[4], params[5], params[3] / 2, self.dtype)
+        return close_dead_ends(*circle_apertures(nx, ny, dx, dy, params[4], params[5], params[3] / 2, self.dtype))
 
     def _centres(self) -> tuple[jax.Array, jax.Array]:
         nx, ny = self.grid
