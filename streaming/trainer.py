@@ -46,6 +46,7 @@ from streaming.buffers import Buffer
 from streaming.checkpoint import Checkpoints
 from streaming.chunk import Chunk
 from streaming.distributed import Parallel, SurrogateExporter, local_copy
+from streaming.errors import JobFailed
 from streaming.metrics import MetricsLog
 from streaming.progress import progress_bar
 from streaming.samples import SampleSpec, cut
@@ -93,8 +94,8 @@ class _CtrlCGuard:
             raise KeyboardInterrupt
 
 
-class StreamEnded(RuntimeError):
-    """The stream ended before the buffer reached its watermark."""
+class StreamEnded(JobFailed):
+    """The stream ended before the buffer reached its watermark (a one-line error on the command line)."""
 
 
 @dataclass

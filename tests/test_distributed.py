@@ -129,7 +129,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
 def test_a_stream_ending_below_the_watermark_stops_every_process(tmp_path: Path) -> None:
     """3 simulations of 20 samples: process 0 gets 2 (40 >= watermark 32), process 1 gets 1 (20 < 32). Both stop
     at once, each naming its reason, instead of process 0 waiting forever for a partner in the first step."""
-    _, procs = _train(tmp_path, "short", ("--set", "solver.n_sims=3"), rc=1)
+    _, procs = _train(tmp_path, "short", ("--set", "solver.n_sims=3"), rc=2)  # one-line error, exit 2
     assert "another trainer process's stream ended below buffer.watermark" in procs[0].stderr
     assert "the stream ended with 20 samples in the buffer, below buffer.watermark=32" in procs[1].stderr
 

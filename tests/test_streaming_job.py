@@ -107,6 +107,13 @@ def test_cli_train_errors_are_one_line(tmp_path, capsys):
     assert len(err) == 1 and "unknown model 'transformer'" in err[0]
     assert main(["train", "nosuch.toml"]) == 2
     assert "no such config file" in capsys.readouterr().err
+    # a stream that ends below the watermark: one line naming the fix, no traceback
+    assert main(["train", "configs/quickstart.toml", "--backend", "local", "--set", f"logging.run_dir={tmp_path}",
+                 "--set", "solver.config={ n = 6 }", "--set", "solver.n_sims=1", "--set", "solver.steps=4",
+                 "--set", "buffer.watermark=100", "--set", "validation.n_sims=1", "--set", "logging.progress=false",
+                 "--set", "logging.tensorboard=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "below buffer.watermark=100" in err[0] and "lower buffer.watermark" in err[0]
 
 
 def test_generate_then_train_offline(tmp_path, capsys):
