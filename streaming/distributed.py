@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from streaming.config import ConfigError
+from surrogates.normalizer import Normalizer
 
 ENV_COORDINATOR = "PDESTREAM_COORDINATOR"
 ENV_NUM_PROCESSES = "PDESTREAM_NUM_PROCESSES"
@@ -154,35 +155,27 @@ def broadcast_text(text: str | None) -> str | None:
     return bytes(out[1:]).rstrip(b"\0").decode() if out[0] else None
 
 
-def merge_moments(counts: np.ndarray, means: np.ndarray, m2s: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """Pooled (count, mean (K,), M2 (K,)) of per-process moments ``(N,)``, ``(N, K)``, ``(N, K)``.
+def merge_normalizers(norm: Normalizer) -> Normalizer:
+    """A new unfrozen normaliser holding the statistics of ``norm`` pooled over every process.
 
-    Chan, Golub & LeVeque (1979), "Updating formulae and a pairwise algorithm for computing sample variances".
+    Each process's moments are gathered bit-exactly and folded in process order, so every process
+    computes the identical result.
     """
-    n = int(np.sum(counts))
-    if n == 0:
-        return 0, means[0], m2s[0]
-    w = counts.astype(np.float64)[:, None]
-    mean = np.sum(w * means, axis=0) / n
-    m2 = np.sum(m2s + w * (means - mean) ** 2, axis=0)
-    return n, mean, m2
-
-
-def merge_normalizers(state: dict) -> dict:
-    """The normaliser state (``Normalizer.state_dict()``) pooled over every process, unfrozen."""
-    out = {k: dict(v) for k, v in state.items()}
-    for group in ("fields", "cond"):
-        if group not in state:
-            continue
-        g = state[group]
-        k = len(g["mean"])
-        flat = np.concatenate([np.asarray([float(g["count"])]), np.asarray(g["mean"], np.float64),
-                               np.asarray(g["m2"], np.float64)])
-        every = allgather(flat)
-        n, mean, m2 = merge_moments(every[:, 0], every[:, 1 : 1 + k], every[:, 1 + k :])
-        out[group] = {"count": np.asarray(n, np.int64), "mean": mean, "m2": m2}
-    out["config"] = {**state["config"], "frozen": np.asarray(False)}
-    return out
+    state = norm.state_dict()
+    groups = [g for g in ("fields", "cond") if g in state]
+    flat = np.concatenate([np.concatenate([np.asarray([float(state[g]["count"])]),
+                                           np.asarray(state[g]["mean"], np.float64),
+                                           np.asarray(state[g]["m2"], np.float64)]) for g in groups])
+    pooled = Normalizer(norm.channels, norm.ndim, norm.cond_dim, norm.eps)
+    for row in allgather(flat):
+        part, at = {"config": {**state["config"], "frozen": np.asarray(False)}}, 0
+        for g in groups:
+            k = len(state[g]["mean"])
+            part[g] = {"count": np.asarray(int(row[at]), np.int64), "mean": row[at + 1 : at + 1 + k],
+                       "m2": row[at + 1 + k : at + 1 + 2 * k]}
+            at += 1 + 2 * k
+        pooled.absorb(part)
+    return pooled
 
 
 # ---------------------------------------------------------------------------------------------- the runtime

@@ -251,7 +251,7 @@ class Trainer:
         if not self.normalizer.frozen:
             from streaming.distributed import merge_normalizers
 
-            self.normalizer = Normalizer.from_state_dict(merge_normalizers(self.normalizer.state_dict())).freeze()
+            self.normalizer = merge_normalizers(self.normalizer).freeze()
             self._on_normalizer_frozen()
 
     def _put(self, batch: dict[str, np.ndarray]) -> dict:

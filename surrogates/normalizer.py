@@ -120,6 +120,12 @@ class _Moments:
                 f"{np.flatnonzero(~np.isfinite(mean_b + m2_b)).tolist()}); "
                 "drop or fix that chunk before fitting the statistics"
             )
+        self.combine(n_b, mean_b, m2_b)
+
+    def combine(self, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
+        """Add the moments of another sample set (Chan, Golub & LeVeque 1979, pairwise update)."""
+        if n_b == 0:
+            return
         n_a = self.count
         n = n_a + n_b
         delta = mean_b - self.mean
@@ -203,6 +209,21 @@ class Normalizer:
                 )
             if self.cond_dim:
                 self._cond.merge(p, (0,), "cond")
+        return self
+
+    def absorb(self, state: Mapping[str, Mapping[str, Any]]) -> Normalizer:
+        """Add the statistics accumulated by another normaliser (its ``state_dict()``, e.g. another
+        process's) as if its batches had been passed to :meth:`update`; returns self."""
+        if self.frozen:
+            raise SurrogateError("Normalizer.absorb: the statistics are frozen; absorb before freeze()")
+        other = Normalizer.from_state_dict(state)
+        if (other.channels, other.cond_dim) != (self.channels, self.cond_dim):
+            raise SurrogateError(
+                f"Normalizer.absorb: {other.channels} channels / cond_dim {other.cond_dim} do not match this "
+                f"normaliser's {self.channels} / {self.cond_dim}"
+            )
+        for mine, theirs in ((self._fields, other._fields), (self._cond, other._cond)):
+            mine.combine(theirs.count, theirs.mean, theirs.m2)
         return self
 
     def _require(self, moments: _Moments, what: str) -> None:

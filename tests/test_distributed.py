@@ -23,7 +23,6 @@ from streaming.distributed import (
     DistSpec,
     check_config,
     check_resume,
-    merge_moments,
     resolve_spec,
 )
 from surrogates.surrogate import Surrogate
@@ -187,19 +186,6 @@ def test_check_config_refuses_unsupported_backends() -> None:
             check_config(load_config(ROOT / "configs/quickstart.toml", {"workers.backend": backend}), spec)
     with pytest.raises(DistributedError, match="--offline"):
         check_config(load_config(ROOT / "configs/quickstart.toml"), spec, offline=True)
-
-
-def test_merge_moments_equals_the_moments_of_the_pooled_data() -> None:
-    rng = np.random.default_rng(0)
-    parts = [rng.normal(k, 1 + k, size=(n, 3)) for k, n in enumerate((5, 17, 1))]
-    counts = np.array([len(p) for p in parts])
-    means = np.stack([p.mean(0) for p in parts])
-    m2s = np.stack([((p - p.mean(0)) ** 2).sum(0) for p in parts])
-    n, mean, m2 = merge_moments(counts, means, m2s)
-    pooled = np.concatenate(parts)
-    assert n == len(pooled)
-    np.testing.assert_allclose(mean, pooled.mean(0), rtol=1e-12)  # float64 round-off only
-    np.testing.assert_allclose(m2, ((pooled - pooled.mean(0)) ** 2).sum(0), rtol=1e-12)
 
 
 def test_strided_cursors_split_the_design_disjointly() -> None:

@@ -75,6 +75,28 @@ def test_std_floor_and_state_dict_round_trip() -> None:
     np.testing.assert_array_equal(np.asarray(again.stats.std), np.asarray(norm.stats.std))
 
 
+def test_absorbing_other_normalizers_equals_fitting_the_pooled_data() -> None:
+    fields, conds = _chunks(seed=2, n=9)
+    parts = [Normalizer(channels=2, ndim=2, cond_dim=3) for _ in range(3)]  # e.g. three trainer processes
+    for i, (f, c) in enumerate(zip(fields, conds, strict=True)):
+        parts[i % 3].update(f, c)
+    pooled = Normalizer(channels=2, ndim=2, cond_dim=3)
+    for part in parts:
+        pooled.absorb(part.state_dict())
+    whole = Normalizer(channels=2, ndim=2, cond_dim=3)
+    for f, c in zip(fields, conds, strict=True):
+        whole.update(f, c)
+    assert pooled.count == whole.count and pooled.cond_count == whole.cond_count
+    # Same Chan updates in another order: float64 round-off only (1e-12 relative).
+    for a, b in ((pooled.mean, whole.mean), (pooled.std, whole.std), (pooled.cond_mean, whole.cond_mean),
+                 (pooled.cond_std, whole.cond_std)):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    with pytest.raises(SurrogateError, match="do not match"):
+        Normalizer(channels=1, ndim=2, cond_dim=3).absorb(parts[0].state_dict())
+    with pytest.raises(SurrogateError, match="frozen"):
+        whole.freeze().absorb(parts[0].state_dict())
+
+
 def test_updating_a_frozen_normalizer_fails() -> None:
     norm = Normalizer(channels=1, ndim=2).update(np.ones((2, 1, 4, 4)))
     norm.freeze()
