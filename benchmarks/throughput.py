@@ -2,7 +2,7 @@
 Ray and over MPI; (b) streaming efficiency = training steps/s online / steps/s of the same training
 from chunks already in memory.
 
-    python benchmarks/throughput.py [--json FILE] [--seconds 20] [--workers 1 2 4] [--steps 300]
+    python benchmarks/throughput.py [--json FILE] [--seconds 20] [--workers 1 2 4] [--steps 300] [--rounds 2]
 
 (a) runs the trainer's ingest path (receive, cut into next-step samples, put into a reservoir of
 20,000 samples) with no training, on 64 x 64 float32 heat2d fields (exponential scheme), and counts
@@ -13,7 +13,9 @@ messages, no solver cost: what the transport and the trainer's ingest can take; 
 ``live_solver_fields_per_s_<backend>_<n>w``: bounded by the solvers' speed on this machine).
 (b) runs ``configs/quickstart.toml`` with the same seed and budget from pre-generated chunks in
 memory (same trainer, same threads) and online through Ray, with workers that resend solved frames
-(solvers that keep up; ``streaming_efficiency``) and with live solvers
+(solvers that keep up; ``streaming_efficiency``, the quickstart as shipped: rate-matched ingest,
+``buffer.ingest_ratio``), the same without rate matching (``streaming_efficiency_unmatched``: the
+workers send as fast as they can and the receiver takes it all) and with live solvers
 (``streaming_efficiency_live_solvers``: on a 2-core machine the solver processes take cores from
 the trainer, so this one measures that contention too); on a GPU machine the steps run on the device.
 Prints a table and writes a flat JSON dict (keys ``ingest_fields_per_s_ray_4w``,
@@ -135,13 +137,16 @@ def _mpi_main(seconds: float, replay: bool) -> None:
     finish(comm)
 
 
-def efficiency(steps: int) -> dict[str, float]:
+def efficiency(steps: int, rounds: int = 2) -> dict[str, float]:
     """Steps/s of the quickstart trained online (Ray) and from the same kind of chunks in memory.
 
-    Online runs twice: with workers that resend solved frames (solvers that always keep up: the
-    issue's definition, key ``streaming_efficiency``) and with live solvers sharing this machine's
-    cores (``streaming_efficiency_live_solvers``). The memory run goes first and last; its rate is
-    the mean of the two, so a drift in machine load over the runs hits both sides alike.
+    Online runs three ways: with workers that resend solved frames (solvers that always keep up:
+    the issue's definition, key ``streaming_efficiency``), the same with ``buffer.ingest_ratio``
+    unset (``streaming_efficiency_unmatched``), and with live solvers sharing this machine's cores
+    (``streaming_efficiency_live_solvers``). Runs go memory, online x 3, memory, online x 3, ...,
+    memory (``rounds`` rounds): each online run is compared with the mean of the memory runs just
+    before and after its round, so a drift in machine speed over the runs hits both sides alike;
+    an efficiency is the mean of its rounds' ratios (each round's ratio is in the JSON too).
     """
     from streaming.config import load_config
     from streaming.design import DesignCursor
@@ -160,20 +165,34 @@ def efficiency(steps: int) -> dict[str, float]:
         messages: list = []
         while sum(getattr(m, "n_steps", 0) for m in messages) < need:
             messages += list(worker.run(cursor.next_task()))
-        runs = (("memory_first", {"messages": messages}), ("online", {"worker_cls": ReplayWorker}),
-                ("online_live_solvers", {}), ("memory_last", {"messages": messages}))
-        for name, kwargs in runs:
-            cfg = load_config(ROOT / "configs/quickstart.toml", {**base, "logging.name": name})
+        online = {"online": ({"worker_cls": ReplayWorker}, {}),
+                  "online_unmatched": ({"worker_cls": ReplayWorker}, {"buffer.ingest_ratio": "none"}),
+                  "online_live_solvers": ({}, {})}
+
+        def run(name: str, kwargs: dict, overrides: dict) -> float:
+            cfg = load_config(ROOT / "configs/quickstart.toml", {**base, "logging.name": name, **overrides})
             summary = run_job(cfg, **kwargs)
             rec = [json.loads(line) for line in open(Path(tmp) / name / "metrics.jsonl")]
-            rates = [r["batches_per_s"] for r in rec if "batches_per_s" in r][1:]  # skip the compile window
-            out[f"train_steps_per_s_{name}"] = float(np.median(rates))
-            out[f"seconds_{name}"] = summary["seconds"]
-            print(f"  {name}: {out[f'train_steps_per_s_{name}']:.2f} steps/s", flush=True)
-    memory = (out["train_steps_per_s_memory_first"] + out["train_steps_per_s_memory_last"]) / 2
-    out["train_steps_per_s_memory"] = memory
-    out["streaming_efficiency"] = out["train_steps_per_s_online"] / memory
-    out["streaming_efficiency_live_solvers"] = out["train_steps_per_s_online_live_solvers"] / memory
+            rate = float(np.median([r["batches_per_s"] for r in rec if "batches_per_s" in r][1:]))  # skip compiles
+            out[f"train_steps_per_s_{name}"] = rate
+            out[f"samples_received_{name}"] = summary["samples_received"]
+            print(f"  {name}: {rate:.2f} steps/s, {summary['samples_received']:,} samples received", flush=True)
+            return rate
+
+        memory = [run("memory_0", {"messages": messages}, {})]
+        rates: dict[str, list[float]] = {k: [] for k in online}
+        for r in range(1, rounds + 1):
+            got = {k: run(f"{k}_{r}", *v) for k, v in online.items()}
+            memory.append(run(f"memory_{r}", {"messages": messages}, {}))
+            for k, rate in got.items():
+                rates[k].append(rate / ((memory[-2] + memory[-1]) / 2))
+                out[f"{k}_efficiency_round_{r}"] = rates[k][-1]
+    out["train_steps_per_s_memory"] = float(np.mean(memory))
+    out["memory_spread"] = float((max(memory) - min(memory)) / np.mean(memory))
+    out["ingest_ratio"] = cfg.buffer.ingest_ratio or 0.0
+    out["streaming_efficiency"] = float(np.mean(rates["online"]))
+    out["streaming_efficiency_unmatched"] = float(np.mean(rates["online_unmatched"]))
+    out["streaming_efficiency_live_solvers"] = float(np.mean(rates["online_live_solvers"]))
     return out
 
 
@@ -184,6 +203,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--backends", nargs="*", default=["ray", "mpi"])
     parser.add_argument("--steps", type=int, default=300, help="training steps for the efficiency runs")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the efficiency runs (see efficiency())")
     parser.add_argument("--skip-efficiency", action="store_true")
     parser.add_argument("--_mpi-rank", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--_replay", action="store_true", help=argparse.SUPPRESS)
@@ -208,12 +228,14 @@ def main() -> None:
 
         if ray.is_initialized():
             ray.shutdown()
-        results.update(efficiency(args.steps))
-        print(f"training steps/s from memory {results['train_steps_per_s_memory']:.2f}; online with solvers that "
-              f"keep up {results['train_steps_per_s_online']:.2f} -> streaming efficiency "
-              f"{results['streaming_efficiency']:.3f}; online with live solvers on the same cores "
-              f"{results['train_steps_per_s_online_live_solvers']:.2f} -> "
-              f"{results['streaming_efficiency_live_solvers']:.3f}")
+        results.update(efficiency(args.steps, args.rounds))
+        print(f"\n| online run | streaming efficiency (mean of {args.rounds} rounds) |\n|---|---|\n"
+              f"| solvers that keep up, ingest_ratio {results['ingest_ratio']:g} (quickstart as shipped) | "
+              f"{results['streaming_efficiency']:.3f} |\n"
+              f"| solvers that keep up, no rate matching | {results['streaming_efficiency_unmatched']:.3f} |\n"
+              f"| live solvers on the same cores | {results['streaming_efficiency_live_solvers']:.3f} |\n"
+              f"memory baseline {results['train_steps_per_s_memory']:.2f} steps/s (spread between its runs "
+              f"{100 * results['memory_spread']:.1f} %)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

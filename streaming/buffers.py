@@ -66,6 +66,14 @@ Threads
     All public methods take one lock, so a receiver thread may ``put`` while the train loop draws;
     ``wait_for_room`` and ``wait_for_batch`` block on a condition instead of polling.
 
+Rate matching
+    ``wants_more(ratio)`` is ``n_put < capacity + ratio * n_drawn``: a producer that waits for it
+    (``wait_for_demand``) fills the buffer at full speed and then takes at most ``ratio`` new samples
+    per sample drawn. The trainer does so when ``buffer.ingest_ratio`` is set, so workers faster
+    than training are held by the transport's backpressure instead of sending samples that a
+    reservoir would mostly discard (Algorithm R keeps the ``n``-th sample with probability
+    ``capacity / n``).
+
 Checkpoints
     ``state_dict()`` returns ints and numpy arrays only (contents, counters, RNG state, seen keys);
     ``load_state_dict`` on a buffer built with the same settings, or
@@ -525,6 +533,20 @@ class Buffer:
         with self._cond:
             self._cond.wait_for(lambda: self.has_room(n) or self._ended, timeout)
             return self.has_room(n)
+
+    def wants_more(self, ratio: float) -> bool:
+        """Rate matching: True while ``n_put < capacity + ratio * n_drawn``, i.e. once the buffer has
+        been filled, the stream is allowed ``ratio`` new samples per sample drawn (``ratio > 0``)."""
+        return self.n_put < self.capacity + ratio * self.n_drawn
+
+    def wait_for_demand(self, ratio: float, timeout: float | None = None) -> bool:
+        """Block until :meth:`wants_more` (a draw makes room), the reception ended, or ``timeout``;
+        returns ``wants_more(ratio)``."""
+        if not ratio > 0:
+            raise BufferConfigError(f"ingest ratio={ratio!r}: allowed a number > 0")
+        with self._cond:
+            self._cond.wait_for(lambda: self.wants_more(ratio) or self._ended, timeout)
+            return self.wants_more(ratio)
 
     def wait_for_batch(self, batch_size: int, timeout: float | None = None) -> bool:
         """Block until a batch can be drawn, the buffer is exhausted, or ``timeout``; returns ``can_sample``."""

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from streaming.config import JobConfig
@@ -109,38 +109,70 @@ def cmd_train(args: argparse.Namespace) -> None:
         if not args.config:
             raise CliError("give a config file (e.g. configs/quickstart.toml) or --resume RUN_DIR")
         cfg = _job_config(args)
+    if cfg is not None and cfg.workers.backend == "mpi":
+        _train_mpi(cfg, args)
     spec = resolve_spec(args.coordinator, args.num_processes, args.process_id)
     if spec is not None:  # one of N trainer processes: jax.distributed starts before anything touches JAX
-        from streaming.distributed import Parallel, check_config, initialize
+        from streaming.distributed import check_config
 
         if cfg is not None:
             check_config(cfg, spec, offline=args.offline is not None)
-        initialize(spec)
-        from streaming.job import run_job
-        from streaming.report import print_summary
-
-        summary = run_job(cfg, resume=args.resume, offline=args.offline, parallel=Parallel(spec))
-        if spec.process_id == 0:
-            print_summary(summary)
-        else:  # the others say one line; process 0 writes the run's files and its summary
-            print(f"pdestream train: trainer process {spec.process_id}/{spec.num_processes} done: {summary['steps']} "
-                  f"steps, {summary['sims_done']} simulations, {summary['samples_received']} samples; see "
-                  f"{summary['run_dir']}/processes/process-{spec.process_id}.json", file=sys.stderr)
+        _train_parallel(cfg, spec, resume=args.resume, offline=args.offline)
         return
     from streaming.job import run_job
     from streaming.report import print_summary
 
-    if cfg is not None and cfg.workers.backend == "mpi":
-        from streaming.mpi_source import finish, mpi_world, run_worker_for, split_roles
-
-        comm = mpi_world()
-        split_roles(comm)
-        if comm.Get_rank() != 0:
-            run_worker_for(cfg, comm)
-            finish(comm)
-        print_summary(run_job(cfg, comm=comm))
-        finish(comm)
     print_summary(run_job(cfg, resume=args.resume, offline=args.offline))
+
+
+def _train_parallel(cfg: Any, spec: Any, comm: Any = None, **kw: Any) -> None:
+    """Run this process's share of a job of ``spec.num_processes`` trainer processes (``jax.distributed``)."""
+    from streaming.distributed import Parallel, initialize
+
+    initialize(spec)
+    from streaming.job import run_job
+    from streaming.report import print_summary
+
+    summary = run_job(cfg, comm=comm, parallel=Parallel(spec), **kw)
+    if spec.process_id == 0:
+        print_summary(summary)
+    else:  # the others say one line; process 0 writes the run's files and its summary
+        print(f"pdestream train: trainer process {spec.process_id}/{spec.num_processes} done: {summary['steps']} "
+              f"steps, {summary['sims_done']} simulations, {summary['samples_received']} samples; see "
+              f"{summary['run_dir']}/processes/process-{spec.process_id}.json", file=sys.stderr)
+
+
+def _train_mpi(cfg: Any, args: argparse.Namespace) -> NoReturn:
+    """``--backend mpi``: the first ranks train (one, or ``--num-processes`` joined by jax.distributed), the
+    other ranks solve; every rank leaves through :func:`~streaming.mpi_source.finish`."""
+    import os
+
+    from streaming.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, DistSpec, check_config
+    from streaming.mpi_source import agree_layout, finish, mpi_world, run_worker_for, split_roles
+
+    if args.offline or args.process_id is not None:
+        raise CliError("--backend mpi: --offline and --process-id do not apply (the MPI rank is the process id); "
+                       "drop them")
+    n = args.num_processes or os.environ.get(ENV_NUM_PROCESSES)
+    comm = mpi_world()
+    layout = agree_layout(comm, None if n is None else int(n), args.coordinator or os.environ.get(ENV_COORDINATOR))
+    split_roles(comm, layout)
+    rank = comm.Get_rank()
+    if not layout.is_trainer(rank):
+        run_worker_for(cfg, comm, layout)
+    elif layout.trainers == 1:
+        from streaming.job import run_job
+        from streaming.report import print_summary
+
+        print_summary(run_job(cfg, comm=comm, layout=layout))
+    else:
+        import jax
+
+        spec = DistSpec(layout.coordinator, layout.trainers, rank)
+        check_config(cfg, spec)
+        _train_parallel(cfg, spec, comm=comm, layout=layout)
+        jax.distributed.shutdown()  # with every trainer, before the ranks meet in finish()
+    finish(comm)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -151,14 +183,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    from streaming.mpi_source import finish, mpi_world, run_worker_for, split_roles
+    from streaming.mpi_source import agree_layout, finish, mpi_world, run_worker_for, split_roles
 
     cfg = _job_config(args)
     comm = mpi_world()
-    split_roles(comm)
-    if comm.Get_rank() == 0:
-        raise CliError("`pdestream worker` runs on MPI ranks > 0; rank 0 must be `pdestream train ... --backend mpi`")
-    run_worker_for(cfg, comm)
+    layout = agree_layout(comm)
+    split_roles(comm, layout)
+    if layout.is_trainer(comm.Get_rank()):
+        raise CliError(f"`pdestream worker` runs on MPI ranks >= {layout.trainers} (the trainers' count); the first "
+                       "ranks must be `pdestream train ... --backend mpi`")
+    run_worker_for(cfg, comm, layout)
     finish(comm)
 
 
@@ -236,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", cmd_train, "Train a surrogate online: solver workers stream into the trainer.",
             "pdestream train configs/quickstart.toml --set optim.steps=2000")
     p.add_argument("config", nargs="?", help="job config (TOML)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=1e-4")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. optim.lr=1e-4 (KEY=none: back to its default)")
     p.add_argument("--backend", choices=["ray", "mpi", "local", "external"], help="override workers.backend")
     p.add_argument("--address", help="join an existing Ray cluster (default: start one on this machine)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")

@@ -78,6 +78,10 @@ class BufferSection(_Section):
     capacity: int = Field(4096, ge=1)
     watermark: int = Field(256, ge=1)
     max_reuse: int | None = Field(None, ge=1)
+    ingest_ratio: float | None = Field(
+        None, gt=0, description="once the buffer is full, at most this many new samples are taken in per sample "
+        "drawn for training; the rest waits at the workers (backpressure), so solvers faster than training do not "
+        "take the trainer's CPU; None = everything the workers send")
 
     @model_validator(mode="after")
     def _watermark(self) -> BufferSection:
@@ -182,7 +186,8 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(data: dict, overrides: dict[str, str]) -> dict:
-    """Apply ``{"optim.lr": "1e-4"}`` style overrides to a nested dict (a copy)."""
+    """Apply ``{"optim.lr": "1e-4"}`` style overrides to a nested dict (a copy); the value ``none``
+    removes the key, so its default applies (e.g. ``buffer.ingest_ratio=none``: TOML has no null)."""
     out = json.loads(json.dumps(data))
     for dotted, text in overrides.items():
         keys = dotted.split(".")
@@ -191,7 +196,10 @@ def apply_overrides(data: dict, overrides: dict[str, str]) -> dict:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {dotted}: {k!r} is not a section")
-        node[keys[-1]] = _parse_value(text)
+        if text.strip().lower() == "none":
+            node.pop(keys[-1], None)
+        else:
+            node[keys[-1]] = _parse_value(text)
     return out
 
 

@@ -96,9 +96,10 @@ def check_config(cfg: Any, spec: DistSpec, offline: bool = False) -> None:
     if offline:
         raise DistributedError("--offline trains from one file in one process; drop --coordinator/--num-processes")
     backend = cfg.workers.backend
-    if backend not in ("local", "ray"):
+    if backend not in ("local", "ray", "mpi"):
         raise DistributedError(f"workers.backend={backend!r} is not supported with several trainer processes; "
-                               "use 'ray' (each process starts or joins its own workers) or 'local'")
+                               "use 'ray' (each process starts or joins its own workers), 'mpi' (mpiexec ... "
+                               "--num-processes N: each trainer rank serves its own worker ranks) or 'local'")
     if cfg.optim.batch_size % spec.num_processes:
         raise DistributedError(f"optim.batch_size={cfg.optim.batch_size} (the global batch) must be a multiple of "
                                f"--num-processes={spec.num_processes}")

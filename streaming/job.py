@@ -95,7 +95,8 @@ def build_validation(cfg: JobConfig, solver: Solver) -> Validation:
 
 
 def make_source(cfg: JobConfig, cursor: DesignCursor, args: dict, comm: Any = None,
-                worker_cls: type = SolverWorker) -> Source:
+                worker_cls: type = SolverWorker, layout: Any = None) -> Source:
+    """The job's source of messages; ``comm``/``layout``: the MPI communicator and ranks' roles (MPI backend)."""
     w = cfg.workers
     if w.backend == "local":
         return LocalSource(cursor, worker_cls(**args))
@@ -113,7 +114,7 @@ def make_source(cfg: JobConfig, cursor: DesignCursor, args: dict, comm: Any = No
                          w.nice, worker_cls)
     from streaming.mpi_source import MPISource, mpi_world
 
-    return MPISource(cursor, comm if comm is not None else mpi_world(), w.max_inflight)
+    return MPISource(cursor, comm if comm is not None else mpi_world(), w.max_inflight, layout)
 
 
 def new_run_dir(cfg: JobConfig) -> Path:
@@ -144,13 +145,14 @@ def shared_run_dir(cfg: JobConfig, parallel: Parallel) -> Path:
 
 def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm: Any = None,
             messages: list | None = None, offline: str | Path | None = None, worker_cls: type = SolverWorker,
-            parallel: Parallel | None = None) -> dict:
+            parallel: Parallel | None = None, layout: Any = None) -> dict:
     """Train online as ``cfg`` says (or continue the run in ``resume``); returns the summary.
 
     ``messages`` replaces the solver workers by chunks already in memory, ``worker_cls`` the
     :class:`SolverWorker` of local and Ray workers (both for benchmarks);
     ``offline`` trains from a trajectory file instead (see :mod:`streaming.offline`);
-    ``parallel`` makes this process one of N data-parallel trainers (:mod:`streaming.distributed`).
+    ``parallel`` makes this process one of N data-parallel trainers (:mod:`streaming.distributed`);
+    ``comm`` and ``layout`` (:class:`~streaming.mpi_source.MPILayout`) place it among MPI ranks.
     """
     if resume is not None:
         run_dir = Path(resume)
@@ -211,7 +213,7 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
     if messages is not None:
         source: Source = MemorySource(cursor, messages)
     else:
-        source = make_source(cfg, cursor, args, comm, worker_cls)
+        source = make_source(cfg, cursor, args, comm, worker_cls, layout)
     if cfg.workers.backend == "external" and messages is None:
         print(f"pdestream train: external solvers connect to {source.address} "
               f"(streaming.client.connect, or PDESTREAM_ADDRESS={source.address})", file=sys.stderr, flush=True)

@@ -1,12 +1,17 @@
-"""MPI transport: rank 0 trains, every other rank runs a solver worker.
+"""MPI transport: the first ranks train, every other rank runs a solver worker.
 
-Launch either way (both put the trainer on rank 0 of ``MPI.COMM_WORLD``):
+Launch either way (both put the trainers on the first ranks of ``MPI.COMM_WORLD``):
 
 - ``mpiexec -n 1 pdestream train cfg.toml --backend mpi : -n 8 pdestream worker cfg.toml`` (MPMD);
 - ``mpiexec -n 9 pdestream train cfg.toml --backend mpi`` (ranks > 0 of ``train`` become workers).
 
-``COMM_WORLD`` is split into a trainer group and a worker group (``split_roles``), so that the
-trainer side can give its own communicator to ``jax.distributed`` without counting solver ranks.
+With ``--num-processes T`` (e.g. one trainer per node: ``mpiexec -n 2 pdestream train cfg.toml
+--backend mpi --num-processes 2 : -n 16 pdestream worker cfg.toml``) ranks ``0 .. T-1`` are T
+data-parallel trainer processes joined by ``jax.distributed`` (:mod:`streaming.distributed`; rank 0
+picks the coordinator address unless ``--coordinator`` gives one) and worker rank ``r`` serves
+trainer ``(r - T) mod T``. :func:`agree_layout` gives every rank rank 0's choice; ``COMM_WORLD`` is
+split into a trainer group and a worker group (``split_roles``); solver ranks are never counted as
+JAX processes.
 
 Protocol (worker -> trainer unless noted), with tags:
 
@@ -26,6 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import numpy as np
@@ -37,7 +43,67 @@ from streaming.worker import SimReport, SolverWorker
 
 TASK, HEADER, DATA, CREDIT = 11, 12, 13, 14
 FIN = -2  # last CREDIT message, the answer to ``bye``: nothing unmatched is left when MPI finalises
-TRAINER = 0
+
+
+class MPILayoutError(ValueError):
+    """A launch whose ranks do not fit the job (too few workers, a trainer command on a worker rank, ...)."""
+
+
+@dataclass(frozen=True)
+class MPILayout:
+    """Roles in ``COMM_WORLD``: ranks ``0 .. trainers-1`` train, the rest solve.
+
+    ``coordinator``: trainer 0's ``HOST:PORT`` for ``jax.distributed`` (None with one trainer).
+    """
+
+    size: int
+    trainers: int = 1
+    coordinator: str | None = None
+
+    def is_trainer(self, rank: int) -> bool:
+        return rank < self.trainers
+
+    def trainer_of(self, rank: int) -> int:
+        """The trainer rank that worker rank ``rank`` serves."""
+        return (rank - self.trainers) % self.trainers
+
+    def workers_of(self, trainer: int) -> list[int]:
+        """The worker ranks that serve trainer rank ``trainer``."""
+        return list(range(self.trainers + trainer, self.size, self.trainers))
+
+
+def _free_address() -> str:
+    """``HOST:PORT`` of this host with a port free now (trainer 0's ``jax.distributed`` coordinator)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return f"{socket.gethostname()}:{s.getsockname()[1]}"
+
+
+def agree_layout(comm: Any, trainers: int | None = None, coordinator: str | None = None) -> MPILayout:
+    """Collective over ``comm`` (every rank calls it): rank 0's layout on every rank.
+
+    Rank 0 takes ``trainers`` (default 1) and ``coordinator`` (default: a free port on its host);
+    other ranks may pass None (workers) or must pass the same count.
+    """
+    layout = None
+    if comm.Get_rank() == 0:
+        t = trainers or 1
+        workers = comm.Get_size() - t
+        if workers < t:
+            layout = MPILayoutError(
+                f"mpiexec started {comm.Get_size()} ranks: {t} trainer rank(s) need at least {t} worker rank(s) "
+                f"(one or more each); launch with mpiexec -n {2 * t} or more, or lower --num-processes")
+        else:
+            layout = MPILayout(comm.Get_size(), t, (coordinator or _free_address()) if t > 1 else None)
+    layout = comm.bcast(layout, root=0)
+    if isinstance(layout, MPILayoutError):
+        raise layout
+    if trainers is not None and trainers != layout.trainers:
+        raise MPILayoutError(f"rank {comm.Get_rank()} was started with --num-processes {trainers} but rank 0 with "
+                             f"{layout.trainers}; give every trainer command the same --num-processes")
+    return layout
 
 
 def mpi_world() -> Any:
@@ -59,23 +125,24 @@ def wait_message(comm: Any, source: int, tag: int, status: Any = None) -> None:
         pause = min(2 * pause, 2e-3)
 
 
-def split_roles(comm: Any) -> Any:
-    """Split ``comm`` into the trainer group (rank 0) and the worker group; returns this rank's group."""
-    return comm.Split(0 if comm.Get_rank() == TRAINER else 1, comm.Get_rank())
+def split_roles(comm: Any, layout: MPILayout) -> Any:
+    """Split ``comm`` into the trainer group and the worker group; returns this rank's group."""
+    return comm.Split(0 if layout.is_trainer(comm.Get_rank()) else 1, comm.Get_rank())
 
 
 class MPISource:
-    """Trainer side: hands tasks to the worker ranks and yields what they send."""
+    """Trainer side: hands tasks to this trainer's worker ranks and yields what they send."""
 
-    def __init__(self, cursor: DesignCursor, comm: Any, max_inflight: int) -> None:
+    def __init__(self, cursor: DesignCursor, comm: Any, max_inflight: int, layout: MPILayout | None = None) -> None:
         from mpi4py import MPI
 
         self._mpi = MPI
         self.cursor, self.comm = cursor, comm
         self.max_inflight = max_inflight
-        self.workers = list(range(1, comm.Get_size()))
+        layout = layout or MPILayout(comm.Get_size())
+        self.workers = layout.workers_of(comm.Get_rank())
         if not self.workers:
-            raise ValueError("--backend mpi needs worker ranks: launch with mpiexec -n 1+W (W >= 1 workers)")
+            raise MPILayoutError("--backend mpi needs worker ranks: launch with mpiexec -n 1+W (W >= 1 workers)")
         self._tasks: dict[int, Task | None] = {}
         self._closing = False
         self._started = False
@@ -151,13 +218,13 @@ class MPISource:
             pass
 
 
-def run_worker(comm: Any, worker: SolverWorker) -> None:
-    """Worker rank main loop: receive tasks from rank 0, stream their messages back with credits."""
+def run_worker(comm: Any, worker: SolverWorker, trainer: int = 0) -> None:
+    """Worker rank main loop: receive tasks from rank ``trainer``, stream their messages back with credits."""
     from mpi4py import MPI
 
     def receive(tag: int) -> Any:
-        wait_message(comm, TRAINER, tag)
-        return comm.recv(source=TRAINER, tag=tag)
+        wait_message(comm, trainer, tag)
+        return comm.recv(source=trainer, tag=tag)
 
     hello = receive(TASK)
     credits = int(hello["max_inflight"])
@@ -166,7 +233,7 @@ def run_worker(comm: Any, worker: SolverWorker) -> None:
 
     def take_credits(block: bool) -> None:
         nonlocal credits, stop
-        while block or comm.Iprobe(source=TRAINER, tag=CREDIT):
+        while block or comm.Iprobe(source=trainer, tag=CREDIT):
             value = receive(CREDIT)
             if value < 0:
                 stop = True
@@ -184,22 +251,22 @@ def run_worker(comm: Any, worker: SolverWorker) -> None:
                 break
             if isinstance(msg, SimReport):
                 comm.send({"type": "report", "sim_id": msg.sim_id, "status": msg.status, "message": msg.message},
-                          dest=TRAINER, tag=HEADER)
+                          dest=trainer, tag=HEADER)
                 continue
             while credits <= 0 and not stop:
                 take_credits(block=True)
             if stop:
                 break
             header, fields = msg.to_wire()
-            comm.send({"type": "chunk", "wire": header, "shape": fields.shape}, dest=TRAINER, tag=HEADER)
-            pending.append((comm.Isend([np.ascontiguousarray(fields, np.float32), MPI.FLOAT], dest=TRAINER,
+            comm.send({"type": "chunk", "wire": header, "shape": fields.shape}, dest=trainer, tag=HEADER)
+            pending.append((comm.Isend([np.ascontiguousarray(fields, np.float32), MPI.FLOAT], dest=trainer,
                                        tag=DATA), fields))
             credits -= 1
             pending = [(r, f) for r, f in pending if not r.Test()]
         MPI.Request.Waitall([r for r, _ in pending])
         pending = []
-        comm.send({"type": "task_done"}, dest=TRAINER, tag=HEADER)
-    comm.send({"type": "bye"}, dest=TRAINER, tag=HEADER)
+        comm.send({"type": "task_done"}, dest=trainer, tag=HEADER)
+    comm.send({"type": "bye"}, dest=trainer, tag=HEADER)
     while receive(CREDIT) != FIN:  # credits still on the way: match them all
         pass
 
@@ -221,10 +288,11 @@ def finish(comm: Any, code: int = 0) -> NoReturn:
     os._exit(code)
 
 
-def run_worker_for(cfg: Any, comm: Any) -> None:
-    """Worker rank of a job: build the job's :class:`SolverWorker` and serve rank 0 until it stops us."""
+def run_worker_for(cfg: Any, comm: Any, layout: MPILayout) -> None:
+    """Worker rank of a job: build the job's :class:`SolverWorker` and serve its trainer until it stops us."""
     from streaming.job import build_solver, sample_spec, worker_args
 
     if cfg.workers.nice:
         os.nice(cfg.workers.nice)
-    run_worker(comm, SolverWorker(**worker_args(cfg, sample_spec(cfg, build_solver(cfg)))))
+    worker = SolverWorker(**worker_args(cfg, sample_spec(cfg, build_solver(cfg))))
+    run_worker(comm, worker, layout.trainer_of(comm.Get_rank()))

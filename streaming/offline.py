@@ -75,7 +75,8 @@ def offline_config(cfg: JobConfig, messages: list[Message]) -> JobConfig:
                           f"{cfg.optim.batch_size}; lower the batch size or write more simulations")
     # capacity >= chunk_frames keeps run_job's check for blocking buffers quiet; the extra slots stay empty
     capacity = max(n, cfg.workers.chunk_frames)
-    buffer = cfg.buffer.model_copy(update={"kind": "epoch", "capacity": capacity, "watermark": n, "max_reuse": None})
+    buffer = cfg.buffer.model_copy(update={"kind": "epoch", "capacity": capacity, "watermark": n, "max_reuse": None,
+                                        "ingest_ratio": None})
     return cfg.model_copy(update={"buffer": buffer})
 
 

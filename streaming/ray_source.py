@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -104,6 +105,7 @@ class RaySource:
         self.actors = [actor_cls.options(**options).remote(worker_args, nice, worker_cls) for _ in range(count)]
         self._active: dict[Any, tuple[int, Task]] = {}
         self._closed = False
+        self._iter_thread: threading.Thread | None = None  # the thread inside __iter__, if any
 
     def worker_pids(self) -> list[int]:
         """Process ids of the actors (for fault-injection tests)."""
@@ -143,6 +145,13 @@ class RaySource:
         raise JobFailed(f"solver worker {idx} did not come back within {timeout:.0f} s after a failure")
 
     def __iter__(self) -> Iterator[Message]:
+        self._iter_thread = threading.current_thread()
+        try:
+            yield from self._messages()
+        finally:  # the generator's frame (and its Ray object refs) is gone before close() shuts Ray down
+            self._iter_thread = None
+
+    def _messages(self) -> Iterator[Message]:
         for idx in range(len(self.actors)):
             self._start(idx)
         while self._active and not self._closed:
@@ -172,11 +181,18 @@ class RaySource:
     def in_flight(self) -> list[Task]:
         return [task for _, task in self._active.values()]
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Kill the actors; with a Ray this source started, wait (up to ``timeout`` s) for the consuming
+        thread to leave the stream, then shut Ray down: a Ray object ref released after
+        ``ray.shutdown`` makes Ray end the whole process."""
         self._closed = True
         for a in self.actors:
             ray.kill(a, no_restart=True)
         self._active.clear()
+        other, deadline = self._iter_thread, time.monotonic() + timeout
+        while (other is not None and other is not threading.current_thread() and self._iter_thread is not None
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
         if self._started_ray:
             time.sleep(0.1)
             ray.shutdown()

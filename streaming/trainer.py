@@ -8,8 +8,14 @@ the transport behind it. Two ingestion modes:
   batches and ``device_put`` s them ahead of the train step (double buffering), so the device
   does not wait on the host.
 - ``sync`` (local backend): before each step the trainer pulls messages until a batch's worth of
-  new samples entered the buffer; no threads, so a run and its resume are reproducible step for
-  step.
+  new samples (``buffer.ingest_ratio`` batches' worth, when set) entered the buffer; no threads, so
+  a run and its resume are reproducible step for step.
+
+With ``buffer.ingest_ratio`` the receiver thread stops reading once the buffer is full and the stream
+is that many new samples per drawn sample ahead (:meth:`~streaming.buffers.Buffer.wait_for_demand`);
+the transport's in-flight bound then holds the workers, so solvers faster than the train step do not
+take its CPU (on a machine where both share the cores, that is the difference between ~0.77 and ~1 of
+the from-memory step rate; ``benchmarks/throughput.py``).
 
 The normaliser is fitted on the first ``watermark`` samples and frozen. Every
 ``validation.interval`` steps the model is scored on held-out simulations (one-step and rollout
@@ -279,9 +285,13 @@ class Trainer:
         # (measured on 2 cores, quickstart with workers that keep up: 5.7-6.4 -> 7.3-7.6 steps/s).
         if self.cfg.workers.nice and sys.platform.startswith("linux"):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.cfg.workers.nice)
+        ratio = self.cfg.buffer.ingest_ratio
         try:
             for msg in source:
                 self._ingest(msg)
+                if ratio is not None:  # rate matching: the workers wait (backpressure) until training draws
+                    while not self.buffer.wait_for_demand(ratio, timeout=0.5) and not self._stop.is_set():
+                        pass
                 if self._stop.is_set():
                     break
         except BaseException as e:  # handed to the train loop, which re-raises it
@@ -345,8 +355,10 @@ class Trainer:
                 pull(1)
             self._agree_ready()
             self._check_ready()
+            ratio = self.cfg.buffer.ingest_ratio  # sync: a batch's worth of new samples per step unless set
+            per_step = self.local_batch if ratio is None else max(1, round(ratio * self.local_batch))
             while True:  # pull, draw, step: a checkpoint taken after a step resumes at the next pull
-                pull(self.local_batch)
+                pull(per_step)
                 batch = self.buffer.sample_batch(self.local_batch)
                 if not self._agreed(batch is not None) or batch is None:
                     return

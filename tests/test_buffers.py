@@ -701,3 +701,51 @@ def test_producer_consumer_threads_with_backpressure():
     assert not errors and not t.is_alive()
     expected = [(s, k) for s in range(n_sims) for k in range(n_steps)]
     assert got == expected[: len(got)] and len(got) == (n_sims * n_steps // bs) * bs
+
+
+def test_wants_more_fills_then_matches_the_draw_rate():
+    buf = make_buffer("reservoir", capacity=8, watermark=4, seed=0)
+    ratio = 1.5
+    assert buf.wants_more(ratio)
+    _put_sim(buf, 0, range(8))  # full: n_put == capacity, nothing drawn yet
+    assert not buf.wants_more(ratio) and not buf.wait_for_demand(ratio, timeout=0)
+    buf.sample_batch(2)  # 2 draws allow 3 more samples (n_put < 8 + 1.5 * 2)
+    assert buf.wants_more(ratio)
+    _put_sim(buf, 1, range(2))
+    assert buf.wants_more(ratio)
+    _put_sim(buf, 1, range(2, 3))
+    assert not buf.wants_more(ratio)
+    with pytest.raises(BufferConfigError, match="ingest ratio"):
+        buf.wait_for_demand(0)
+
+
+def test_rate_matched_producer_is_held_to_the_ratio():
+    """A producer thread that waits for demand puts at most capacity + ratio * draws (+ one chunk)."""
+    cap, ratio, chunk, bs = 16, 2.0, 3, 4
+    buf = make_buffer("reservoir", capacity=cap, watermark=4, seed=0)
+    stop = threading.Event()
+    over = []
+
+    def produce():
+        sim = 0
+        while not stop.is_set():
+            _put_sim(buf, sim, range(chunk))
+            over.append(buf.n_put - (cap + ratio * buf.n_drawn))
+            sim += 1
+            while not buf.wait_for_demand(ratio, timeout=0.05) and not stop.is_set():
+                pass
+
+    t = threading.Thread(target=produce)
+    t.start()
+    for _ in range(50):
+        assert buf.wait_for_batch(bs, timeout=10)
+        buf.sample_batch(bs)
+    caught_up = False
+    for _ in range(500):  # the producer catches up with the draws (within a chunk of the allowance)
+        if caught_up := buf.n_put > cap + ratio * buf.n_drawn - chunk:
+            break
+        threading.Event().wait(0.01)
+    stop.set()
+    t.join(timeout=10)
+    assert not t.is_alive() and caught_up
+    assert buf.n_drawn == 50 * bs and max(over) < chunk  # never a whole chunk beyond the allowance

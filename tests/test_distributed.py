@@ -133,6 +133,42 @@ def test_a_stream_ending_below_the_watermark_stops_every_process(tmp_path: Path)
     assert "the stream ended with 20 samples in the buffer, below buffer.watermark=32" in procs[1].stderr
 
 
+@pytest.mark.parametrize("layout", ["single", pytest.param("mpmd", marks=pytest.mark.slow)])
+def test_two_mpi_trainer_ranks_each_with_its_own_workers(tmp_path: Path, layout: str) -> None:
+    """``--backend mpi --num-processes 2``: ranks 0 and 1 train one model through jax.distributed, worker ranks
+    2 and 3 serve trainers 0 and 1; both launch layouts, real mpiexec."""
+    bin_dir = Path(sys.executable).parent
+    args = ["configs/quickstart.toml", *TINY, "--backend", "mpi", "--set", f"logging.run_dir={tmp_path}",
+            "--set", "logging.name=mpi2"]
+    train = [str(bin_dir / "pdestream"), "train", *args, "--num-processes", "2"]
+    if layout == "single":
+        cmd = [str(bin_dir / "mpiexec"), "-n", "4", *train]
+    else:
+        cmd = [str(bin_dir / "mpiexec"), "-n", "2", *train, ":", "-n", "2", str(bin_dir / "pdestream"), "worker",
+               "configs/quickstart.toml", *TINY[2:]]  # TINY without its --backend
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+                          text=True, timeout=400)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    run_dir = tmp_path / "mpi2"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 60 and summary["processes"] == 2 and summary["duplicates"] == 0
+    reps = _reports(run_dir)
+    assert [r["steps"] for r in reps] == [60, 60] and reps[0]["params_sha256"] == reps[1]["params_sha256"]
+    ids = [set(r["sims_done_ids"]) for r in reps]
+    assert ids[0] and ids[1] and all(i % 2 == k for k, s in enumerate(ids) for i in s)  # trainer k: ids k, k + 2, ...
+    assert Surrogate.load(run_dir / "surrogate").metadata.solver == "heat2d"
+
+
+def test_mpi_layout_assigns_every_worker_rank_to_one_trainer() -> None:
+    from streaming.mpi_source import MPILayout
+
+    layout = MPILayout(size=9, trainers=2, coordinator="h:1")
+    assert [layout.is_trainer(r) for r in range(3)] == [True, True, False]
+    assert layout.workers_of(0) == [2, 4, 6, 8] and layout.workers_of(1) == [3, 5, 7]
+    assert all(layout.trainer_of(r) == t for t in range(2) for r in layout.workers_of(t))
+    assert MPILayout(size=3).workers_of(0) == [1, 2]
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return subprocess.run([sys.executable, "-m", "streaming.cli", "train", "configs/quickstart.toml", *args],
@@ -179,11 +215,10 @@ def test_check_config_refuses_unsupported_backends() -> None:
     from streaming.config import load_config
 
     spec = DistSpec("h:1", 2, 0)
-    for backend in ("local", "ray"):
+    for backend in ("local", "ray", "mpi"):
         check_config(load_config(ROOT / "configs/quickstart.toml", {"workers.backend": backend}), spec)
-    for backend in ("mpi", "external"):
-        with pytest.raises(DistributedError, match=f"workers.backend='{backend}' is not supported"):
-            check_config(load_config(ROOT / "configs/quickstart.toml", {"workers.backend": backend}), spec)
+    with pytest.raises(DistributedError, match="workers.backend='external' is not supported"):
+        check_config(load_config(ROOT / "configs/quickstart.toml", {"workers.backend": "external"}), spec)
     with pytest.raises(DistributedError, match="--offline"):
         check_config(load_config(ROOT / "configs/quickstart.toml"), spec, offline=True)
 

@@ -92,12 +92,19 @@ def test_nan_simulations_are_dropped_and_counted(tmp_path):
         ({"buffer.watermark": "9000"}, "exceeds buffer.capacity"),
         ({"solver.steps": "7", "solver.every": "2"}, "multiple of every"),
         ({"optim.lr": "-1"}, "optim.lr=-1"),
+        ({"buffer.ingest_ratio": "0"}, "buffer.ingest_ratio=0"),
     ],
 )
 def test_bad_configs_name_the_key(overrides, needle):
     with pytest.raises(ConfigError, match=None) as e:
         load_config("configs/quickstart.toml", overrides)
     assert needle in str(e.value)
+
+
+def test_set_none_restores_the_default():
+    assert load_config("configs/quickstart.toml").buffer.ingest_ratio == 4
+    cfg = load_config("configs/quickstart.toml", {"buffer.ingest_ratio": "none", "buffer.max_reuse": "None"})
+    assert cfg.buffer.ingest_ratio is None and cfg.buffer.max_reuse is None
 
 
 def test_cli_train_errors_are_one_line(tmp_path, capsys):

@@ -75,6 +75,28 @@ def test_ray_job_end_to_end(ray_cluster, tmp_path):
     assert np.isfinite(summary["best_val_one_step_rel_l2"])
 
 
+def test_ray_job_rate_matched_ingest(ray_cluster, tmp_path):
+    """buffer.ingest_ratio: once the buffer is full, the receiver takes at most that many new samples per drawn
+    sample (the workers wait); without it two workers on this grid send thousands of samples in that time."""
+    from streaming.config import load_config
+    from streaming.job import run_job
+
+    cap, ratio, steps, batch, frames = 64, 2, 30, 8, 5
+    cfg = load_config("configs/quickstart.toml", {
+        "solver.config": "{ n = 14 }", "solver.steps": "10", "model.hparams": "{ modes = 4, width = 8, depth = 1 }",
+        "optim.steps": str(steps), "optim.batch_size": str(batch), "buffer.capacity": str(cap),
+        "buffer.watermark": "32", "buffer.ingest_ratio": str(ratio), "workers.count": "2",
+        "workers.chunk_frames": str(frames), "validation.n_sims": "2", "validation.interval": str(steps),
+        "logging.progress": "false", "logging.tensorboard": "false", "logging.run_dir": str(tmp_path),
+        "logging.name": "matched"})
+    summary = run_job(cfg)
+    drawn = summary["buffer"]["n_drawn"]
+    assert summary["steps"] == steps and summary["duplicates"] == 0
+    assert steps * batch <= drawn <= (steps + 3) * batch  # the prefetcher draws up to 3 batches ahead
+    # the allowance, plus at most one chunk (frames samples) taken before the receiver stopped
+    assert cap <= summary["samples_received"] <= cap + ratio * drawn + frames, summary["samples_received"]
+
+
 MPI_SET = ["--set", "solver.config={ n = 14 }", "--set", "solver.steps=10", "--set", "optim.steps=20",
            "--set", "model.hparams={ modes = 4, width = 8, depth = 1 }", "--set", "optim.batch_size=8",
            "--set", "buffer.watermark=32", "--set", "validation.n_sims=2", "--set", "validation.interval=20",
