@@ -87,6 +87,11 @@ class BufferSection(_Section):
     def _watermark(self) -> BufferSection:
         if self.watermark > self.capacity:
             raise ValueError(f"buffer.watermark={self.watermark} exceeds buffer.capacity={self.capacity}")
+        consumes = self.kind in ("fifo", "firo") or self.max_reuse is not None  # drawn samples leave the buffer
+        if self.ingest_ratio is not None and self.ingest_ratio < 1 and consumes:
+            raise ValueError(f"buffer.ingest_ratio={self.ingest_ratio} is below 1 with a {self.kind} buffer whose "
+                             "samples leave after max_reuse draws: it would empty while the workers are held back; "
+                             "use ingest_ratio >= 1, or a reservoir without max_reuse")
         return self
 
 

@@ -93,6 +93,8 @@ def test_nan_simulations_are_dropped_and_counted(tmp_path):
         ({"solver.steps": "7", "solver.every": "2"}, "multiple of every"),
         ({"optim.lr": "-1"}, "optim.lr=-1"),
         ({"buffer.ingest_ratio": "0"}, "buffer.ingest_ratio=0"),
+        ({"buffer.ingest_ratio": "0.5", "buffer.kind": "fifo"}, "buffer.ingest_ratio=0.5 is below 1 with a fifo"),
+        ({"buffer.ingest_ratio": "0.5", "buffer.max_reuse": "3"}, "use ingest_ratio >= 1, or a reservoir without"),
     ],
 )
 def test_bad_configs_name_the_key(overrides, needle):
