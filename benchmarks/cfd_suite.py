@@ -26,6 +26,7 @@ numerics regenerates it; a file whose key does not match is never used.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -33,7 +34,7 @@ import math
 import os
 import tomllib
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -443,6 +444,8 @@ def generate_cases(
     (the solver's channels on its grid) or ``cfdbench`` (``(u, v, mask)`` on 64 x 64). Cases run ``batch`` at a time
     (vmapped, the last batch padded so the solver compiles once); a blow-up raises
     :class:`solvers.SimulationBlowUp` naming the case's parameters. ``force`` regenerates a cached file.
+    Calls for the same cases at once (threads or processes sharing the cache) take turns on a lock file
+    (``<stem>.lock`` beside the cache file): one generates, the others wait and reuse its file.
     """
     if split not in AXES:
         raise CaseFileError(f"split={split!r}: trajectories are cached per axis; pass one of {', '.join(AXES)}")
@@ -457,15 +460,37 @@ def generate_cases(
     key = _cache_key(pc, solver, selected, fmt)
     stem = f"{problem}-{split}-{part}-{fmt}"
     path = cache_dir(cache) / f"{stem}-{key[:16]}.h5"
-    if not force and path.is_file() and _cached(path, key):
-        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(path.parent / f"{stem}.lock"):  # another process generating these cases: wait, then reuse
+        if not force and path.is_file() and _cached(path, key):
+            return path
+        return _generate(pc, selected, key, path, stem, fmt, batch, f"{problem} {split} {part}", progress)
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock`` (POSIX ``flock``; created if missing) for the block."""
+    import fcntl
+
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _generate(pc: ProblemCases, selected: Sequence[Case], key: str, path: Path, stem: str, fmt: str, batch: int,
+              title: str, progress: bool) -> Path:
+    """Run ``selected`` and write them to ``path`` (stale files of the same ``stem`` removed); see generate_cases."""
+    solver = pc.solver
     for stale in path.parent.glob(f"{stem}-*.h5"):
         stale.unlink(missing_ok=True)
     params = np.asarray([c.params for c in selected], np.float64)
     ids = np.asarray([c.sim_id for c in selected], np.int64)
     writer = _writer(solver, pc, path, len(selected), fmt)
     size = min(batch, len(selected))
-    with writer as w, _progress(f"{problem} {split} {part}", len(selected), progress) as advance:
+    with writer as w, _progress(title, len(selected), progress) as advance:
         for start in range(0, len(selected), size):
             stop = min(start + size, len(selected))
             rows = np.concatenate([params[start:stop], np.repeat(params[stop - 1 : stop], size - (stop - start), 0)])

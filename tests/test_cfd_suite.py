@@ -192,6 +192,32 @@ def test_cache_is_reused_and_regenerated_when_the_cases_change(tiny, tiny_cf):
     assert read_trajectories(new).params[0, 0] in (0.7, 0.9, 1.1)
 
 
+def test_concurrent_generation_of_one_cache_file_runs_the_cases_once(tiny, tiny_cf, monkeypatch):
+    """Two callers at once (threads here; the lock is a POSIX flock, so processes alike): one generates while the
+    other waits on the lock, then finds the file and reuses it."""
+    import threading
+
+    from benchmarks import cfd_suite
+
+    runs, real = [], cfd_suite._generate
+    monkeypatch.setattr(cfd_suite, "_generate", lambda *a, **k: runs.append(1) or real(*a, **k))
+    cache, out, errors = tiny / "cache_threads", [], []
+
+    def call():
+        try:
+            out.append(generate_cases("cavity", "bc", "test", cases=tiny_cf, cache=cache, progress=False))
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and len(out) == 2 and out[0] == out[1] and len(runs) == 1
+    assert read_trajectories(out[0]).shape[0] == 1
+
+
 def test_cfdbench_format_and_cache_env(tiny, tiny_cf, monkeypatch):
     monkeypatch.setenv("PDESTREAM_CFD_CACHE", str(tiny / "cache_env"))
     path = generate_cases("cavity", "geo", "test", fmt="cfdbench", cases=tiny_cf, progress=False)
