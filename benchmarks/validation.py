@@ -30,6 +30,7 @@ from scipy.interpolate import CubicSpline
 from benchmarks.reference import ghia1982, schaefer_turek1996
 from solvers.cfd.cavity import Cavity
 from solvers.cfd.cylinder import SPEED_FACTOR, Cylinder
+from solvers.cfd.navier_stokes import open_faces
 from solvers.cfd.operators import divergence
 from solvers.errors import SolverError
 
@@ -184,6 +185,67 @@ def _pressure_at(p: np.ndarray, fluid: np.ndarray, xs: np.ndarray, ys: np.ndarra
     return float((1 - w) * values[0] + w * values[1])
 
 
+def _row_wall_pressure(
+    p_row: np.ndarray, u_row: np.ndarray, open_row: np.ndarray, dx: float, x_wall: float, side: int, nu: float
+) -> float:
+    """Kinematic pressure (m^2/s^2) where a row of cells meets a cylinder beside a stagnation point on it.
+
+    ``p_row`` ``(nx,)``: the row's cell-centre kinematic pressures; ``u_row`` ``(nx + 1,)``: its face
+    velocities (m/s); ``open_row`` ``(nx + 1,)``: 1 on the faces that carry velocity; ``x_wall`` (m):
+    where the circle crosses the row; ``side``: -1 at the front (fluid at ``x < x_wall``), +1 at the
+    rear; ``nu``: kinematic viscosity (m^2/s). With ``u_f`` on the open face ``x_f`` nearest the wall
+    and ``x_m`` halfway between them,
+
+        p_wall = p(x_m) + nu u_f / (x_wall - x_f) + u_f^2 / 8,
+
+    the row's x-momentum ``p_x = nu u_xx - u u_x`` integrated from ``x_m`` to the wall: ``-nu u_x(x_m)``
+    with the one-sided slope ``u_x(x_m) = -u_f / (x_wall - x_f)`` (second order at ``x_m``) and
+    ``u_x = 0`` on the wall (no slip and continuity at a stagnation point), plus ``u(x_m)^2 / 2`` with
+    ``u(x_m) = u_f / 2``; ``v u_y`` (zero on the axis) and ``nu u_yy`` (second order over half a
+    cell) are left out. ``p(x_m)``: linear through the two cells nearest the wall. Extrapolating the
+    cell pressures instead misses the steep viscous rise over the last half cell (at the front of
+    the Re = 20 cylinder with 20 cells per diameter, about 1 % of ``dp``).
+    """
+    xs, xf = (np.arange(len(p_row)) + 0.5) * dx, np.arange(len(u_row)) * dx
+    fluid = np.flatnonzero(side * (xs - x_wall) > 0)
+    n = fluid[-1] if side < 0 else fluid[0]  # the fluid cell nearest the wall
+    m = n + side
+    face = n + 1 if side < 0 else n  # its face towards the wall, or else the one away from it
+    if not (open_row[face] > 0 and side * (xf[face] - x_wall) > 0):
+        face += side
+    if not open_row[face] > 0:
+        raise SolverError(f"no open face between the cell at x={xs[n]:.4g} and the wall at x={x_wall:.4g}")
+    x_m = (xf[face] + x_wall) / 2
+    p_m = p_row[n] + (p_row[n] - p_row[m]) / (xs[n] - xs[m]) * (x_m - xs[n])
+    u_f = u_row[face]
+    return float(p_m + nu * u_f / (x_wall - xf[face]) + u_f**2 / 8)
+
+
+def stagnation_pressure(
+    p: np.ndarray, u: np.ndarray, open_u: np.ndarray, dx: float, dy: float, center: Any, radius: float,
+    side: int, nu: float,
+) -> float:
+    """Kinematic pressure (m^2/s^2) at a cylinder's front (``side`` -1) or rear (+1) stagnation point
+    ``(xc + side * radius, yc)`` on a MAC grid of cells ``dx x dy`` (m).
+
+    ``p`` ``(nx, ny)``: kinematic pressure; ``u`` ``(nx + 1, ny)`` (m/s) and ``open_u`` (1 on faces
+    that carry velocity); ``nu`` (m^2/s). Each row whose centre is within 1.5 cells of ``yc`` gives the
+    pressure where it meets the circle (:func:`_row_wall_pressure`), at the angle ``asin((y - yc) / R)``
+    from the axis; a quadratic in that angle through these three or four values (least squares for
+    four) is read at 0. Averaging the two rows beside the axis instead would miss the pressure's
+    maximum on the axis by ``(dy / 2)^2`` times its curvature along the surface.
+    """
+    xc, yc = center
+    ys = (np.arange(p.shape[1]) + 0.5) * dy
+    rows = np.flatnonzero(np.abs(ys - yc) <= 1.5 * dy * (1 + 1e-9))
+    angles = np.arcsin((ys[rows] - yc) / radius)
+    walls = xc + side * np.sqrt(radius**2 - (ys[rows] - yc) ** 2)
+    values = [
+        _row_wall_pressure(p[:, j], u[:, j], open_u[:, j], dx, x, side, nu) for j, x in zip(rows, walls, strict=True)
+    ]
+    return float(np.polyval(np.polyfit(angles, values, 2), 0.0))
+
+
 def lift_frequency(t: Any, signal: Any) -> float:
     """Frequency (1/time unit of ``t``) of a periodic ``signal`` ``(T,)`` sampled at times ``t`` ``(T,)``.
 
@@ -221,6 +283,18 @@ def force_history(
     return jax.jit(lambda s: jax.lax.scan(one, s, None, length=n_steps))(state)
 
 
+def _stagnation_dp(solver: Cylinder, state: dict[str, jax.Array], params: np.ndarray) -> float:
+    """Kinematic ``p(front) - p(rear)`` (m^2/s^2) at the stagnation points of the cylinder ``params``
+    describes (:func:`stagnation_pressure`; Schafer & Turek's ``dp`` is ``p(0.15, 0.2) - p(0.25, 0.2)``)."""
+    flow = solver.flow(jnp.asarray(params, solver.dtype))
+    p, u = (np.asarray(state[k], np.float64) for k in ("p", "u"))
+    open_u = np.asarray(open_faces(flow)[0])
+    dx, dy = solver.config.length / solver.config.nx, solver.config.height / solver.config.ny
+    nu, radius, center = params[2] / params[1], params[3] / 2, (params[4], params[5])
+    front, rear = (stagnation_pressure(p, u, open_u, dx, dy, center, radius, s, nu) for s in (-1, 1))
+    return front - rear
+
+
 def _mask_offset(center: float, h: float) -> float:
     """Distance (cells of size ``h``) from ``center`` to the nearest face or cell-centre line."""
     half_cells = 2 * center / h
@@ -255,15 +329,18 @@ def validate_cylinder(
     ``round(grid * 2.2 / 0.41) x grid`` cells (``grid / 4.1`` cells per diameter).
 
     2D-1 runs to a steady state (``max |du/dt| < tol`` over 0.5 s, or ``max_time`` s) and reports
-    ``cd``, ``cl``, ``dp``. 2D-2 runs ``spinup`` s from rest into developed shedding, then records the
-    drag and lift coefficients after every step for ``window`` s (about 3 periods per second; the
-    lift amplitude settles within 0.1% by 5 s at 10 cells per diameter) and
-    reports ``cd_max``, ``cl_max`` (maxima over the window) and ``strouhal`` (``f D / U`` with ``f``
-    the lift's frequency, :func:`lift_frequency`), with the series ``t``, ``cd_series``,
-    ``cl_series`` and ``cl_amplitude_drift`` (relative change of the lift amplitude between the
-    window's halves: small once shedding is developed). Both return a JSON-ready dict with the run's
-    cost and, per quantity, the reference interval and the relative error to its nearest end (0
-    inside); ``rows`` for a table. ``boundary``: the cylinder's no-slip treatment
+    ``cd``, ``cl``, ``dp``; ``dp`` is read at the two stagnation points with the momentum balance over
+    the last half cell (:func:`stagnation_pressure`), and ``dp_cells`` is the plain linear
+    extrapolation of the cell pressures (:func:`_pressure_at`, the earlier reading), for comparison.
+    2D-2 runs ``spinup`` s from rest into developed shedding, then records the drag and lift
+    coefficients after every step for ``window`` s (about 3 periods per second; the lift amplitude
+    settles within 0.1% by 5 s at 10 cells per diameter) and reports ``cd_max``, ``cl_max`` (maxima
+    over the window) and ``strouhal`` (``f D / U`` with ``f`` the lift's frequency,
+    :func:`lift_frequency`), with the series ``t``, ``cd_series``, ``cl_series`` and
+    ``cl_amplitude_drift`` (relative change of the lift amplitude between the window's halves: small
+    once shedding is developed). Both return a JSON-ready dict with the run's cost and, per
+    quantity, the reference interval and the relative error to its nearest end (0 inside); ``rows``
+    for a table. ``boundary``: the cylinder's no-slip treatment
     (:class:`~solvers.cfd.cylinder.CylinderConfig`).
 
     ``mask_offset_cells``: distance (cells) of the cylinder's centre from the nearest grid line about
@@ -272,14 +349,16 @@ def validate_cylinder(
     a nonzero offset biases the unsteady lift (issue 5: 2D-2 at ``grid=62``, offset 0.24, ``cl_max``
     0.822); ``"cut"`` projects onto the circle's face apertures and gives 1.050 there.
 
-    Accuracy (issue 5, 2D-1, float32), ``grid`` 62 / 82 / 100: ``"cut"`` gives ``cd`` 5.589 / 5.589 /
-    5.583 (inside) and ``dp`` -1.7% / -1.7% / -0.03%; ``"interpolated"`` ``cd`` 5.584 / 5.577 / 5.581
-    and ``dp`` -3.2% / -1.8% / -1.1%. ``cl``, 0.2% of the drag, moves with where the circle cuts the
-    cells with either (cut 0.0144 / 0.0105 / 0.0049, interpolated 0.0085 / 0.0116 / 0.0141). At
-    ``grid=41`` (10 cells per diameter, the circle through cell corners) ``"cut"`` is worse: 2D-1
-    ``cd`` 5.642, 2D-2 ``cd_max`` 3.99 and ``cl_max`` 1.44 (interpolated 3.43, 0.90); at ``grid=50``
-    it is better: 2D-2 ``cd_max`` 3.33, ``cl_max`` 1.14, ``strouhal`` 0.295 (interpolated 3.43,
-    1.17, 0.292).
+    Accuracy (issue 5, 2D-1, float32), ``grid`` 41 / 82 / 123 with ``"cut"``: ``cd`` 5.642 / 5.589 /
+    5.580, ``cl`` 0.0074 / 0.0105 / 0.0106, ``dp`` 0.1154 / 0.1166 / 0.11705 (``dp_cells`` 0.1126 /
+    0.1154 / 0.1163): ``dp`` converges at about first order (the front pressure's error falls like
+    h^1.3) towards about 0.1176, 0.13% below the interval at 123. ``cl``, 0.2% of the drag, moves
+    with where the circle cuts the cells (cut at 62 / 100 cells, the centre 0.24 / 0.22 cells off a
+    face line: 0.0144 / 0.0049; interpolated 0.0085 / 0.0116 / 0.0141 at 62 / 82 / 100). At
+    ``grid=41`` (10 cells per diameter, the circle through cell corners) ``"cut"`` is worse than
+    ``"interpolated"``: 2D-1 ``cd`` 5.642 (5.595), 2D-2 ``cd_max`` 3.99 and ``cl_max`` 1.44 (3.43,
+    0.90); at ``grid=50`` it is better: 2D-2 ``cd_max`` 3.33, ``cl_max`` 1.14, ``strouhal`` 0.295
+    (3.43, 1.17, 0.292).
     """
     if case not in schaefer_turek1996.INTERVALS:
         raise SolverError(f"cylinder case {case!r} is unknown; use one of {', '.join(schaefer_turek1996.INTERVALS)}")
@@ -316,9 +395,9 @@ def validate_cylinder(
         # cells whose centre is outside the circle (the "cut" mask also keeps cells cut by it)
         fluid = np.hypot(xs[:, None] - g["center"][0], ys[None, :] - g["center"][1]) > g["diameter"] / 2
         (xf, yf), (xb, yb) = schaefer_turek1996.PRESSURE_POINTS
-        dp = _pressure_at(fields[2], fluid, xs, ys, xf, yf) - _pressure_at(fields[2], fluid, xs, ys, xb, yb)
-        values = {"cd": fx / scale, "cl": fy / scale, "dp": dp}
-        out |= {"converged": bool(residual < tol), "residual": residual, "tolerance": tol}
+        dp_cells = _pressure_at(fields[2], fluid, xs, ys, xf, yf) - _pressure_at(fields[2], fluid, xs, ys, xb, yb)
+        values = {"cd": fx / scale, "cl": fy / scale, "dp": g["density"] * _stagnation_dp(solver, state, params)}
+        out |= {"converged": bool(residual < tol), "residual": residual, "tolerance": tol, "dp_cells": dp_cells}
     else:
         if not (spinup >= 0 and window > 0):
             raise SolverError(f"need spinup >= 0 and window > 0 (s), got spinup={spinup}, window={window}")

@@ -88,9 +88,10 @@ def test_dead_end_cells_lose_their_one_open_face():
 @pytest.mark.slow
 def test_schaefer_turek_2d1_cut_faces():
     # Issue 5, 2D-1 at 15 cells per diameter (333 x 62, the centre 0.24 cells off a face line):
-    # measured Cd 5.5887 (inside 5.57-5.59), dp 0.1153 (-1.8%), Cl 0.0144 (+31%; the lift moves with
-    # where the circle cuts the cells: 0.0105 at 82, 0.0049 at 100 cells across); 100 s on 2 loaded
-    # cores. Tolerances: Cd inside the interval, dp 2.5%, Cl 50%.
+    # measured Cd 5.5887 (inside 5.57-5.59), dp 0.1167 (-0.4%; the cells' extrapolation, dp_cells,
+    # 0.1153, -1.6%), Cl 0.0144 (+31%; the lift moves with where the circle cuts the cells: 0.0105 at
+    # 82, 0.0049 at 100 cells across); 100-160 s on 2 loaded cores. Tolerances: Cd inside the
+    # interval, dp 2.5%, Cl 50%.
     out = validate_cylinder("2D-1", 62, boundary="cut")
     assert out["converged"]
     assert out["cd_rel_error"] == 0.0 and out["dp_rel_error"] <= 0.025, out
