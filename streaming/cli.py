@@ -109,8 +109,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         if not args.config:
             raise CliError("give a config file (e.g. configs/quickstart.toml) or --resume RUN_DIR")
         cfg = _job_config(args)
-    if cfg is not None and cfg.workers.backend == "mpi":
-        _train_mpi(cfg, args)
+    job = cfg if cfg is not None else _saved_config(args.resume)
+    if job is not None and job.workers.backend == "mpi":
+        _train_mpi(job, args)
     spec = resolve_spec(args.coordinator, args.num_processes, args.process_id)
     if spec is not None:  # one of N trainer processes: jax.distributed starts before anything touches JAX
         from streaming.distributed import check_config
@@ -123,6 +124,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from streaming.report import print_summary
 
     print_summary(run_job(cfg, resume=args.resume, offline=args.offline))
+
+
+def _saved_config(run_dir: str) -> JobConfig | None:
+    """The config the run in ``run_dir`` was trained with; None where there is none (run_job names the problem)."""
+    from streaming.config import load_config
+
+    path = Path(run_dir) / "config.resolved.toml"
+    return load_config(path) if path.is_file() else None
 
 
 def _train_parallel(cfg: Any, spec: Any, comm: Any = None, **kw: Any) -> None:
@@ -144,7 +153,8 @@ def _train_parallel(cfg: Any, spec: Any, comm: Any = None, **kw: Any) -> None:
 
 def _train_mpi(cfg: Any, args: argparse.Namespace) -> NoReturn:
     """``--backend mpi``: the first ranks train (one, or ``--num-processes`` joined by jax.distributed), the
-    other ranks solve; every rank leaves through :func:`~streaming.mpi_source.finish`."""
+    other ranks solve; every rank leaves through :func:`~streaming.mpi_source.finish`. ``cfg``: the job's
+    config (with ``--resume``, the run's saved one)."""
     import os
 
     from streaming.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, DistSpec, check_config
@@ -164,13 +174,13 @@ def _train_mpi(cfg: Any, args: argparse.Namespace) -> NoReturn:
         from streaming.job import run_job
         from streaming.report import print_summary
 
-        print_summary(run_job(cfg, comm=comm, layout=layout))
+        print_summary(run_job(None if args.resume else cfg, resume=args.resume, comm=comm, layout=layout))
     else:
         import jax
 
         spec = DistSpec(layout.coordinator, layout.trainers, rank)
         check_config(cfg, spec)
-        _train_parallel(cfg, spec, comm=comm, layout=layout)
+        _train_parallel(None if args.resume else cfg, spec, comm=comm, layout=layout, resume=args.resume)
         jax.distributed.shutdown()  # with every trainer, before the ranks meet in finish()
     finish(comm)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,3 +119,25 @@ def test_mpi_job_with_three_ranks(tmp_path, layout):
     summary = json.loads((tmp_path / "mpi" / "summary.json").read_text())
     assert summary["steps"] == 20 and summary["samples_received"] >= 32 and summary["duplicates"] == 0
     assert summary["sims_done"] >= 4
+
+
+def test_mpi_job_resumes_under_mpiexec(tmp_path):
+    """``mpiexec -n 3 pdestream train --resume RUN``: the saved config's MPI backend puts rank 0 back in charge of
+    two worker ranks, and the run continues from its last checkpoint to optim.steps."""
+    run_set = ["--set", f"logging.run_dir={tmp_path}", "--set", "logging.name=mpires",
+               "--set", "checkpoint.interval=10", "--set", "checkpoint.keep=3", "--set", "logging.interval=1"]
+    train = [str(BIN / "pdestream"), "train", "configs/quickstart.toml", "--backend", "mpi", *MPI_SET, *run_set]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([str(BIN / "mpiexec"), "-n", "3", *train], capture_output=True, text=True, timeout=400,
+                          env=env)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    run = tmp_path / "mpires"
+    shutil.rmtree(run / "checkpoints" / "20")  # as if it had stopped between steps 10 and 20
+    (run / "metrics.jsonl").unlink()
+    proc = subprocess.run([str(BIN / "mpiexec"), "-n", "3", str(BIN / "pdestream"), "train", "--resume", str(run)],
+                          capture_output=True, text=True, timeout=400, env=env)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[0] == 11 and steps[-1] == 20  # continued from the checkpoint at step 10
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 20 and summary["duplicates"] == 0
