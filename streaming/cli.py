@@ -157,15 +157,16 @@ def _train_mpi(cfg: Any, args: argparse.Namespace) -> NoReturn:
     config (with ``--resume``, the run's saved one)."""
     import os
 
-    from streaming.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, DistSpec, check_config
+    from streaming.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, DistSpec, _int, check_config
     from streaming.mpi_source import agree_layout, finish, mpi_world, run_worker_for, split_roles
 
     if args.offline or args.process_id is not None:
         raise CliError("--backend mpi: --offline and --process-id do not apply (the MPI rank is the process id); "
                        "drop them")
-    n = args.num_processes or os.environ.get(ENV_NUM_PROCESSES)
+    n = args.num_processes or os.environ.get(ENV_NUM_PROCESSES)  # a bad variable: one-line error, like the flag
+    n = None if n is None else _int("--num-processes" if args.num_processes else ENV_NUM_PROCESSES, n)
     comm = mpi_world()
-    layout = agree_layout(comm, None if n is None else int(n), args.coordinator or os.environ.get(ENV_COORDINATOR))
+    layout = agree_layout(comm, n, args.coordinator or os.environ.get(ENV_COORDINATOR))
     split_roles(comm, layout)
     rank = comm.Get_rank()
     if not layout.is_trainer(rank):

@@ -189,9 +189,8 @@ class RaySource:
         for a in self.actors:
             ray.kill(a, no_restart=True)
         self._active.clear()
-        other, deadline = self._iter_thread, time.monotonic() + timeout
-        while (other is not None and other is not threading.current_thread() and self._iter_thread is not None
-               and time.monotonic() < deadline):
+        deadline = time.monotonic() + timeout
+        while self._iter_thread not in (None, threading.current_thread()) and time.monotonic() < deadline:
             time.sleep(0.02)
         if self._started_ray:
             time.sleep(0.1)
