@@ -272,20 +272,25 @@ def run_worker(comm: Any, worker: SolverWorker, trainer: int = 0) -> None:
 
 
 def finish(comm: Any, code: int = 0) -> NoReturn:
-    """End an MPI rank after a clean job: meet every rank, finalise MPI, and leave at once.
+    """End an MPI rank after a clean job: meet every rank, finalise MPI, and leave through C's ``exit``.
 
-    Hydra's process manager SIGKILLs the process groups of ranks still alive once the first rank has
-    left, so a rank that is slow to tear its interpreter down (JAX, threads) after ``MPI_Finalize``
-    was reported as "killed (signal 9)" and ``mpiexec`` exited with 9 after a successful job. Meeting
-    at a barrier, finalising together and exiting with ``os._exit`` leaves nothing to kill.
+    MPICH (4.x, 5.x) sends the process manager its PMI ``finalize`` from a C ``atexit`` hook, not from
+    ``MPI_Finalize``. A rank that skips C's exit handlers (``os._exit``) closes its PMI socket without
+    that message, which Hydra reads as a crashed rank: it SIGKILLs every rank still alive, and
+    ``mpiexec`` exits with 9 after a job that finished (seen with several trainer ranks, whose worker
+    ranks take longest to tear MPI down). ``libc.exit`` runs the hook (and the other C handlers) but
+    not the Python interpreter's teardown, which can wait on JAX's and the receivers' threads.
     """
+    import ctypes
+
     from mpi4py import MPI
 
     comm.Barrier()
     sys.stdout.flush()
     sys.stderr.flush()
     MPI.Finalize()
-    os._exit(code)
+    ctypes.CDLL(None).exit(code)
+    os._exit(code)  # not reached: exit() does not return
 
 
 def run_worker_for(cfg: Any, comm: Any, layout: MPILayout) -> None:
