@@ -20,6 +20,7 @@ max-abs error any converged solver can show against it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -53,13 +54,17 @@ def cavity_centerlines(u: np.ndarray, v: np.ndarray, ys: Any, xs: Any) -> tuple[
     return u_line, v_line
 
 
+Monitor = Callable[[float, float], None]  # (simulated time (s), residual (m/s^2)) after each check
+
+
 def run_to_steady(
-    solver: Cavity | Cylinder, params: np.ndarray, *, tol: float, max_time: float, check_every: float = 1.0
+    solver: Cavity | Cylinder, params: np.ndarray, *, tol: float, max_time: float, check_every: float = 1.0,
+    monitor: Monitor | None = None,
 ) -> tuple[dict[str, jax.Array], int, float]:
     """Step ``solver`` from rest until ``max|u(t + T) - u(t)| / T < tol`` (m/s^2) or ``max_time`` (s).
 
-    ``T`` is ``check_every`` (s) rounded up to whole steps. Returns the final state, the number of
-    steps and the last residual.
+    ``T`` is ``check_every`` (s) rounded up to whole steps; ``monitor(t, residual)`` (e.g. a progress
+    bar) is called after each check. Returns the final state, the number of steps and the last residual.
     """
     chunk = max(1, int(np.ceil(check_every / solver.dt)))
     p = jnp.asarray(params, solver.dtype)
@@ -73,6 +78,8 @@ def run_to_steady(
         du = jnp.maximum(jnp.max(jnp.abs(new["u"] - state["u"])), jnp.max(jnp.abs(new["v"] - state["v"])))
         residual = float(du) / (chunk * solver.dt)
         state = new
+        if monitor is not None:
+            monitor(steps * solver.dt, residual)
         if not np.isfinite(residual):
             raise SolverError(f"{solver.name}: the run blew up after {steps} steps; lower the CFL number")
         if residual < tol:
@@ -88,6 +95,7 @@ def validate_cavity(
     tol: float | None = None,
     max_time: float | None = None,
     dtype: str = "float32",
+    monitor: Monitor | None = None,
 ) -> dict[str, Any]:
     """Run the unit lid-driven cavity at Reynolds number ``re`` on ``grid x grid`` cells to steady state.
 
@@ -100,6 +108,7 @@ def validate_cavity(
             1e-6 in float64).
         max_time: give up after this many lid time units (default ``60 + 0.1 re``).
         dtype: ``"float32"`` or ``"float64"`` (the latter needs 64-bit JAX).
+        monitor: called with (time, residual) after each steady-state check (:func:`run_to_steady`).
 
     Returns:
         A JSON-ready dict: ``problem``, ``re``, ``grid``, ``dtype``, ``dt``, ``steps``, ``time``,
@@ -121,7 +130,7 @@ def validate_cavity(
     max_time = 60.0 + 0.1 * re if max_time is None else max_time
     tol = (3e-5 if dtype == "float32" else 1e-6) if tol is None else tol
     t0 = time.perf_counter()
-    state, steps, residual = run_to_steady(solver, params, tol=tol, max_time=max_time)
+    state, steps, residual = run_to_steady(solver, params, tol=tol, max_time=max_time, monitor=monitor)
     wall = time.perf_counter() - t0
 
     flow = solver.flow(jnp.asarray(params, solver.dtype))
@@ -324,6 +333,7 @@ def validate_cylinder(
     window: float = 2.0,
     boundary: str = "interpolated",
     dtype: str = "float32",
+    monitor: Monitor | None = None,
 ) -> dict[str, Any]:
     """Schafer & Turek's case 2D-1 (Re = 20, steady) or 2D-2 (Re = 100, periodic) on
     ``round(grid * 2.2 / 0.41) x grid`` cells (``grid / 4.1`` cells per diameter).
@@ -341,7 +351,8 @@ def validate_cylinder(
     once shedding is developed). Both return a JSON-ready dict with the run's cost and, per
     quantity, the reference interval and the relative error to its nearest end (0 inside); ``rows``
     for a table. ``boundary``: the cylinder's no-slip treatment
-    (:class:`~solvers.cfd.cylinder.CylinderConfig`).
+    (:class:`~solvers.cfd.cylinder.CylinderConfig`). ``monitor(t, residual)``: called after each
+    steady-state check of 2D-1 (:func:`run_to_steady`).
 
     ``mask_offset_cells``: distance (cells) of the cylinder's centre from the nearest grid line about
     which the staircase mask is symmetric (a face or a row of cell centres): 0 when ``grid`` is a
@@ -385,7 +396,8 @@ def validate_cylinder(
     }
     t0 = time.perf_counter()
     if schaefer_turek1996.STEADY[case]:
-        state, steps, residual = run_to_steady(solver, params, tol=tol, max_time=max_time, check_every=0.5)
+        state, steps, residual = run_to_steady(solver, params, tol=tol, max_time=max_time, check_every=0.5,
+                                              monitor=monitor)
         force = solver.force(state, None, jnp.asarray(params, solver.dtype), solver.force_box(params))
         fx, fy = (float(f) for f in force)
         wall = time.perf_counter() - t0

@@ -212,11 +212,22 @@ def cmd_validate(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     from benchmarks import validation
+    from streaming.progress import progress_bar
 
-    if args.problem == "cavity":
-        out = validation.validate_cavity(args.re, args.grid or 64, dtype=args.dtype)
-    else:
-        out = validation.validate_cylinder(args.case, args.grid or 41, dtype=args.dtype, boundary=args.boundary)
+    steady = args.problem == "cavity" or args.case == "2D-1"
+    with progress_bar("to steady state (s)", None, enabled=steady, extra="residual {task.fields[residual]}",
+                      fields={"residual": "-"}) as bar:
+        clock = [0.0]
+
+        def monitor(t: float, residual: float) -> None:
+            bar.advance(t - clock[0], residual=f"{residual:.2e} m/s^2")
+            clock[0] = t
+
+        if args.problem == "cavity":
+            out = validation.validate_cavity(args.re, args.grid or 64, dtype=args.dtype, monitor=monitor)
+        else:
+            out = validation.validate_cylinder(args.case, args.grid or 41, dtype=args.dtype, boundary=args.boundary,
+                                               monitor=monitor)
     rows = out.get("rows", [])
     table = Table(title=f"validate {args.problem}")
     for col in rows[0] if rows else []:

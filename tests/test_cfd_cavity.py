@@ -48,7 +48,10 @@ def test_re1000_reaches_steady_state_near_ghia():
 
 
 def test_validation_without_reference_still_reports_profiles():
-    out = validate_cavity(50, 16, max_time=1.0)
+    seen = []
+    out = validate_cavity(50, 16, max_time=1.0, monitor=lambda t, r: seen.append((t, r)))
+    # the monitor (the CLI's progress bar) sees every check: simulated time rising to the end, the residual
+    assert [t for t, _ in seen] == sorted({t for t, _ in seen}) and seen[-1] == (out["time"], out["residual"])
     assert out["reference"] is None and "max_abs_error" not in out
     assert all(r["reference"] is None and r["error"] is None for r in out["rows"])
     assert len(out["u_centerline"]) == 17 and np.isfinite(np.array(out["v_centerline"])).all()
