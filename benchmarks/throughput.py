@@ -140,10 +140,12 @@ def _mpi_main(seconds: float, replay: bool) -> None:
 def efficiency(steps: int, rounds: int = 2) -> dict[str, float]:
     """Steps/s of the quickstart trained online (Ray) and from the same kind of chunks in memory.
 
-    Online runs three ways: with workers that resend solved frames (solvers that always keep up:
+    Online runs four ways: with workers that resend solved frames (solvers that always keep up:
     the issue's definition, key ``streaming_efficiency``), the same with ``buffer.ingest_ratio``
-    unset (``streaming_efficiency_unmatched``), and with live solvers sharing this machine's cores
-    (``streaming_efficiency_live_solvers``). Runs go memory, online x 3, memory, online x 3, ...,
+    unset (``streaming_efficiency_unmatched``), with ``ingest_ratio = 1`` (one sample received per
+    sample drawn: the engine's own cost with the least data, ``streaming_efficiency_ratio_1``), and
+    with live solvers sharing this machine's cores
+    (``streaming_efficiency_live_solvers``). Runs go memory, online x 4, memory, online x 4, ...,
     memory (``rounds`` rounds): each online run is compared with the mean of the memory runs just
     before and after its round, so a drift in machine speed over the runs hits both sides alike;
     an efficiency is the mean of its rounds' ratios (each round's ratio is in the JSON too).
@@ -167,6 +169,7 @@ def efficiency(steps: int, rounds: int = 2) -> dict[str, float]:
             messages += list(worker.run(cursor.next_task()))
         online = {"online": ({"worker_cls": ReplayWorker}, {}),
                   "online_unmatched": ({"worker_cls": ReplayWorker}, {"buffer.ingest_ratio": "none"}),
+                  "online_ratio_1": ({"worker_cls": ReplayWorker}, {"buffer.ingest_ratio": "1"}),
                   "online_live_solvers": ({}, {})}
 
         def run(name: str, kwargs: dict, overrides: dict) -> float:
@@ -192,6 +195,7 @@ def efficiency(steps: int, rounds: int = 2) -> dict[str, float]:
     out["ingest_ratio"] = cfg.buffer.ingest_ratio or 0.0
     out["streaming_efficiency"] = float(np.mean(rates["online"]))
     out["streaming_efficiency_unmatched"] = float(np.mean(rates["online_unmatched"]))
+    out["streaming_efficiency_ratio_1"] = float(np.mean(rates["online_ratio_1"]))
     out["streaming_efficiency_live_solvers"] = float(np.mean(rates["online_live_solvers"]))
     return out
 
@@ -233,6 +237,7 @@ def main() -> None:
               f"| solvers that keep up, ingest_ratio {results['ingest_ratio']:g} (quickstart as shipped) | "
               f"{results['streaming_efficiency']:.3f} |\n"
               f"| solvers that keep up, no rate matching | {results['streaming_efficiency_unmatched']:.3f} |\n"
+              f"| solvers that keep up, ingest_ratio 1 | {results['streaming_efficiency_ratio_1']:.3f} |\n"
               f"| live solvers on the same cores | {results['streaming_efficiency_live_solvers']:.3f} |\n"
               f"memory baseline {results['train_steps_per_s_memory']:.2f} steps/s (spread between its runs "
               f"{100 * results['memory_spread']:.1f} %)")

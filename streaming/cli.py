@@ -214,6 +214,10 @@ def cmd_validate(args: argparse.Namespace) -> None:
     from benchmarks import validation
     from streaming.progress import progress_bar
 
+    if args.dtype == "float64":  # the solvers refuse float64 without 64-bit JAX; asking for it here is the switch
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
     steady = args.problem == "cavity" or args.case == "2D-1"
     with progress_bar("to steady state (s)", None, enabled=steady, extra="residual {task.fields[residual]}",
                       fields={"residual": "-"}) as bar:

@@ -1,5 +1,11 @@
 """cavity: Ghia et al. (1982) profiles, incompressibility, similarity, CFL refusal, batching, contract."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,3 +146,14 @@ def test_fields_walls_and_cfdbench_sample(small):
 def test_bad_config_is_refused(kwargs, match):
     with pytest.raises(SolverError, match=match):
         Cavity(**kwargs)
+
+
+def test_validate_command_runs_float64_without_extra_setup(tmp_path):
+    # `--dtype float64` switches 64-bit JAX on by itself (the solvers refuse float64 without it)
+    out = tmp_path / "cavity.json"
+    proc = subprocess.run([str(Path(sys.executable).parent / "pdestream"), "validate", "cavity", "--grid", "8",
+                           "--dtype", "float64", "--json", str(out)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JAX_ENABLE_X64": "0", "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["dtype"] == "float64" and result["converged"] and len(result["u_centerline"]) == 17
