@@ -363,9 +363,12 @@ def validate_cylinder(
     Accuracy (issue 5, 2D-1, float32), ``grid`` 41 / 82 / 123 / 164 with ``"cut"``: ``cd`` 5.642 /
     5.589 / 5.580 / 5.581, ``cl`` 0.0074 / 0.0105 / 0.0106 / 0.01025, ``dp`` 0.1154 / 0.1166 / 0.11705
     / 0.11722 (``dp_cells`` 0.1126 / 0.1154 / 0.1163 / 0.1168): ``dp`` converges at about first
-    order (the front pressure's error falls like h^1.3) and is inside from 164 on. ``cl``, 0.2% of the drag, moves
-    with where the circle cuts the cells (cut at 62 / 100 cells, the centre 0.24 / 0.22 cells off a
-    face line: 0.0144 / 0.0049; interpolated 0.0085 / 0.0116 / 0.0141 at 62 / 82 / 100). At
+    order (the front pressure's error falls like h^1.3) and is inside from 164 on. In float32 ``cl``
+    (0.2% of the drag) wanders by about +-0.00015 between steady-state checks; in float64 it settles:
+    0.010459 at 82, 0.010605 at 164, where ``cd`` 5.58101 and ``dp`` 0.117221 make all three inside
+    (``dtype="float64"``, benchmarks/RESULTS.md, session 6). ``cl`` also moves with where the circle
+    cuts the cells (cut at 62 / 100 cells, the centre 0.24 / 0.22 cells off a face line: 0.0144 /
+    0.0049; interpolated 0.0085 / 0.0116 / 0.0141 at 62 / 82 / 100). At
     ``grid=41`` (10 cells per diameter, the circle through cell corners) ``"cut"`` is worse than
     ``"interpolated"``: 2D-1 ``cd`` 5.642 (5.595), 2D-2 ``cd_max`` 3.99 and ``cl_max`` 1.44 (3.43,
     0.90); at ``grid=50`` it is better: 2D-2 ``cd_max`` 3.33, ``cl_max`` 1.14, ``strouhal`` 0.295
