@@ -157,3 +157,15 @@ def test_validate_command_runs_float64_without_extra_setup(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["dtype"] == "float64" and result["converged"] and len(result["u_centerline"]) == 17
+
+
+def test_validate_command_takes_a_tolerance(tmp_path):
+    out = tmp_path / "cavity.json"
+    cmd = [str(Path(sys.executable).parent / "pdestream"), "validate", "cavity", "--grid", "8", "--json", str(out)]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(cmd + ["--tol", "1e-3"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["tolerance"] == 1e-3 and result["converged"] and result["residual"] < 1e-3
+    bad = subprocess.run(cmd + ["--tol", "-1"], capture_output=True, text=True, timeout=300, env=env)
+    assert bad.returncode == 2 and "--tol -1.0: a steady-state tolerance > 0" in bad.stderr
