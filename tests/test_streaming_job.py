@@ -104,7 +104,7 @@ def test_bad_configs_name_the_key(overrides, needle):
 
 
 def test_set_none_restores_the_default():
-    assert load_config("configs/quickstart.toml").buffer.ingest_ratio == 1
+    assert load_config("configs/quickstart.toml").buffer.ingest_ratio == 4
     cfg = load_config("configs/quickstart.toml", {"buffer.ingest_ratio": "none", "buffer.max_reuse": "None"})
     assert cfg.buffer.ingest_ratio is None and cfg.buffer.max_reuse is None
 
