@@ -214,15 +214,14 @@ def cmd_validate(args: argparse.Namespace) -> None:
     from benchmarks import validation
     from streaming.progress import progress_bar
 
+    steady = args.problem == "cavity" or args.case == "2D-1"
+    if args.tol is not None and (not steady or args.tol <= 0):
+        raise CliError(f"--tol {args.tol}: a steady-state tolerance > 0 (m/s^2) for cavity or cylinder --case "
+                       "2D-1; 2D-2 runs a fixed time window")
     if args.dtype == "float64":  # the solvers refuse float64 without 64-bit JAX; asking for it here is the switch
         import jax
 
         jax.config.update("jax_enable_x64", True)
-    steady = args.problem == "cavity" or args.case == "2D-1"
-    if args.tol is not None and (not steady or args.tol <= 0):
-        raise CliError(f"--tol {args.tol}: a steady-state tolerance > 0 (m/s^2) for cavity or cylinder --case "
-                         "2D-1; 2D-2 runs a fixed time window")
-    tol = {} if args.tol is None else {"tol": args.tol}
     with progress_bar("to steady state (s)", None, enabled=steady, extra="residual {task.fields[residual]}",
                       fields={"residual": "-"}) as bar:
         clock = [0.0]
@@ -232,10 +231,10 @@ def cmd_validate(args: argparse.Namespace) -> None:
             clock[0] = t
 
         if args.problem == "cavity":
-            out = validation.validate_cavity(args.re, args.grid or 64, dtype=args.dtype, monitor=monitor, **tol)
+            out = validation.validate_cavity(args.re, args.grid or 64, dtype=args.dtype, monitor=monitor, tol=args.tol)
         else:
             out = validation.validate_cylinder(args.case, args.grid or 41, dtype=args.dtype, boundary=args.boundary,
-                                               monitor=monitor, **tol)
+                                               monitor=monitor, tol=args.tol)
     rows = out.get("rows", [])
     table = Table(title=f"validate {args.problem}")
     for col in rows[0] if rows else []:
