@@ -137,6 +137,19 @@ def _mpi_main(seconds: float, replay: bool) -> None:
     finish(comm)
 
 
+def _cpu_jiffies() -> tuple[int, int]:
+    """(steal, total) CPU time of this machine so far, in clock ticks (Linux ``/proc/stat``; zeros elsewhere).
+
+    Steal is time the hypervisor ran someone else on our virtual CPUs: a run with much of it was slowed
+    by the host, not by the code.
+    """
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0, 0
+    return ticks[7], sum(ticks[:8])
+
+
 def efficiency(steps: int, rounds: int = 2) -> dict[str, float]:
     """Steps/s of the quickstart trained online (Ray) and from the same kind of chunks in memory.
 
@@ -145,12 +158,17 @@ def efficiency(steps: int, rounds: int = 2) -> dict[str, float]:
     unset (``streaming_efficiency_unmatched``), with ``ingest_ratio = 1`` (one sample received per
     sample drawn: the engine's own cost with the least data, ``streaming_efficiency_ratio_1``), and
     with live solvers sharing this machine's cores
-    (``streaming_efficiency_live_solvers``). Runs go memory, online x 4, memory, online x 4, ...,
-    memory (``rounds`` rounds): each online run is compared with the mean of the memory runs just
-    before and after its round, so a drift in machine speed over the runs hits both sides alike;
-    an efficiency is the mean of its rounds' ratios (each round's ratio is in the JSON too, and the
-    headline's lowest and highest round). A run's steps/s is the median over its logging intervals
-    after the first quarter (compiles, and Ray actors still compiling their solvers).
+    (``streaming_efficiency_live_solvers``). Runs alternate: memory, online A, memory, online B,
+    memory, ... (``rounds`` rounds of the four variants): each online run is compared with the mean
+    of the two memory runs right before and after it, so a drift in machine speed hits both sides
+    alike; an efficiency is the median of its rounds' ratios (each round's ratio is in the JSON,
+    and the headline's lowest and highest round). The JSON also holds each run's share of CPU time
+    stolen by the hypervisor (``steal_fraction_<run>``) and the largest change between two
+    neighbouring memory runs (``memory_neighbour_change_max``): how much the machine drifted within
+    one comparison. A memory run before all that warms up the process and is not counted (the first
+    job in a process was the slowest memory run in session 8 and in a trial this session). A run's
+    steps/s is the median over its logging intervals after the first quarter (compiles, and Ray
+    actors still compiling their solvers).
     """
     from streaming.config import load_config
     from streaming.design import DesignCursor
@@ -176,7 +194,10 @@ def efficiency(steps: int, rounds: int = 2) -> dict[str, float]:
 
         def run(name: str, kwargs: dict, overrides: dict) -> float:
             cfg = load_config(ROOT / "configs/quickstart.toml", {**base, "logging.name": name, **overrides})
+            jiffies = _cpu_jiffies()
             summary = run_job(cfg, **kwargs)
+            (steal, total), (steal0, total0) = _cpu_jiffies(), jiffies
+            out[f"steal_fraction_{name}"] = (steal - steal0) / max(total - total0, 1)
             rec = [json.loads(line) for line in open(Path(tmp) / name / "metrics.jsonl")]
             per_interval = [r["batches_per_s"] for r in rec if "batches_per_s" in r]
             # steady state: skip the first quarter (compiles; actors still compiling their solvers)
@@ -186,23 +207,25 @@ def efficiency(steps: int, rounds: int = 2) -> dict[str, float]:
             print(f"  {name}: {rate:.2f} steps/s, {summary['samples_received']:,} samples received", flush=True)
             return rate
 
+        run("warm_up", {"messages": messages}, {})  # not counted: the first job in a process runs slower
         memory = [run("memory_0", {"messages": messages}, {})]
         rates: dict[str, list[float]] = {k: [] for k in online}
         for r in range(1, rounds + 1):
-            got = {k: run(f"{k}_{r}", *v) for k, v in online.items()}
-            memory.append(run(f"memory_{r}", {"messages": messages}, {}))
-            for k, rate in got.items():
+            for k, v in online.items():
+                rate = run(f"{k}_{r}", *v)
+                memory.append(run(f"memory_{len(memory)}", {"messages": messages}, {}))
                 rates[k].append(rate / ((memory[-2] + memory[-1]) / 2))
                 out[f"{k}_efficiency_round_{r}"] = rates[k][-1]
     out["train_steps_per_s_memory"] = float(np.mean(memory))
     out["memory_spread"] = float((max(memory) - min(memory)) / np.mean(memory))
     out["ingest_ratio"] = cfg.buffer.ingest_ratio or 0.0
-    out["streaming_efficiency"] = float(np.mean(rates["online"]))
+    out["memory_neighbour_change_max"] = float(np.max(np.abs(np.diff(memory) / memory[:-1])))
+    out["streaming_efficiency"] = float(np.median(rates["online"]))
     out["streaming_efficiency_min_round"] = float(np.min(rates["online"]))
     out["streaming_efficiency_max_round"] = float(np.max(rates["online"]))
-    out["streaming_efficiency_unmatched"] = float(np.mean(rates["online_unmatched"]))
-    out["streaming_efficiency_ratio_1"] = float(np.mean(rates["online_ratio_1"]))
-    out["streaming_efficiency_live_solvers"] = float(np.mean(rates["online_live_solvers"]))
+    out["streaming_efficiency_unmatched"] = float(np.median(rates["online_unmatched"]))
+    out["streaming_efficiency_ratio_1"] = float(np.median(rates["online_ratio_1"]))
+    out["streaming_efficiency_live_solvers"] = float(np.median(rates["online_live_solvers"]))
     return out
 
 
@@ -239,7 +262,7 @@ def main() -> None:
         if ray.is_initialized():
             ray.shutdown()
         results.update(efficiency(args.steps, args.rounds))
-        print(f"\n| online run | streaming efficiency (mean of {args.rounds} rounds) |\n|---|---|\n"
+        print(f"\n| online run | streaming efficiency (median of {args.rounds} rounds) |\n|---|---|\n"
               f"| solvers that keep up, ingest_ratio {results['ingest_ratio']:g} (quickstart as shipped) | "
               f"{results['streaming_efficiency']:.3f} (rounds {results['streaming_efficiency_min_round']:.3f}-"
               f"{results['streaming_efficiency_max_round']:.3f}) |\n"
@@ -247,7 +270,8 @@ def main() -> None:
               f"| solvers that keep up, ingest_ratio 1 | {results['streaming_efficiency_ratio_1']:.3f} |\n"
               f"| live solvers on the same cores | {results['streaming_efficiency_live_solvers']:.3f} |\n"
               f"memory baseline {results['train_steps_per_s_memory']:.2f} steps/s (spread between its runs "
-              f"{100 * results['memory_spread']:.1f} %)")
+              f"{100 * results['memory_spread']:.1f} %, largest change between neighbouring memory runs "
+              f"{100 * results['memory_neighbour_change_max']:.1f} %)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
