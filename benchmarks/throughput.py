@@ -150,7 +150,7 @@ def _cpu_jiffies() -> tuple[int, int]:
     return ticks[7], sum(ticks[:8])
 
 
-def efficiency(steps: int, rounds: int = 2) -> dict[str, float]:
+def efficiency(steps: int, rounds: int = 2) -> dict[str, float | list[float]]:
     """Steps/s of the quickstart trained online (Ray) and from the same kind of chunks in memory.
 
     Online runs four ways: with workers that resend solved frames (solvers that always keep up:
@@ -163,18 +163,19 @@ def efficiency(steps: int, rounds: int = 2) -> dict[str, float]:
     of the two memory runs right before and after it, so a drift in machine speed hits both sides
     alike; an efficiency is the median of its rounds' ratios (each round's ratio is in the JSON,
     and the headline's lowest and highest round). The JSON also holds each run's share of CPU time
-    stolen by the hypervisor (``steal_fraction_<run>``) and the largest change between two
-    neighbouring memory runs (``memory_neighbour_change_max``): how much the machine drifted within
-    one comparison. A memory run before all that warms up the process and is not counted (the first
-    job in a process was the slowest memory run in session 8 and in a trial this session). A run's
-    steps/s is the median over its logging intervals after the first quarter (compiles, and Ray
-    actors still compiling their solvers).
+    stolen by the hypervisor (``steal_fraction_<run>``), its steps/s per logging interval
+    (``steps_per_s_intervals_<run>``) and the largest change between two neighbouring memory runs
+    (``memory_neighbour_change_max``): how much the machine drifted within one comparison. A memory
+    run before all that warms up the process and is not counted (the first job in a process was the
+    slowest memory run in session 8 and in a trial this session). A run's steps/s is the median over
+    its logging intervals after the first quarter (compiles, and Ray actors still compiling their
+    solvers).
     """
     from streaming.config import load_config
     from streaming.design import DesignCursor
     from streaming.job import build_solver, run_job, sample_spec, worker_args
 
-    out: dict[str, float] = {}
+    out: dict[str, float | list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         base = {"optim.steps": str(steps), "logging.progress": "false", "logging.tensorboard": "false",
                 "logging.run_dir": tmp, "validation.interval": str(10 * steps), "checkpoint.interval": str(10 * steps)}
@@ -203,6 +204,7 @@ def efficiency(steps: int, rounds: int = 2) -> dict[str, float]:
             # steady state: skip the first quarter (compiles; actors still compiling their solvers)
             rate = float(np.median(per_interval[max(1, len(per_interval) // 4):]))
             out[f"train_steps_per_s_{name}"] = rate
+            out[f"steps_per_s_intervals_{name}"] = per_interval
             out[f"samples_received_{name}"] = summary["samples_received"]
             print(f"  {name}: {rate:.2f} steps/s, {summary['samples_received']:,} samples received", flush=True)
             return rate
@@ -246,7 +248,7 @@ def main() -> None:
         return
     import jax
 
-    results: dict[str, float | str] = {"device": str(jax.devices()[0]), "cpus": os.cpu_count() or 0}
+    results: dict[str, float | str | list[float]] = {"device": str(jax.devices()[0]), "cpus": os.cpu_count() or 0}
     print("| backend | workers | ingest ceiling, fields/s (replayed chunks) | live heat2d solvers, fields/s |\n"
           "|---|---|---|---|")
     for backend in args.backends:

@@ -54,7 +54,9 @@ def cavity_centerlines(u: np.ndarray, v: np.ndarray, ys: Any, xs: Any) -> tuple[
     return u_line, v_line
 
 
-Monitor = Callable[[float, float], None]  # (simulated time (s), residual (m/s^2)) after each check
+Monitor = Callable[[float, float], None]  # (simulated time (s), residual (m/s^2) or lift coefficient)
+
+SHEDDING_SPINUP_S, SHEDDING_WINDOW_S = 6.0, 2.0  # 2D-2: from rest into developed shedding, then recorded
 
 
 def run_to_steady(
@@ -276,20 +278,41 @@ def lift_frequency(t: Any, signal: Any) -> float:
 
 
 def force_history(
-    solver: Cylinder, state: dict[str, jax.Array], params: np.ndarray, n_steps: int
-) -> tuple[dict[str, jax.Array], jax.Array]:
+    solver: Cylinder, state: dict[str, jax.Array], params: np.ndarray, n_steps: int, *,
+    segment: int | None = None, monitor: Callable[[int, np.ndarray], None] | None = None,
+) -> tuple[dict[str, jax.Array], np.ndarray]:
     """Advance ``n_steps`` and return the final state and the force ``(n_steps, 2)`` (N/m) after each step.
 
-    The unsteady term of the control-volume balance is the backward difference over the step.
+    The unsteady term of the control-volume balance is the backward difference over the step. Runs
+    ``segment`` steps per call (default: all at once) with one compile for every segment, the last
+    one included; ``monitor(steps_done, forces)`` gets the segment's forces ``(k, 2)`` after each
+    (a progress bar; raising in it stops the run).
     """
     p = jnp.asarray(params, solver.dtype)
     box = solver.force_box(params)
+    seg = n_steps if segment is None else max(1, min(segment, n_steps))
 
-    def one(s: dict[str, jax.Array], _: Any) -> tuple[dict[str, jax.Array], jax.Array]:
-        new = solver.step(s, p)
-        return new, solver.force(new, s, p, box)
+    def one(carry: tuple[dict[str, jax.Array], jax.Array], i: jax.Array) -> tuple[Any, jax.Array]:
+        s, n = carry
 
-    return jax.jit(lambda s: jax.lax.scan(one, s, None, length=n_steps))(state)
+        def advance(s: dict[str, jax.Array]) -> tuple[dict[str, jax.Array], jax.Array]:
+            new = solver.step(s, p)
+            return new, solver.force(new, s, p, box)
+
+        # steps past ``n`` (the last segment's tail) leave the state as it is
+        new, f = jax.lax.cond(i < n, advance, lambda s: (s, jnp.zeros(2, solver.dtype)), s)
+        return (new, n), f
+
+    run = jax.jit(lambda s, n: jax.lax.scan(one, (s, n), jnp.arange(seg)))
+    parts, done = [], 0
+    while done < n_steps:
+        k = min(seg, n_steps - done)
+        (state, _), f = run(state, jnp.asarray(k))
+        parts.append(np.asarray(f[:k]))
+        done += k
+        if monitor is not None:
+            monitor(done, parts[-1])
+    return state, np.concatenate(parts) if parts else np.zeros((0, 2), solver.dtype)
 
 
 def _stagnation_dp(solver: Cylinder, state: dict[str, jax.Array], params: np.ndarray) -> float:
@@ -329,8 +352,8 @@ def validate_cylinder(
     cfl: float = 0.9,
     tol: float | None = None,
     max_time: float = 30.0,
-    spinup: float = 6.0,
-    window: float = 2.0,
+    spinup: float = SHEDDING_SPINUP_S,
+    window: float = SHEDDING_WINDOW_S,
     boundary: str = "interpolated",
     dtype: str = "float32",
     monitor: Monitor | None = None,
@@ -351,8 +374,9 @@ def validate_cylinder(
     once shedding is developed). Both return a JSON-ready dict with the run's cost and, per
     quantity, the reference interval and the relative error to its nearest end (0 inside); ``rows``
     for a table. ``boundary``: the cylinder's no-slip treatment
-    (:class:`~solvers.cfd.cylinder.CylinderConfig`). ``monitor(t, residual)``: called after each
-    steady-state check of 2D-1 (:func:`run_to_steady`).
+    (:class:`~solvers.cfd.cylinder.CylinderConfig`). ``monitor(t, value)``: called after each
+    steady-state check of 2D-1 (:func:`run_to_steady`) with the residual (m/s^2), and every 0.25 s
+    of simulated time of 2D-2 with the lift coefficient.
 
     ``mask_offset_cells``: distance (cells) of the cylinder's centre from the nearest grid line about
     which the staircase mask is symmetric (a face or a row of cell centres): 0 when ``grid`` is a
@@ -418,13 +442,18 @@ def validate_cylinder(
         if not (spinup >= 0 and window > 0):
             raise SolverError(f"need spinup >= 0 and window > 0 (s), got spinup={spinup}, window={window}")
         n_spin, n_rec = int(round(spinup / dt)), int(np.ceil(window / dt))
+
+        def report(done: int, forces: np.ndarray) -> None:
+            if not np.all(np.isfinite(forces)):
+                raise SolverError(f"cylinder: the run blew up by t = {done * dt:.3f} s; lower the CFL number")
+            if monitor is not None:
+                monitor(done * dt, float(forces[-1, 1]) / scale)
+
         state = solver.initial_state(jax.random.key(0), jnp.asarray(params, solver.dtype))
-        state, _ = force_history(solver, state, params, n_spin) if n_spin else (state, None)
-        state, forces = force_history(solver, state, params, n_rec)
-        forces = np.asarray(forces, np.float64) / scale
+        _, forces = force_history(solver, state, params, n_spin + n_rec, segment=int(np.ceil(0.25 / dt)),
+                                  monitor=report)
+        forces = np.asarray(forces[n_spin:], np.float64) / scale
         wall = time.perf_counter() - t0
-        if not np.all(np.isfinite(forces)):
-            raise SolverError("cylinder: the run blew up; lower the CFL number")
         steps = n_spin + n_rec
         t = (n_spin + 1 + np.arange(n_rec)) * dt
         cd, cl = forces[:, 0], forces[:, 1]

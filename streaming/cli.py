@@ -222,12 +222,16 @@ def cmd_validate(args: argparse.Namespace) -> None:
         import jax
 
         jax.config.update("jax_enable_x64", True)
-    with progress_bar("to steady state (s)", None, enabled=steady, extra="residual {task.fields[residual]}",
-                      fields={"residual": "-"}) as bar:
+    if steady:
+        bar_args = ("to steady state (s)", None, "residual {task.fields[value]}")
+    else:
+        bar_args = ("simulated time (s)", validation.SHEDDING_SPINUP_S + validation.SHEDDING_WINDOW_S,
+                    "lift coefficient {task.fields[value]}")
+    with progress_bar(bar_args[0], bar_args[1], extra=bar_args[2], fields={"value": "-"}) as bar:
         clock = [0.0]
 
-        def monitor(t: float, residual: float) -> None:
-            bar.advance(t - clock[0], residual=f"{residual:.2e} m/s^2")
+        def monitor(t: float, value: float) -> None:
+            bar.advance(t - clock[0], value=f"{value:.2e} m/s^2" if steady else f"{value:.4f}")
             clock[0] = t
 
         if args.problem == "cavity":
