@@ -150,6 +150,22 @@ def _cpu_jiffies() -> tuple[int, int]:
     return ticks[7], sum(ticks[:8])
 
 
+def memory_messages(cfg: object) -> list:
+    """The chunks ``cfg``'s solver would stream, solved here in advance: enough next-step samples for
+    ``optim.steps`` batches on top of the watermark (each sample drawn once), as the from-memory runs get them."""
+    from streaming.design import DesignCursor
+    from streaming.job import build_solver, sample_spec, worker_args
+
+    solver = build_solver(cfg)
+    worker = SolverWorker(**worker_args(cfg, sample_spec(cfg, solver)))
+    cursor = DesignCursor(solver, 0, cfg.solver.design, cfg.solver.seed, cfg.workers.sims_per_task)
+    need = cfg.optim.steps * cfg.optim.batch_size + cfg.buffer.watermark
+    messages: list = []
+    while sum(getattr(m, "n_steps", 0) for m in messages) < need:
+        messages += list(worker.run(cursor.next_task()))
+    return messages
+
+
 def efficiency(steps: int, rounds: int = 2) -> dict[str, float | list[float]]:
     """Steps/s of the quickstart trained online (Ray) and from the same kind of chunks in memory.
 
@@ -172,22 +188,14 @@ def efficiency(steps: int, rounds: int = 2) -> dict[str, float | list[float]]:
     solvers).
     """
     from streaming.config import load_config
-    from streaming.design import DesignCursor
-    from streaming.job import build_solver, run_job, sample_spec, worker_args
+    from streaming.job import run_job
 
     out: dict[str, float | list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         base = {"optim.steps": str(steps), "logging.progress": "false", "logging.tensorboard": "false",
                 "logging.run_dir": tmp, "validation.interval": str(10 * steps), "checkpoint.interval": str(10 * steps)}
         cfg = load_config(ROOT / "configs/quickstart.toml", base)
-        solver = build_solver(cfg)
-        spec = sample_spec(cfg, solver)
-        worker = SolverWorker(**worker_args(cfg, spec))
-        cursor = DesignCursor(solver, 0, cfg.solver.design, cfg.solver.seed, cfg.workers.sims_per_task)
-        need = steps * cfg.optim.batch_size + cfg.buffer.watermark
-        messages: list = []
-        while sum(getattr(m, "n_steps", 0) for m in messages) < need:
-            messages += list(worker.run(cursor.next_task()))
+        messages = memory_messages(cfg)
         online = {"online": ({"worker_cls": ReplayWorker}, {}),
                   "online_unmatched": ({"worker_cls": ReplayWorker}, {"buffer.ingest_ratio": "none"}),
                   "online_ratio_1": ({"worker_cls": ReplayWorker}, {"buffer.ingest_ratio": "1"}),
