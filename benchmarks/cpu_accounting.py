@@ -30,9 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.throughput import ROOT, ReplayWorker, memory_messages
+from benchmarks.throughput import ROOT, ReplayWorker, machine_ticks, memory_messages
 
 TICK = os.sysconf("SC_CLK_TCK")
+RAY = ("Ray", "raylet", "GCS", "other Ray", "idle Ray")  # the Ray process groups of _group
+ENGINE = (*RAY, "trainer thread: Python receiver")  # what streaming costs on top of the train step
+XLA = "trainer thread: tf_XLAEigen"
 
 
 def _ticks(stat_path: str) -> tuple[str, int]:
@@ -81,7 +84,7 @@ def snapshot() -> dict[str, float]:
         except (OSError, ValueError):
             continue
         out[_group(int(proc.name))] += t / TICK
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    ticks = machine_ticks()
     out["machine busy"] = (sum(ticks[:8]) - ticks[3] - ticks[4]) / TICK
     out["machine idle"] = (ticks[3] + ticks[4]) / TICK
     out["machine steal"] = ticks[7] / TICK
@@ -104,7 +107,14 @@ class Recorder(threading.Thread):
                 lines = self.metrics.read_text().splitlines()
             except OSError:
                 lines = []
-            steps = [json.loads(x)["step"] for x in lines[:-1] if "batches_per_s" in x]  # the last may be partial
+            steps = []
+            for line in lines:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line still being written
+                    continue
+                if "batches_per_s" in rec:
+                    steps.append(rec["step"])
             if len(steps) > seen:
                 self.records.append((steps[-1], snapshot()))
                 seen = len(steps)
@@ -120,6 +130,9 @@ def account(cfg: object, **kwargs: object) -> dict[str, float]:
     run_job(cfg, **kwargs)
     rec.stop.set()
     rec.join()
+    if len(rec.records) < 2:
+        raise SystemExit(f"cpu_accounting: {len(rec.records)} logging record(s) in {cfg.logging.name}, no steady-state "
+                         f"window; use --steps of at least 4 x logging.interval ({4 * cfg.logging.interval})")
     (s0, a), (s1, b) = rec.records[len(rec.records) // 4], rec.records[-1]
     steps = s1 - s0
     out = {k: (b[k] - a.get(k, 0.0)) / steps for k in b if k != "wall"}
@@ -141,11 +154,7 @@ def ray_floor(cfg: object, seconds: float) -> dict[str, float]:
     b = snapshot()
     source.close()
     return {k: (b[k] - a.get(k, 0.0)) / (b["wall"] - a["wall"]) for k in b
-            if k.startswith(ENGINE[:5]) or k == "machine busy"}
-
-
-ENGINE = ("Ray", "raylet", "GCS", "other Ray", "idle Ray", "trainer thread: Python receiver")
-XLA = "trainer thread: tf_XLAEigen"
+            if k.startswith(RAY) or k == "machine busy"}
 
 
 def summarize(runs: dict[str, list[dict[str, float]]]) -> dict:
@@ -202,7 +211,12 @@ def main() -> None:
     parser.add_argument("--online", nargs="*", default=["ratio_1:buffer.ingest_ratio=1"], metavar="NAME:KEY=VALUE ...",
                         help="online variants besides the quickstart as shipped, each with its --set overrides")
     args = parser.parse_args()
-    from streaming.config import load_config
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: need at least 1")
+    bad = [v for v in args.online if ":" not in v or any("=" not in kv for kv in v.split(":", 1)[1].split())]
+    if bad:
+        parser.error(f"--online {bad[0]!r}: write NAME:KEY=VALUE [KEY=VALUE ...], e.g. ratio_1:buffer.ingest_ratio=1")
+    from streaming.config import ConfigError, load_config
 
     variants = {"online": {}, **{f"online_{name}": dict(kv.split("=", 1) for kv in sets.split())
                                  for name, sets in (v.split(":", 1) for v in args.online)}}
@@ -215,6 +229,15 @@ def main() -> None:
         def cfg(name: str, overrides: dict | None = None) -> object:
             return load_config(ROOT / "configs/quickstart.toml", {**base, "logging.name": name, **(overrides or {})})
 
+        interval = cfg("check").logging.interval
+        if args.steps < 4 * interval:
+            parser.error(f"--steps {args.steps}: need at least 4 x logging.interval = {4 * interval} for a steady "
+                         "state")
+        for name, overrides in variants.items():  # a bad key or value stops here, before any run
+            try:
+                cfg(name, overrides)
+            except ConfigError as e:
+                parser.error(f"--online {name.removeprefix('online_')}: {e}")
         floor = ray_floor(cfg("floor"), args.floor_seconds)
         print("Ray with the job's actors idle, cores: " + ", ".join(f"{k} {v:.4f}" for k, v in floor.items()))
         messages = memory_messages(cfg("messages"))

@@ -137,14 +137,20 @@ def _mpi_main(seconds: float, replay: bool) -> None:
     finish(comm)
 
 
+def machine_ticks() -> list[int]:
+    """CPU time of this machine so far by state, in clock ticks (Linux ``/proc/stat``): user, nice,
+    system, idle, iowait, irq, softirq, steal, ... (raises OSError elsewhere)."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
 def _cpu_jiffies() -> tuple[int, int]:
-    """(steal, total) CPU time of this machine so far, in clock ticks (Linux ``/proc/stat``; zeros elsewhere).
+    """(steal, total) CPU time of this machine so far, in clock ticks (zeros where there is no ``/proc/stat``).
 
     Steal is time the hypervisor ran someone else on our virtual CPUs: a run with much of it was slowed
     by the host, not by the code.
     """
     try:
-        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        ticks = machine_ticks()
     except OSError:
         return 0, 0
     return ticks[7], sum(ticks[:8])

@@ -17,7 +17,7 @@ def _burn(seconds: float) -> None:
 
 
 def test_a_busy_main_thread_shows_up_as_its_cpu_time() -> None:
-    name, t0 = _ticks("/proc/self/stat")
+    _, t0 = _ticks("/proc/self/stat")
     a = snapshot()
     _burn(0.5)
     b = snapshot()
