@@ -38,6 +38,7 @@ import numpy as np
 from streaming.design import Task
 from streaming.worker import SolverWorker
 
+VARIANTS = ("unmatched", "ratio_1", "live_solvers")  # online runs besides the quickstart as shipped (efficiency())
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 FIELD_CASE = {"solver.name": "heat2d", "solver.config": '{ n = 62, scheme = "exponential" }', "solver.steps": "50",
@@ -172,7 +173,7 @@ def memory_messages(cfg: object) -> list:
     return messages
 
 
-def efficiency(steps: int, rounds: int = 2) -> dict[str, float | list[float]]:
+def efficiency(steps: int, rounds: int = 2, variants: tuple[str, ...] = VARIANTS) -> dict[str, float | list[float]]:
     """Steps/s of the quickstart trained online (Ray) and from the same kind of chunks in memory.
 
     Online runs four ways: with workers that resend solved frames (solvers that always keep up:
@@ -181,7 +182,8 @@ def efficiency(steps: int, rounds: int = 2) -> dict[str, float | list[float]]:
     sample drawn: the engine's own cost with the least data, ``streaming_efficiency_ratio_1``), and
     with live solvers sharing this machine's cores
     (``streaming_efficiency_live_solvers``). Runs alternate: memory, online A, memory, online B,
-    memory, ... (``rounds`` rounds of the four variants): each online run is compared with the mean
+    memory, ... (``rounds`` rounds of the headline and the ``variants`` named, of ``VARIANTS``): each online run
+    is compared with the mean
     of the two memory runs right before and after it, so a drift in machine speed hits both sides
     alike; an efficiency is the median of its rounds' ratios (each round's ratio is in the JSON,
     and the headline's lowest and highest round). The JSON also holds each run's share of CPU time
@@ -206,6 +208,7 @@ def efficiency(steps: int, rounds: int = 2) -> dict[str, float | list[float]]:
                   "online_unmatched": ({"worker_cls": ReplayWorker}, {"buffer.ingest_ratio": "none"}),
                   "online_ratio_1": ({"worker_cls": ReplayWorker}, {"buffer.ingest_ratio": "1"}),
                   "online_live_solvers": ({}, {})}
+        online = {k: v for k, v in online.items() if k == "online" or k.removeprefix("online_") in variants}
 
         def run(name: str, kwargs: dict, overrides: dict) -> float:
             cfg = load_config(ROOT / "configs/quickstart.toml", {**base, "logging.name": name, **overrides})
@@ -239,9 +242,8 @@ def efficiency(steps: int, rounds: int = 2) -> dict[str, float | list[float]]:
     out["streaming_efficiency"] = float(np.median(rates["online"]))
     out["streaming_efficiency_min_round"] = float(np.min(rates["online"]))
     out["streaming_efficiency_max_round"] = float(np.max(rates["online"]))
-    out["streaming_efficiency_unmatched"] = float(np.median(rates["online_unmatched"]))
-    out["streaming_efficiency_ratio_1"] = float(np.median(rates["online_ratio_1"]))
-    out["streaming_efficiency_live_solvers"] = float(np.median(rates["online_live_solvers"]))
+    for k in variants:
+        out[f"streaming_efficiency_{k}"] = float(np.median(rates[f"online_{k}"]))
     return out
 
 
@@ -254,6 +256,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="training steps for the efficiency runs")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the efficiency runs (see efficiency())")
     parser.add_argument("--skip-efficiency", action="store_true")
+    parser.add_argument("--variants", nargs="*", choices=VARIANTS, default=list(VARIANTS),
+                        help="efficiency runs besides the quickstart as shipped (none: the headline alone)")
     parser.add_argument("--_mpi-rank", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--_replay", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -277,15 +281,15 @@ def main() -> None:
 
         if ray.is_initialized():
             ray.shutdown()
-        results.update(efficiency(args.steps, args.rounds))
+        results.update(efficiency(args.steps, args.rounds, tuple(args.variants)))
+        labels = {"unmatched": "solvers that keep up, no rate matching",
+                  "ratio_1": "solvers that keep up, ingest_ratio 1", "live_solvers": "live solvers on the same cores"}
         print(f"\n| online run | streaming efficiency (median of {args.rounds} rounds) |\n|---|---|\n"
               f"| solvers that keep up, ingest_ratio {results['ingest_ratio']:g} (quickstart as shipped) | "
               f"{results['streaming_efficiency']:.3f} (rounds {results['streaming_efficiency_min_round']:.3f}-"
               f"{results['streaming_efficiency_max_round']:.3f}) |\n"
-              f"| solvers that keep up, no rate matching | {results['streaming_efficiency_unmatched']:.3f} |\n"
-              f"| solvers that keep up, ingest_ratio 1 | {results['streaming_efficiency_ratio_1']:.3f} |\n"
-              f"| live solvers on the same cores | {results['streaming_efficiency_live_solvers']:.3f} |\n"
-              f"memory baseline {results['train_steps_per_s_memory']:.2f} steps/s (spread between its runs "
+              + "".join(f"| {labels[k]} | {results[f'streaming_efficiency_{k}']:.3f} |\n" for k in args.variants)
+              + f"memory baseline {results['train_steps_per_s_memory']:.2f} steps/s (spread between its runs "
               f"{100 * results['memory_spread']:.1f} %, largest change between neighbouring memory runs "
               f"{100 * results['memory_neighbour_change_max']:.1f} %)")
     if args.json:
