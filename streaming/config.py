@@ -98,7 +98,8 @@ class BufferSection(_Section):
 class WorkersSection(_Section):
     backend: Literal["ray", "mpi", "local", "external"] = "ray"
     count: int = Field(2, ge=1)
-    sims_per_task: int = Field(4, ge=1, description="simulations a worker runs together (vmap)")
+    sims_per_task: int = Field(4, ge=1, description="simulations a worker runs together (vmap); over Ray a task "
+                               "travels in objects of up to 4 MiB, each costing milliseconds of CPU")
     chunk_frames: int = Field(8, ge=1, description="frames per chunk message")
     max_inflight: int = Field(4, ge=1, description="messages in flight per worker (backpressure): chunks over MPI "
                               "and the client API, bundles of chunks (about 4 MiB) over Ray")

@@ -98,7 +98,7 @@ def test_checkpoint_resumes_mid_epoch_with_identical_draws():
 
 def test_offline_config_sizes_an_epoch_buffer():
     cfg = load_config("configs/quickstart.toml", {"solver.config": "{ n = 14 }", "solver.steps": "10",
-                                                    "optim.batch_size": "8"})
+                                                    "optim.batch_size": "8", "workers.chunk_frames": "10"})
     from streaming.chunk import Chunk
 
     msgs = [Chunk(sim_id=i, steps=np.arange(11), fields=np.zeros((11, 1, 16, 16), np.float32),
