@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,11 +69,13 @@ def ensure_ray(address: str | None, n_workers: int) -> bool:
     """Connect to Ray (a local cluster if ``address`` is None); True if this call started it."""
     if ray.is_initialized():
         return False
-    if address is None:
-        ray.init(num_cpus=max(os.cpu_count() or 1, n_workers), include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    else:
-        ray.init(address=address, log_to_driver=False)
+    with warnings.catch_warnings():  # Ray starts its processes with fork + exec, which JAX's fork hook warns about
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+        if address is None:
+            ray.init(num_cpus=max(os.cpu_count() or 1, n_workers), include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
     return True
 
 
