@@ -5,7 +5,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Column
 
 
 class _Bar:
@@ -17,6 +26,22 @@ class _Bar:
             self._progress.update(self._task, advance=n, **fields)
 
 
+def bar_columns(extra: str = "") -> list[ProgressColumn]:
+    """Columns of a bar: description, bar, done/total, elapsed, remaining, then the ``extra`` text.
+
+    In a narrow terminal the ``extra`` text wraps onto more lines; the counts and times never shrink to "...".
+    """
+    def keep() -> Column:
+        return Column(no_wrap=True)
+
+    columns = [TextColumn("[bold]{task.description}", table_column=keep()), BarColumn(24, table_column=keep()),
+               MofNCompleteColumn(table_column=keep()), TimeElapsedColumn(table_column=keep()),
+               TimeRemainingColumn(table_column=keep())]
+    if extra:
+        columns.append(TextColumn(extra, table_column=Column(overflow="fold")))
+    return columns
+
+
 @contextlib.contextmanager
 def progress_bar(description: str, total: float | None, enabled: bool = True, extra: str = "",
                  fields: dict | None = None) -> Iterator[_Bar]:
@@ -24,9 +49,5 @@ def progress_bar(description: str, total: float | None, enabled: bool = True, ex
     if not enabled:
         yield _Bar(None, None)
         return
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn()]
-    if extra:
-        columns.append(TextColumn(extra))
-    with Progress(*columns, transient=False) as progress:
+    with Progress(*bar_columns(extra), transient=False) as progress:
         yield _Bar(progress, progress.add_task(description, total=total, **(fields or {})))
