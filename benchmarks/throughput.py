@@ -3,6 +3,7 @@ Ray and over MPI; (b) streaming efficiency = training steps/s online / steps/s o
 from chunks already in memory.
 
     python benchmarks/throughput.py [--json FILE] [--seconds 20] [--workers 1 2 4] [--steps 300] [--rounds 2]
+                                    [--backends ray mpi] [--variants unmatched ratio_1 live_solvers]
 
 (a) runs the trainer's ingest path (receive, cut into next-step samples, put into a reservoir of
 20,000 samples) with no training, on 64 x 64 float32 heat2d fields (exponential scheme), and counts
@@ -176,7 +177,7 @@ def memory_messages(cfg: object) -> list:
 def efficiency(steps: int, rounds: int = 2, variants: tuple[str, ...] = VARIANTS) -> dict[str, float | list[float]]:
     """Steps/s of the quickstart trained online (Ray) and from the same kind of chunks in memory.
 
-    Online runs four ways: with workers that resend solved frames (solvers that always keep up:
+    Online runs up to four ways: with workers that resend solved frames (solvers that always keep up:
     the issue's definition, key ``streaming_efficiency``), the same with ``buffer.ingest_ratio``
     unset (``streaming_efficiency_unmatched``), with ``ingest_ratio = 1`` (one sample received per
     sample drawn: the engine's own cost with the least data, ``streaming_efficiency_ratio_1``), and
