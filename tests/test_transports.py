@@ -15,7 +15,7 @@ import ray
 from solvers import get_solver
 from streaming.buffers import make_buffer
 from streaming.design import DesignCursor
-from streaming.ray_source import RaySource
+from streaming.ray_source import RaySource, ensure_ray
 from streaming.samples import SampleSpec, cut
 from streaming.worker import SimReport
 
@@ -24,7 +24,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ensure_ray(None, 2)  # the local cluster exactly as a job starts it
     yield
     ray.shutdown()
 
