@@ -106,7 +106,11 @@ class WorkersSection(_Section):
     device: Literal["cpu", "gpu"] = "cpu"
     gpu_fraction: float = Field(0.1, gt=0, le=1, description="memory share of a GPU per worker if device=gpu")
     max_failures: int = Field(5, ge=0, description="worker failures tolerated before the job stops")
-    address: str | None = Field(None, description="Ray cluster address; None starts a local cluster")
+    address: str | None = Field(None, description="Ray cluster address (HOST:PORT of a `ray start --head`); None "
+                                "starts a local cluster of the job's own")
+    placement: Literal["default", "spread"] = Field("default", description="Ray: where the actors go; default "
+                                                    "fills the driver's node first, spread puts them on the "
+                                                    "cluster's nodes in turn")
     listen: str = Field("127.0.0.1:47011", description="external backend: HOST:PORT that streaming.client "
                         "connects to; port 0 picks a free port")
     nice: int = Field(10, ge=0, le=19, description="OS priority drop of worker processes and of the trainer's "

@@ -111,7 +111,7 @@ def make_source(cfg: JobConfig, cursor: DesignCursor, args: dict, comm: Any = No
         from streaming.ray_source import RaySource
 
         return RaySource(cursor, args, w.count, w.max_inflight, w.max_failures, w.address, w.device, w.gpu_fraction,
-                         w.nice, worker_cls)
+                         w.nice, worker_cls, placement=w.placement)
     from streaming.mpi_source import MPISource, mpi_world
 
     return MPISource(cursor, comm if comm is not None else mpi_world(), w.max_inflight, layout)
@@ -235,6 +235,8 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
         metrics.close()
         checkpoints.close()
     summary["run_dir"] = str(run_dir)
+    if hasattr(source, "report"):  # where the workers ran and what they survived (Ray)
+        summary["workers"] = source.report()
     if parallel is not None:
         write_process_report(run_dir, k, {
             "process_id": k, "num_processes": n, "steps": trainer.step,

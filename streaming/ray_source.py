@@ -1,16 +1,19 @@
 """Ray transport: solver workers are Ray actors whose ``run`` is a streaming generator of messages.
 
-- With no address a local Ray cluster starts on this machine (``ray.init``); ``address`` joins one.
+- With no address a local Ray cluster starts on this machine; ``address`` joins a running one
+  (:mod:`streaming.ray_cluster`). ``placement="spread"`` spreads the actors over the cluster's nodes
+  (Ray's SPREAD strategy) instead of filling the driver's node first.
 - Each actor runs one task at a time and yields its messages in bundles of about ``bundle_bytes``
   (several chunks, several simulations per Ray object: Ray costs milliseconds per object, so
   one-chunk objects cap a worker at a few hundred chunks/s); its generator is created with Ray's
   generator backpressure (at most ``max_inflight`` bundles generated and not yet consumed), so when
   training is slower than generation the actors pause and memory stays flat.
 - ``ray.wait`` multiplexes the actors' generators.
-- A dead actor (SIGKILL, OOM) is restarted by Ray (``max_restarts``); its task's unfinished
-  simulations go back to the design cursor and are re-run in full; the buffer's (sim id, step)
-  de-duplication drops what had already arrived. After ``max_failures`` failures the job stops
-  with :class:`~streaming.errors.JobFailed`.
+- A dead actor (SIGKILL, OOM, its node lost) is restarted by Ray (``max_restarts``), on another node if
+  its own is gone; its task's unfinished simulations go back to the design cursor and are re-run in
+  full; the buffer's (sim id, step) de-duplication drops what had already arrived. After
+  ``max_failures`` failures the job stops with :class:`~streaming.errors.JobFailed`.
+- :meth:`RaySource.report` says which node each actor ran on, restarts included.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +29,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 
 from streaming.design import DesignCursor, Task
 from streaming.errors import JobFailed
+from streaming.ray_cluster import ensure_ray
 from streaming.sources import Message
 from streaming.worker import SimReport, SolverWorker
 
@@ -53,8 +56,9 @@ class _RayWorker:
         if bundle:
             yield bundle
 
-    def pid(self) -> int:
-        return os.getpid()
+    def where(self) -> tuple[int, str]:
+        """(process id, Ray node id) of this actor."""
+        return os.getpid(), ray.get_runtime_context().get_node_id()
 
 
 def worker_env(device: str, gpu_fraction: float) -> dict[str, str]:
@@ -63,20 +67,6 @@ def worker_env(device: str, gpu_fraction: float) -> dict[str, str]:
         return {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "XLA_CLIENT_MEM_FRACTION": f"{gpu_fraction:.3f}",
                 "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{gpu_fraction:.3f}"}
     return {"JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
-
-
-def ensure_ray(address: str | None, n_workers: int) -> bool:
-    """Connect to Ray (a local cluster if ``address`` is None); True if this call started it."""
-    if ray.is_initialized():
-        return False
-    with warnings.catch_warnings():  # Ray starts its processes with fork + exec, which JAX's fork hook warns about
-        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-        if address is None:
-            ray.init(num_cpus=max(os.cpu_count() or 1, n_workers), include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
-    return True
 
 
 class RaySource:
@@ -89,7 +79,7 @@ class RaySource:
     def __init__(self, cursor: DesignCursor, worker_args: dict[str, Any], count: int, max_inflight: int,
                  max_failures: int, address: str | None = None, device: str = "cpu",
                  gpu_fraction: float = 0.1, nice: int = 0, worker_cls: type = SolverWorker,
-                 bundle_bytes: int = 4 << 20) -> None:
+                 bundle_bytes: int = 4 << 20, placement: str = "default") -> None:
         self.cursor = cursor
         self.max_inflight, self.max_failures = max_inflight, max_failures
         self.bundle_bytes = bundle_bytes
@@ -98,21 +88,45 @@ class RaySource:
         options: dict[str, Any] = {
             "max_restarts": max(max_failures, 1),
             "max_task_retries": 0,
-            "max_concurrency": 2,  # one task streams while control calls (pid) are answered
+            "max_concurrency": 2,  # one task streams while control calls (where) are answered
             "num_cpus": 1 if device == "cpu" else 0,
             "runtime_env": {"env_vars": worker_env(device, gpu_fraction)},
         }
         if device == "gpu":
             options["num_gpus"] = gpu_fraction
+        if placement == "spread":
+            options["scheduling_strategy"] = "SPREAD"
         actor_cls = ray.remote(_RayWorker)
         self.actors = [actor_cls.options(**options).remote(worker_args, nice, worker_cls) for _ in range(count)]
+        self._where_refs: dict[int, Any] = {i: a.where.remote() for i, a in enumerate(self.actors)}
+        self.nodes: list[list[str]] = [[] for _ in range(count)]  # the Ray nodes each actor ran on, in order
         self._active: dict[Any, tuple[int, Task]] = {}
         self._closed = False
         self._iter_thread: threading.Thread | None = None  # the thread inside __iter__, if any
 
     def worker_pids(self) -> list[int]:
         """Process ids of the actors (for fault-injection tests)."""
-        return ray.get([a.pid.remote() for a in self.actors])
+        return [pid for pid, _ in ray.get([a.where.remote() for a in self.actors])]
+
+    def _placed(self, idx: int, node: str) -> None:
+        if not self.nodes[idx] or self.nodes[idx][-1] != node:
+            self.nodes[idx].append(node)
+
+    def _resolve_placements(self, idxs: list[int], timeout: float) -> None:
+        """Record where the first incarnations of actors ``idxs`` answered from (asked at their creation)."""
+        refs = {i: self._where_refs.pop(i) for i in idxs if i in self._where_refs}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout) if refs else ([], [])
+        for idx, ref in refs.items():
+            if ref in ready:
+                try:
+                    self._placed(idx, ray.get(ref)[1])
+                except _ACTOR_ERRORS:  # died before it answered
+                    pass
+
+    def report(self) -> dict[str, Any]:
+        """For the job's summary: failures survived and the node of each actor (ids, in order of incarnation)."""
+        return {"backend": "ray", "worker_failures": self.failures, "actor_nodes": [list(n) for n in self.nodes],
+                "n_nodes": len({n for ns in self.nodes for n in ns})}
 
     def _start(self, idx: int) -> None:
         task = self.cursor.next_task()
@@ -131,6 +145,7 @@ class RaySource:
                 "check the worker logs under /tmp/ray/session_latest/logs or raise workers.max_failures"
             ) from err
         self.cursor.requeue(task)
+        self._resolve_placements([idx], timeout=1.0)
         self._wait_alive(idx)
         self._start(idx)
 
@@ -139,7 +154,7 @@ class RaySource:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                ray.get(self.actors[idx].pid.remote(), timeout=10)
+                self._placed(idx, ray.get(self.actors[idx].where.remote(), timeout=10)[1])
                 return
             except ActorDiedError as e:
                 raise JobFailed(f"solver worker {idx} died for good ({str(e)[:200]}); check the worker logs") from e
@@ -189,6 +204,7 @@ class RaySource:
         thread to leave the stream, then shut Ray down: a Ray object ref released after
         ``ray.shutdown`` makes Ray end the whole process."""
         self._closed = True
+        self._resolve_placements(list(range(len(self.actors))), timeout=2.0)
         for a in self.actors:
             ray.kill(a, no_restart=True)
         self._active.clear()
