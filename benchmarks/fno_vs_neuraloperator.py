@@ -1,6 +1,6 @@
 """Train-step throughput of our FNO (JAX/Flax NNX) against neuraloperator's FNO (PyTorch), same CPU.
 
-    python benchmarks/fno_vs_neuraloperator.py --json /tmp/bench/fno_vs_neuralop.json
+    python benchmarks/fno_vs_neuraloperator.py --json benchmarks/results/fno_vs_neuralop.json
 
 Needs the optional packages `torch` (CPU build) and `neuraloperator` (imported as `neuralop`): `pip
 install -e ".[bench]"`. `benchmarks/model_speed.py` runs the same comparison with its rounds

@@ -192,7 +192,7 @@ def efficiency(steps: int, rounds: int = 2, variants: tuple[str, ...] = VARIANTS
     (``steps_per_s_intervals_<run>``) and the largest change between two neighbouring memory runs
     (``memory_neighbour_change_max``): how much the machine drifted within one comparison. A memory
     run before all that warms up the process and is not counted (the first job in a process was the
-    slowest memory run in session 8 and in a trial this session). A run's steps/s is the median over
+    slowest memory run in earlier measurements). A run's steps/s is the median over
     its logging intervals after the first quarter (compiles, and Ray actors still compiling their
     solvers).
     """

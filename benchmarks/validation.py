@@ -381,16 +381,16 @@ def validate_cylinder(
     ``mask_offset_cells``: distance (cells) of the cylinder's centre from the nearest grid line about
     which the staircase mask is symmetric (a face or a row of cell centres): 0 when ``grid`` is a
     multiple of 41. With ``boundary="interpolated"`` the pressure projection sees that staircase, so
-    a nonzero offset biases the unsteady lift (issue 5: 2D-2 at ``grid=62``, offset 0.24, ``cl_max``
+    a nonzero offset biases the unsteady lift (2D-2 at ``grid=62``, offset 0.24, ``cl_max``
     0.822); ``"cut"`` projects onto the circle's face apertures and gives 1.050 there.
 
-    Accuracy (issue 5, 2D-1, float32), ``grid`` 41 / 82 / 123 / 164 with ``"cut"``: ``cd`` 5.642 /
+    Accuracy (2D-1, float32), ``grid`` 41 / 82 / 123 / 164 with ``"cut"``: ``cd`` 5.642 /
     5.589 / 5.580 / 5.581, ``cl`` 0.0074 / 0.0105 / 0.0106 / 0.01025, ``dp`` 0.1154 / 0.1166 / 0.11705
     / 0.11722 (``dp_cells`` 0.1126 / 0.1154 / 0.1163 / 0.1168): ``dp`` converges at about first
     order (the front pressure's error falls like h^1.3) and is inside from 164 on. In float32 ``cl``
     (0.2% of the drag) wanders by about +-0.00015 between steady-state checks; in float64 it settles:
     0.010459 at 82, 0.010605 at 164, where ``cd`` 5.58101 and ``dp`` 0.117221 make all three inside
-    (``dtype="float64"``, benchmarks/RESULTS.md, session 6). ``cl`` also moves with where the circle
+    (``dtype="float64"``, benchmarks/RESULTS.md). ``cl`` also moves with where the circle
     cuts the cells (cut at 62 / 100 cells, the centre 0.24 / 0.22 cells off a face line: 0.0144 /
     0.0049; interpolated 0.0085 / 0.0116 / 0.0141 at 62 / 82 / 100). At
     ``grid=41`` (10 cells per diameter, the circle through cell corners) ``"cut"`` is worse than

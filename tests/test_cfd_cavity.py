@@ -34,14 +34,14 @@ def test_re100_on_32x32_matches_ghia():
     assert out["converged"] and out["residual"] < out["tolerance"]
     assert out["max_abs_error"] <= 0.015, out["max_abs_error"]
     assert out["u_max_abs_error"] <= 0.005  # u is closer: measured 0.0020
-    assert out["max_divergence"] <= 1e-4  # issue 5's float32 bound, after 1600 steps (measured ~2e-6)
+    assert out["max_divergence"] <= 1e-4  # the required float32 bound, after 1600 steps (measured ~2e-6)
     assert len(out["rows"]) == 34 and len(out["u_centerline"]) == 17 and len(out["v_centerline"]) == 17
     assert out["u_centerline"][0] == [1.0, pytest.approx(1.0)]  # the lid value is imposed
 
 
 @pytest.mark.slow
-def test_re100_on_64x64_within_issue_goal():
-    # Issue 5's goal: max abs error <= 0.01 at Re = 100 (measured 0.0091, 20 s on 2 cores).
+def test_re100_on_64x64_within_the_goal():
+    # Acceptance bound: max abs error <= 0.01 at Re = 100 (measured 0.0091, 20 s on 2 cores).
     out = validate_cavity(100, 64)
     assert out["converged"] and out["max_abs_error"] <= 0.01, out["max_abs_error"]
 
@@ -64,7 +64,7 @@ def test_validation_without_reference_still_reports_profiles():
 
 
 def test_divergence_free_after_steps(enable_x64):
-    # Issue 5: discrete divergence after projection <= 1e-6 in float64, here on the state of a developing
+    # Required: discrete divergence after projection <= 1e-6 in float64, here on the state of a developing
     # cavity flow at the edge of the parameter range (Re ~ 1100, unit-scale cells). The float32 bound
     # (1e-4) is checked on the Re = 100 validation run above.
     solver = Cavity(nx=24, ny=20, dt=0.005, dtype="float64")

@@ -55,8 +55,8 @@ def test_singular_neumann_poisson_gives_mean_free_solution(enable_x64):
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-6), ("float32", 1e-5)])
 def test_divergence_after_projection(request, dtype, tol, right):
     # A random O(1) velocity on cells of 0.1 x 0.05 has divergence O(50); projected, its divergence is
-    # <= 1e-6 absolute in float64 (issue 5) and <= 1e-5 of the initial one in float32 (round-off of the
-    # O(n) transforms; issue 5's 1e-4 absolute for float32 is checked on real cavity steps in
+    # <= 1e-6 absolute in float64 (the required bound) and <= 1e-5 of the initial one in float32 (round-off of the
+    # O(n) transforms; the required 1e-4 absolute for float32 is checked on real cavity steps in
     # test_cfd_cavity.py).
     if dtype == "float64":
         request.getfixturevalue("enable_x64")

@@ -87,7 +87,7 @@ def test_dead_end_cells_lose_their_one_open_face():
 
 @pytest.mark.slow
 def test_schaefer_turek_2d1_cut_faces():
-    # Issue 5, 2D-1 at 15 cells per diameter (333 x 62, the centre 0.24 cells off a face line):
+    # Schafer & Turek 2D-1 at 15 cells per diameter (333 x 62, the centre 0.24 cells off a face line):
     # measured Cd 5.5887 (inside 5.57-5.59), dp 0.1167 (-0.4%; the cells' extrapolation, dp_cells,
     # 0.1153, -1.6%), Cl 0.0144 (+31%; the lift moves with where the circle cuts the cells: 0.0105 at
     # 82, 0.0049 at 100 cells across); 100-160 s on 2 loaded cores. Tolerances: Cd inside the
@@ -100,7 +100,7 @@ def test_schaefer_turek_2d1_cut_faces():
 
 @pytest.mark.slow
 def test_schaefer_turek_2d2_cut_faces_remove_the_offset_bias():
-    # Issue 5, 2D-2 on 333 x 62 (centre 0.24 cells off a face line): with the staircase projection
+    # Schafer & Turek 2D-2 on 333 x 62 (centre 0.24 cells off a face line): with the staircase projection
     # ("interpolated") the lift oscillated about -0.14 and cl_max was 0.822 (-17%); cut faces give
     # cl_max 1.050 (+4.0%), cd_max 3.315 (+2.3%), St 0.2971 (inside 0.295-0.305); 410 s on 2 loaded
     # cores. Tolerances: about 1.5x the errors.

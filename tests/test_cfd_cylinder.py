@@ -181,7 +181,7 @@ def test_force_does_not_depend_on_the_control_volume():
     # boxes of different sizes and positions around the cylinder must give the same force. They differ
     # only by the balance's time-level mismatch (all terms at the step's end, RK3 stages in the step):
     # measured 6e-3 in Cd and 4e-3 in Cl here (Cd 3.39, 41 steps at 22 cells across, 2D-2 from rest);
-    # without the time-derivative term they spread by 0.4. Tolerance: 1% of the drag. Issue 5: the
+    # without the time-derivative term they spread by 0.4. Tolerance: 1% of the drag. The
     # 2D-2 lift offset at 62 cells is not the box's (its mean is box-independent to 4 digits); it
     # comes from the staircase's placement (validate_cylinder's mask_offset_cells).
     params = np.array([1.0, 1.0, 1e-3, 0.1, 0.2, 0.2])
@@ -203,7 +203,7 @@ def test_force_does_not_depend_on_the_control_volume():
 
 def test_mask_offset_of_the_benchmark_grids():
     # Schafer-Turek's centre y = 0.2 in a 0.41 channel: on a face when the grid is a multiple of 41
-    # cells across; 62 cells put it 30.24 cells up, 0.24 from the face at 30 (issue 5's lift offset).
+    # cells across; 62 cells put it 30.24 cells up, 0.24 from the face at 30 (the 2D-2 lift offset).
     assert _mask_offset(0.2, 0.41 / 41) == pytest.approx(0.0, abs=1e-9)
     assert _mask_offset(0.2, 0.41 / 82) == pytest.approx(0.0, abs=1e-9)
     assert _mask_offset(0.2, 0.41 / 62) == pytest.approx(0.2439, abs=1e-4)
@@ -240,7 +240,7 @@ def _stagnation_field(n: int, yc: float, side: int):
 @pytest.mark.parametrize("side", [-1, 1])
 @pytest.mark.parametrize("offset", [0.0, 0.3])  # the centre on a face line (4 rows) or 0.3 cells off (3 rows)
 def test_stagnation_pressure_is_second_order(side, offset):
-    # Issue 5's dp reading on a field that obeys the stagnation-line momentum balance up to the wall
+    # The wall dp reading on a field that obeys the stagnation-line momentum balance up to the wall
     # (_stagnation_field): the error falls 3.75x per halving of the cell (measured 1.28e-3 at 40 and
     # 3.4e-4 at 80 cells, front and rear, both offsets), half that of the cells' linear extrapolation
     # (_pressure_at, 2.65e-3 and 6.9e-4 on the aligned grid). Tolerances: ratio 3, and below the

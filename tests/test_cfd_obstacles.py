@@ -42,7 +42,7 @@ def test_solid_layer_is_exactly_a_wall(enable_x64):
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-6), ("float32", 1e-5)])
 def test_masked_projection_is_divergence_free_and_keeps_obstacle_still(request, dtype, tol):
-    # Issue 5's bounds: 1e-6 absolute in float64; in float32 relative to the initial divergence (O(50)
+    # Required bounds: 1e-6 absolute in float64; in float32 relative to the initial divergence (O(50)
     # for this random field), as for the obstacle-free projection in test_cfd_core.py.
     if dtype == "float64":
         request.getfixturevalue("enable_x64")
@@ -119,7 +119,7 @@ def test_schaefer_turek_2d1_coarse_staircase():
 
 @pytest.mark.slow
 def test_schaefer_turek_2d1_drag_within_1_percent():
-    # Issue 5: Cd within 3% on a coarse grid; with no-slip on the true circle (default) 10 cells per
+    # Acceptance bound: Cd within 3% on a coarse grid; with no-slip on the true circle (default) 10 cells per
     # diameter give Cd 5.595 (+0.09%), Cl 0.0125 (+14%), dp 0.1148 (-2.1%; dp_cells 0.1121, -4.3%),
     # 200 s on 2 loaded cores. Tolerances: Cd 1% (tightened from 3%), Cl 30%, dp 6%.
     out = validate_cylinder("2D-1", 41, boundary="interpolated")

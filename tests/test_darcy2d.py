@@ -34,7 +34,7 @@ def _manufactured(X, Y, smooth):
 @pytest.mark.parametrize("smooth", [False, True], ids=["constant", "smooth"])
 def test_manufactured_solution_converges_at_second_order(enable_x64, smooth):
     # 5-point differences with harmonic-mean faces are second order for smooth a: the max-norm error on
-    # n = 17, 33, 65 nodes must fall by 4 per halving (observed orders 1.99-2.00; the brief's band [1.8, 2.2]).
+    # n = 17, 33, 65 nodes must fall by 4 per halving (observed orders 1.99-2.00; required band [1.8, 2.2]).
     # CG to 1e-12 so that the algebraic error is far below the discretisation error (~2e-4 at n = 65).
     errors = []
     for n in (17, 33, 65):

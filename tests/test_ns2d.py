@@ -57,7 +57,7 @@ def _grf_vorticity(solver, key, params, scale=1.0):
 def test_taylor_green_decays_at_analytic_rate(enable_x64, m):
     # w = 2 k cos(kx) cos(ky), k = 2 pi m, is a steady Euler flow (u . grad w = 0), so with no forcing
     # w(t) = w(0) exp(-2 nu k^2 t). ETDRK4 is exact for the linear part; the advection term is round-off,
-    # so 1e-5 relative (the brief's bound) leaves a wide margin (observed ~1e-13).
+    # so 1e-5 relative (the required bound) leaves a wide margin (observed ~1e-13).
     nu, n_steps = 1e-3, 100
     solver = _solver(**UNFORCED)
     X, Y = _grid(32)
@@ -99,7 +99,7 @@ def test_advection_term_of_two_mode_field(enable_x64):
 
 def test_velocity_is_divergence_free_and_has_the_vorticity_as_curl(enable_x64):
     # Spectral derivatives of the grid velocity: div u = 0 and dv/dx - du/dy = w up to round-off (1e-10 relative,
-    # the brief's bound; the state has no mean or Nyquist modes, so the curl is exactly w).
+    # the required bound; the state has no mean or Nyquist modes, so the curl is exactly w).
     n = 32
     solver = _solver(**UNFORCED)
     w_hat = _jitted(solver, "initial_state")(jax.random.key(0), jnp.array([1e-4]))["w_hat"]
@@ -122,7 +122,7 @@ def test_velocity_from_vorticity_checks_shape():
 
 def test_energy_never_increases_and_batched_rollout_equals_loop(enable_x64):
     # Unforced: dE/dt = -nu * enstrophy <= 0, and the dealiased advection conserves E, so every frame's energy
-    # must not exceed the previous one beyond round-off (1e-12 relative, the brief's bound). The same batched
+    # must not exceed the previous one beyond round-off (1e-12 relative, the required bound). The same batched
     # rollout must equal a loop of single rollouts with the same keys (round-off, 1e-12).
     solver = _solver(**UNFORCED)
     params = np.array([[1e-5], [1e-4], [1e-3]])

@@ -44,7 +44,7 @@ def test_streamed_statistics_equal_numpy_on_concatenated_data() -> None:
     # numpy reference: two-pass float64 over the concatenated data (np.std is ddof=0, like ours).
     ref_mean = all_f.mean(axis=(0, 2, 3), dtype=np.float64)
     ref_std = all_f.astype(np.float64).std(axis=(0, 2, 3))
-    # Tolerance 1e-6 relative (the brief's); float64 merging of 20 chunks actually agrees to ~1e-12.
+    # Tolerance 1e-6 relative (the required bound); float64 merging of 20 chunks actually agrees to ~1e-12.
     np.testing.assert_allclose(norm.mean, ref_mean, rtol=1e-6, atol=0)
     np.testing.assert_allclose(norm.std, ref_std, rtol=1e-6, atol=0)
     np.testing.assert_allclose(norm.cond_mean, all_c.mean(axis=0), rtol=1e-6, atol=1e-12)
@@ -259,7 +259,7 @@ def test_loading_into_a_wrong_model_or_shape_fails_naming_both(fno2d, tmp_path) 
     sur, *_ = fno2d
     path = sur.save(tmp_path / "w8")
 
-    # surrogate.json claims width 16 but the arrays are width 8 (the brief's "metadata says width
+    # surrogate.json claims width 16 but the arrays are width 8 (the case "metadata says width
     # 32 but the arrays are width 64", at test size).
     doc = json.loads((path / "surrogate.json").read_text())
     doc["model"]["width"] = 16

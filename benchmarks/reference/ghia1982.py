@@ -5,7 +5,7 @@ equations and a multigrid method", J. Comput. Phys. 48 (1982) 387-411: a 129 x 1
 function solution on the unit square with lid speed 1 (y = 1). Table I gives ``u`` on the vertical
 centreline ``x = 0.5`` at the ``Y`` points, Table II ``v`` on the horizontal centreline ``y = 0.5``
 at the ``X`` points; the profiles are listed top-to-bottom / right-to-left as in the paper.
-Re = 100 is quoted in issue 5; Re = 400 and 1000 are the same tables' next columns.
+Re = 100, 400 and 1000 are the tables' first three columns.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ with High-Performance Computers II, Notes on Numerical Fluid Mechanics 52 (1996)
 inflow of maximum 1.5 U (mean U). Case 2D-1: U = 0.2 (Re = 20), steady. Case 2D-2: U = 1 (Re = 100),
 periodic vortex shedding; its quantities are the maximum drag and lift coefficients over a period and
 the Strouhal number ``St = f D / U`` of the lift. The intervals bracket the converged results of the
-participating codes (Schafer & Turek 1996, Tables 4 and 5; quoted in issue 5).
+participating codes (Schafer & Turek 1996, Tables 4 and 5).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ true circle the scheme sees (``benchmarks.validation.validate_cylinder`` reports
   that staircase; the viscous operator puts no-slip on the true circle (:mod:`solvers.cfd.immersed`).
 - ``"staircase"``: the same mask, no-slip on the cell faces, a first-order geometric error.
 
-Where the circle sits in its cells matters most for the lift (issue 5): at Re = 100 on 62 cells
+Where the circle sits in its cells matters most for the lift: at Re = 100 on 62 cells
 across (centre 0.24 cells off a face line) the staircase projection biases ``cl_max`` to 0.822,
 cut faces give 1.050 (reference 0.99-1.01); the steady lift at Re = 20, 0.2% of the drag, still
 varies by about +-50% between grids with either. ``"cut"`` fails on 220 x 41 (10 cells per

@@ -4,7 +4,7 @@ A channel ``length x height`` (config; CFDBench's 1.5 m x 0.4 m) with no-slip wa
 and top, an inlet at ``x = 0`` (uniform or parabolic, mean ``inlet_velocity``) and an outflow at
 ``x = length``. A rectangular obstacle of ``obstacle_height x obstacle_width`` stands on the bottom
 wall from ``x = obstacle_x`` (config; CFDBench's 0.5 m). CFDBench's dam is a two-phase (VOF)
-water/air flow with gravity; this one is single-phase, as issue 5 asks.
+water/air flow with gravity; this one is single-phase by design.
 
 The obstacle is a cell mask (:mod:`solvers.cfd.obstacles`): a cell is solid when its centre lies
 inside the rectangle, so its edges snap to the nearest cell faces (an error of at most half a cell
