@@ -13,25 +13,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from streaming.cli_args import CliError, parse_set
+
 if TYPE_CHECKING:
     from streaming.config import JobConfig
 
 OUR_PACKAGES = ("solvers", "surrogates", "streaming", "benchmarks")
-
-
-def parse_set(items: Sequence[str] | None) -> dict[str, str]:
-    """``["a=1", "b.c=x"]`` -> ``{"a": "1", "b.c": "x"}``; a malformed item is a user error."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CliError(f"--set {item!r}: expected key=value, e.g. --set dt=0.001")
-        out[key.strip()] = value.strip()
-    return out
-
-
-class CliError(ValueError):
-    """A malformed command line."""
 
 
 def cmd_solvers(args: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from streaming.cli import CliError, parse_set
+from streaming.cli_args import CliError, parse_set
 
 SUITES = ("trajectories", "pdebench", "cfd")
 

@@ -278,9 +278,9 @@ class SurrogateExporter:
 
 def export_surrogate(run_dir: Path) -> Path:
     """The child's side of :class:`SurrogateExporter`: ``run_dir/.export/state.*`` -> ``run_dir/surrogate``."""
+    from streaming.assembly import build_model, build_solver, sample_spec
     from streaming.checkpoint import unpack
     from streaming.config import load_config
-    from streaming.job import build_model, build_solver, sample_spec
     from surrogates.normalizer import Normalizer
     from surrogates.surrogate import Surrogate
 

@@ -295,7 +295,7 @@ def finish(comm: Any, code: int = 0) -> NoReturn:
 
 def run_worker_for(cfg: Any, comm: Any, layout: MPILayout) -> None:
     """Worker rank of a job: build the job's :class:`SolverWorker` and serve its trainer until it stops us."""
-    from streaming.job import build_solver, sample_spec, worker_args
+    from streaming.assembly import build_solver, sample_spec, worker_args
 
     if cfg.workers.nice:
         os.nice(cfg.workers.nice)

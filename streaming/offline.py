@@ -28,7 +28,7 @@ Message = Chunk | SimReport
 def generate(cfg: JobConfig, out: str | Path, show_progress: bool = True) -> Path:
     """Simulate the job's ``solver.n_sims`` simulations (same ids, parameters and initial conditions as
     the online stream) and write them in the ``pdestream solve`` layout."""
-    from streaming.job import build_solver, sample_spec, worker_args
+    from streaming.assembly import build_solver, sample_spec, worker_args
 
     if cfg.solver.n_sims < 1:
         raise ConfigError("generate needs a finite dataset: set solver.n_sims (e.g. --set solver.n_sims=1000)")
@@ -66,7 +66,7 @@ def file_messages(path: str | Path, cfg: JobConfig) -> list[Message]:
 def offline_config(cfg: JobConfig, messages: list[Message]) -> JobConfig:
     """``cfg`` with an ``epoch`` buffer that holds every sample of ``messages`` (watermark = the number
     of samples), so training sees the fixed dataset one shuffled epoch after another."""
-    from streaming.job import build_solver, sample_spec
+    from streaming.assembly import build_solver, sample_spec
 
     spec = sample_spec(cfg, build_solver(cfg))
     n = sum(max(m.n_steps - spec.lookback - spec.lookahead + 1, 0) for m in messages if isinstance(m, Chunk))

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from streaming.assembly import build_solver, sample_spec
 from streaming.config import load_config
-from streaming.job import build_solver, sample_spec
 
 CONFIGS = sorted(Path("configs").glob("*.toml"))
 

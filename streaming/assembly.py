@@ -1,0 +1,48 @@
+"""Assembly of a job's parts from its :class:`~streaming.config.JobConfig`: the solver, the sample
+layout, the worker's constructor arguments and the model. A low module: the transports, the offline
+generator and the multi-process exporter use it without importing :mod:`streaming.job`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flax import nnx
+
+from solvers import Solver, get_solver
+from streaming.config import JobConfig
+from streaming.samples import SampleSpec
+from surrogates import get_model
+from surrogates.surrogate import SurrogateMetadata
+
+
+def sample_spec(cfg: JobConfig, solver: Solver) -> SampleSpec:
+    s = cfg.sample
+    return SampleSpec(s.kind, s.window, s.horizon, s.condition_on_params, solver.dt * cfg.solver.every)
+
+
+def worker_args(cfg: JobConfig, spec: SampleSpec) -> dict[str, Any]:
+    """Constructor arguments of :class:`SolverWorker` for this job (the same on every backend)."""
+    return {"name": cfg.solver.name, "config": dict(cfg.solver.config), "steps": cfg.solver.steps,
+            "every": cfg.solver.every, "chunk_frames": cfg.workers.chunk_frames, "lookback": spec.lookback,
+            "lookahead": spec.lookahead}
+
+
+def build_solver(cfg: JobConfig) -> Solver:
+    return get_solver(cfg.solver.name, **cfg.solver.config)
+
+
+def build_model(cfg: JobConfig, solver: Solver, spec: SampleSpec) -> tuple[nnx.Module, SurrogateMetadata]:
+    n_fields = len(solver.channels)
+    cin, cout = spec.channels(n_fields)
+    cond_names = solver.param_space.names if spec.condition_on_params else ()
+    meta = SurrogateMetadata(kind=spec.kind, solver=solver.name, grid=solver.grid, dt=spec.frame_dt,
+                             channels=solver.channels, cond_names=cond_names, time_in_cond=spec.time_in_cond,
+                             window=spec.window if spec.kind != "field" else 1, horizon=spec.lookahead,
+                             frozen_border=0 if spec.kind == "field" else solver.frozen_border)
+    hparams = dict(cfg.model.hparams)
+    if cfg.model.name == "mlp":
+        hparams.setdefault("grid", list(solver.grid))
+    model = get_model(cfg.model.name, in_channels=max(cin, 1),  # the MLP reads no fields; 1 keeps the contract
+                      out_channels=cout, ndim=len(solver.grid), cond_dim=meta.cond_dim,
+                      rngs=nnx.Rngs(cfg.optim.seed), **hparams)
+    return model, meta
