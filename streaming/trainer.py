@@ -15,7 +15,7 @@ With ``buffer.ingest_ratio`` the receiver thread stops reading once the buffer i
 is that many new samples per drawn sample ahead (:meth:`~streaming.buffers.Buffer.wait_for_demand`);
 the transport's in-flight bound then holds the workers, so solvers faster than the train step do not
 take its CPU (the quickstart on 2 CPU cores shared with its workers: about 0.6 -> 1.0 of the from-memory
-step rate, ``benchmarks/throughput.py``).
+step rate, ``benchmarks/studies/throughput.py``).
 
 The normaliser is fitted on the first ``watermark`` samples and frozen. Every
 ``validation.interval`` steps the model is scored on held-out simulations (one-step and rollout

@@ -1,11 +1,11 @@
-"""The CPU accounting of ``benchmarks/cpu_accounting.py``: /proc readings and the tables' arithmetic."""
+"""The CPU accounting of ``benchmarks/studies/cpu_accounting.py``: /proc readings and the tables' arithmetic."""
 
 import sys
 import time
 
 import pytest
 
-from benchmarks.cpu_accounting import TICK, _ticks, snapshot, summarize
+from benchmarks.studies.cpu_accounting import TICK, _ticks, snapshot, summarize
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux /proc")
 

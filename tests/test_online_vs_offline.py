@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks import online_vs_offline as ovo
+from benchmarks.studies import online_vs_offline as ovo
 
 
 def _check_pair(rec: dict) -> None:
@@ -56,7 +56,7 @@ def test_study_tiny_all_pairs(tmp_path):
 
 
 def test_protocol_metric_is_trajectory_relative_l2():
-    from benchmarks.fno_ns2d_protocol import trajectory_rel_l2
+    from benchmarks.studies.fno_ns2d_protocol import trajectory_rel_l2
 
     class Persist:  # predicts "the last input frame forever"
         def rollout(self, x, n, t0=0.0):
@@ -73,7 +73,7 @@ def test_protocol_metric_is_trajectory_relative_l2():
 
 @pytest.mark.slow
 def test_protocol_tiny(tmp_path):
-    from benchmarks import fno_ns2d_protocol as proto
+    from benchmarks.studies import fno_ns2d_protocol as proto
 
     assert proto.main(["--scale", "tiny", "--out", str(tmp_path), "--json", str(tmp_path / "p.json")]) == 0
     r = json.loads((tmp_path / "p.json").read_text())

@@ -1,4 +1,4 @@
-"""benchmarks/speedup.py: the surrogate-vs-solver timing on tiny grids with untrained surrogates."""
+"""benchmarks/studies/speedup.py: the surrogate-vs-solver timing on tiny grids with untrained surrogates."""
 
 import functools
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from benchmarks.speedup import SpeedupError, advance_fn, format_table, measure_speedup, solver_steps_per_frame
+from benchmarks.studies.speedup import SpeedupError, advance_fn, format_table, measure_speedup, solver_steps_per_frame
 from solvers import get_solver
 from surrogates import get_model
 from surrogates.normalizer import Normalizer

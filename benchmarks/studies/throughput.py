@@ -2,7 +2,7 @@
 Ray and over MPI; (b) streaming efficiency = training steps/s online / steps/s of the same training
 from chunks already in memory.
 
-    python benchmarks/throughput.py [--json FILE] [--seconds 20] [--workers 1 2 4] [--steps 300] [--rounds 2]
+    python -m benchmarks.studies.throughput [--json FILE] [--seconds 20] [--workers 1 2 4] [--steps 300] [--rounds 2]
                                     [--backends ray mpi] [--variants unmatched ratio_1 live_solvers]
 
 (a) runs the trainer's ingest path (receive, cut into next-step samples, put into a reservoir of
@@ -40,8 +40,7 @@ from streaming.design import Task
 from streaming.worker import SolverWorker
 
 VARIANTS = ("unmatched", "ratio_1", "live_solvers")  # online runs besides the quickstart as shipped (efficiency())
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (configs/)
 FIELD_CASE = {"solver.name": "heat2d", "solver.config": '{ n = 62, scheme = "exponential" }', "solver.steps": "50",
               "solver.n_sims": "0", "workers.sims_per_task": "16", "workers.chunk_frames": "25",
               "workers.max_inflight": "4", "buffer.capacity": "20000", "buffer.watermark": "1000",

@@ -1,7 +1,7 @@
 """Where the CPU goes during streaming: CPU-seconds per training step, by process and thread, of the
 quickstart trained from chunks in memory and online through Ray (workers that resend solved frames).
 
-    python benchmarks/cpu_accounting.py [--json FILE] [--steps 400] [--rounds 2] [--online NAME:KEY=VALUE ...]
+    python -m benchmarks.studies.cpu_accounting [--json FILE] [--steps 400] [--rounds 2] [--online NAME:KEY=VALUE ...]
 
 The streaming-efficiency ratio (``throughput.py``) compares two rates measured a minute apart on a
 machine whose speed drifts by more than the gap. CPU time spent per training step does not drift
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.throughput import ROOT, ReplayWorker, machine_ticks, memory_messages
+from benchmarks.studies.throughput import ROOT, ReplayWorker, machine_ticks, memory_messages
 
 TICK = os.sysconf("SC_CLK_TCK")
 RAY = ("Ray", "raylet", "GCS", "other Ray", "idle Ray")  # the Ray process groups of _group

@@ -1,8 +1,8 @@
 """Forward and train-step throughput (samples/s) of every registered surrogate model, and our FNO
 against neuraloperator's, side by side in one run.
 
-    python benchmarks/model_speed.py --json benchmarks/results/model_speed.json
-    python benchmarks/model_speed.py --grid 128 --batch 8 --models fno unet --no-neuraloperator
+    python -m benchmarks.studies.model_speed --json benchmarks/results/model_speed.json
+    python -m benchmarks.studies.model_speed --grid 128 --batch 8 --models fno unet --no-neuraloperator
 
 Each model is built with its default hyper-parameters, 1 input and 1 output channel on a 2D grid
 (the MLP gets cond_dim 6, as Melissa's heat surrogate, and the grid as its `grid`); MP-PDE is also
@@ -12,7 +12,7 @@ the best of `--repeats` runs of `--iters` calls after one compile call; the trai
 the reason.
 
 The FNO comparison (key `fno_train_step_speed_ratio_vs_neuraloperator`, ours / theirs, higher is
-better) uses :mod:`benchmarks.fno_vs_neuraloperator` (matched model, see its docstring) and needs
+better) uses :mod:`benchmarks.studies.fno_vs_neuraloperator` (matched model, see its docstring) and needs
 the `bench` extra (CPU `torch`, `neuraloperator`). The two sides are timed in alternation,
 `--rounds` times each, and each keeps its best, so a change of machine load hits both alike.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,7 @@ import optax
 from flax import nnx
 from rich.progress import track
 
-if __package__ in (None, ""):  # run by path: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from surrogates import SurrogateError, get_model, list_models, make_eval_step, make_train_step  # noqa: E402
+from surrogates import SurrogateError, get_model, list_models, make_eval_step, make_train_step
 
 
 def _best_time(call, iters: int, repeats: int) -> float:
@@ -99,7 +95,7 @@ def fno_vs_neuraloperator(batch: int, grid: int, iters: int, rounds: int) -> dic
     import neuralop
     import torch
 
-    from benchmarks.fno_vs_neuraloperator import measure_neuralop, measure_ours
+    from benchmarks.studies.fno_vs_neuraloperator import measure_neuralop, measure_ours
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     ours, theirs = [], []

@@ -1,9 +1,9 @@
 """Train-step throughput of our FNO (JAX/Flax NNX) against neuraloperator's FNO (PyTorch), same CPU.
 
-    python benchmarks/fno_vs_neuraloperator.py --json benchmarks/results/fno_vs_neuralop.json
+    python -m benchmarks.studies.fno_vs_neuraloperator --json benchmarks/results/fno_vs_neuralop.json
 
 Needs the optional packages `torch` (CPU build) and `neuraloperator` (imported as `neuralop`): `pip
-install -e ".[bench]"`. `benchmarks/model_speed.py` runs the same comparison with its rounds
+install -e ".[bench]"`. `benchmarks/studies/model_speed.py` runs the same comparison with its rounds
 interleaved; its JSON carries the key quoted in `benchmarks/RESULTS.md`. Both models: 2D, 1 input /
 1 output channel, width 32, 4 Fourier blocks, Adam(1e-3), MSE loss, batch (16, 1, 64, 64) of fixed
 random data. Each side runs `--warmup` steps, then the best of `--repeats` timed runs of `--iters`
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -43,10 +42,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-if __package__ in (None, ""):  # run by path: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from surrogates import get_model, make_train_step  # noqa: E402
+from surrogates import get_model, make_train_step
 
 WIDTH, DEPTH, MODES, PROJ = 32, 4, 12, 128
 

@@ -1,8 +1,8 @@
 """Solver speed: simulation-steps per second, batched (vmap) vs one simulation at a time, and our
 ns2d against Exponax's Navier-Stokes vorticity stepper on the same grid and dt, in one run.
 
-    python benchmarks/solver_speed.py [--json FILE] [--batch 16] [--repeats 3]
-    python benchmarks/solver_speed.py --cfd [--json benchmarks/results/solver_speed_cfd.json]
+    python -m benchmarks.studies.solver_speed [--json FILE] [--batch 16] [--repeats 3]
+    python -m benchmarks.studies.solver_speed --cfd [--json benchmarks/results/solver_speed_cfd.json]
 
 Prints a table and writes a flat JSON dict (keys ``<solver>_sim_steps_per_s_batched``,
 ``<solver>_sim_steps_per_s_single``, ``<solver>_batch_speedup``, ``ns2d_vs_exponax_speed_ratio``).

@@ -1,6 +1,6 @@
 """The FNO paper's Navier-Stokes bar, trained online: FNO-2D on ns2d, nu = 1e-3, 64 x 64.
 
-    python benchmarks/fno_ns2d_protocol.py [--scale tiny|reduced|full] [--json FILE] [--out DIR]
+    python -m benchmarks.studies.fno_ns2d_protocol [--scale tiny|reduced|full] [--json FILE] [--out DIR]
 
 Protocol (Li et al. 2020, arXiv:2010.08895, Table 1; ``fourier_2d_time.py``): vorticity frames one
 time unit apart, T = 50 (frames at t = 1..50; t = 0 is the initial field, not part of the data);
@@ -22,7 +22,7 @@ but not the paper's files. The exported surrogate is the best by validation (4-1
 Scales: ``tiny`` (tests; 16 x 16, 13 frames, window 2: not the protocol), ``reduced`` (2 CPU
 cores: 150 steps x batch 20, about 75 fresh simulations, 8 test simulations), ``full`` (one GPU):
 
-    JAX_PLATFORMS=cuda python benchmarks/fno_ns2d_protocol.py --scale full \\
+    JAX_PLATFORMS=cuda python -m benchmarks.studies.fno_ns2d_protocol --scale full \\
         --json benchmarks/results/fno_ns2d_protocol_full.json
 
 (50,000 steps x batch 20 = 1M one-step samples from about 24,000 fresh simulations, 200 test
@@ -40,13 +40,10 @@ from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.studies.online_vs_offline import COMMON, run_online, test_set, write_json
+from streaming.config import JobConfig, load_config
 
-from benchmarks.online_vs_offline import COMMON, run_online, test_set, write_json  # noqa: E402
-from streaming.config import JobConfig, load_config  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]  # the repository (configs/)
 
 PAPER_REL_L2 = 0.0128  # Li et al. 2020, Table 1: FNO-2D, nu = 1e-3, T = 50, N = 1000 training simulations
 PAPER_BUDGET = {"training_sims": 1000, "epochs": 500, "batch_size": 20, "steps": 25000, "test_sims": 200}

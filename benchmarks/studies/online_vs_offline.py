@@ -1,6 +1,6 @@
 """Online vs offline training (Melissa's headline) measured with our engine, three model/PDE pairs.
 
-    python benchmarks/online_vs_offline.py [--scale tiny|small|full] [--json FILE] [--out DIR] [--pairs ...]
+    python -m benchmarks.studies.online_vs_offline [--scale tiny|small|full] [--json FILE] [--out DIR] [--pairs ...]
 
 Melissa (Meyer et al., ICML 2023, arXiv 2306.16133) reports that training on a live stream of
 simulations beats training on a fixed dataset: fully connected +68 %, FNO +16 %, MP-PDE +7 %; the
@@ -36,7 +36,7 @@ full (1 GPU)    20000 x 64, N=100 (~130 epochs)  20000 x 20, N=100, 51 frames (~
 ``--scale small`` is sized to finish within 30 minutes on 2 CPU cores (alone); ``--scale full``
 is sized for one GPU (``JAX_PLATFORMS=cuda``; the solvers run on it too). Models are the configs'
 except at ``tiny`` and for MP-PDE at ``small`` (hidden 64, 4 layers instead of 128, 6: CPU time). The FNO paper's
-protocol on ns2d (10 frames in, 40 out, vs its 0.0128) is :mod:`benchmarks.fno_ns2d_protocol`.
+protocol on ns2d (10 frames in, 40 out, vs its 0.0128) is :mod:`benchmarks.studies.fno_ns2d_protocol`.
 """
 
 from __future__ import annotations
@@ -53,16 +53,13 @@ from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+from streaming.config import JobConfig, load_config
+from streaming.job import build_solver, build_validation, run_job, sample_spec
+from streaming.metrics import read_metrics
+from streaming.offline import generate
+from streaming.trainer import Validation
 
-from streaming.config import JobConfig, load_config  # noqa: E402
-from streaming.job import build_solver, build_validation, run_job, sample_spec  # noqa: E402
-from streaming.metrics import read_metrics  # noqa: E402
-from streaming.offline import generate  # noqa: E402
-from streaming.trainer import Validation  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]  # the repository (configs/)
 
 TEST_SEED = 20231  # the held-out test set; the validation set uses the config's validation.seed
 PAIRS = {"mlp_heat2d": "heat_mlp.toml", "fno_ns2d": "ns2d_fno.toml", "mppde_burgers1d": "burgers_mppde.toml"}

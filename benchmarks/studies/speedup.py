@@ -1,7 +1,7 @@
 """The surrogate as a fast solver: wall time of the same batched rollout by a trained surrogate and by
 our numerical solver, with the surrogate's error beside the speed-up.
 
-    python benchmarks/speedup.py [--json FILE] [--ns2d-checkpoint RUN_OR_SURROGATE]
+    python -m benchmarks.studies.speedup [--json FILE] [--ns2d-checkpoint RUN_OR_SURROGATE]
         [--cavity-checkpoint RUN_OR_SURROGATE] [--batch 8] [--repeats 3] [--only ns2d cavity]
 
 Protocol (per problem). ``B`` simulations (fixed seeds, none of them a training simulation) start from
@@ -56,7 +56,7 @@ from solvers import Solver, get_solver
 from solvers.cfd.resample import cfdbench_sample
 from surrogates.surrogate import Surrogate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CFDBENCH_CHANNELS = ("u", "v", "mask")
 BENCH_SEED = 20261123  # initial-condition keys and parameters of the timed simulations (not a training seed)
 DT_RTOL = 1e-6
