@@ -79,10 +79,3 @@ def cut(chunk: Chunk, spec: SampleSpec) -> tuple[np.ndarray, dict[str, np.ndarra
     last_input = targets if spec.kind == "field" else targets - 1
     samples["t"] = (last_input * spec.frame_dt).astype(np.float32)
     return keys, samples
-
-
-def cut_trajectory(sim_id: int, frames: np.ndarray, params: np.ndarray, solver: str,
-                   spec: SampleSpec) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """All samples of one whole simulation ``frames`` ``(T, C, *grid)``."""
-    chunk = Chunk(sim_id=sim_id, steps=np.arange(len(frames)), fields=frames, params=params, solver=solver)
-    return cut(chunk, spec)
