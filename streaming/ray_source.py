@@ -28,10 +28,11 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
 
 from streaming.design import DesignCursor, Task
+from streaming.dispatcher import Dispatcher
 from streaming.errors import JobFailed
 from streaming.ray_cluster import ensure_ray
 from streaming.sources import Message
-from streaming.worker import SimReport, SolverWorker
+from streaming.worker import SolverWorker
 
 _ACTOR_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError)
 
@@ -80,10 +81,9 @@ class RaySource:
                  max_failures: int, address: str | None = None, device: str = "cpu",
                  gpu_fraction: float = 0.1, nice: int = 0, worker_cls: type = SolverWorker,
                  bundle_bytes: int = 4 << 20, placement: str = "default") -> None:
-        self.cursor = cursor
-        self.max_inflight, self.max_failures = max_inflight, max_failures
+        self.cursor, self.dispatcher = cursor, Dispatcher(cursor, max_failures)
+        self.max_inflight = max_inflight
         self.bundle_bytes = bundle_bytes
-        self.failures = 0
         self._started_ray = ensure_ray(address, count)
         options: dict[str, Any] = {
             "max_restarts": max(max_failures, 1),
@@ -100,7 +100,7 @@ class RaySource:
         self.actors = [actor_cls.options(**options).remote(worker_args, nice, worker_cls) for _ in range(count)]
         self._where_refs: dict[int, Any] = {i: a.where.remote() for i, a in enumerate(self.actors)}
         self.nodes: list[list[str]] = [[] for _ in range(count)]  # the Ray nodes each actor ran on, in order
-        self._active: dict[Any, tuple[int, Task]] = {}
+        self._active: dict[Any, int] = {}  # streaming generator -> index of the actor running it
         self._closed = False
         self._iter_thread: threading.Thread | None = None  # the thread inside __iter__, if any
 
@@ -128,23 +128,25 @@ class RaySource:
         return {"backend": "ray", "worker_failures": self.failures, "actor_nodes": [list(n) for n in self.nodes],
                 "n_nodes": len({n for ns in self.nodes for n in ns})}
 
+    @property
+    def failures(self) -> int:
+        return self.dispatcher.failures
+
     def _start(self, idx: int) -> None:
-        task = self.cursor.next_task()
+        task = self.dispatcher.next_task(idx)
         if task is None:
             return
         gen = self.actors[idx].run.options(_generator_backpressure_num_objects=self.max_inflight).remote(
             task, self.bundle_bytes)
-        self._active[gen] = (idx, task)
+        self._active[gen] = idx
 
     def _failed(self, gen: Any, err: BaseException) -> None:
-        idx, task = self._active.pop(gen)
-        self.failures += 1
-        if self.failures > self.max_failures:
-            raise JobFailed(
-                f"solver workers failed {self.failures} times (last: {type(err).__name__}: {str(err)[:200]}); "
-                "check the worker logs under /tmp/ray/session_latest/logs or raise workers.max_failures"
-            ) from err
-        self.cursor.requeue(task)
+        idx = self._active.pop(gen)
+        try:
+            self.dispatcher.worker_lost(idx, f"{type(err).__name__}: {str(err)[:200]}",
+                                        hint="check the worker logs under /tmp/ray/session_latest/logs")
+        except JobFailed as e:
+            raise e from err
         self._resolve_placements([idx], timeout=1.0)
         self._wait_alive(idx)
         self._start(idx)
@@ -180,7 +182,8 @@ class RaySource:
             try:
                 ref = next(gen)
             except StopIteration:
-                idx, _ = self._active.pop(gen)
+                idx = self._active.pop(gen)
+                self.dispatcher.task_done(idx)
                 self._start(idx)
                 continue
             except _ACTOR_ERRORS as e:
@@ -192,12 +195,11 @@ class RaySource:
                 self._failed(gen, e)
                 continue
             for msg in bundle:
-                if isinstance(msg, SimReport):
-                    self.cursor.mark_done([msg.sim_id])
+                self.dispatcher.on_message(msg)
                 yield msg
 
     def in_flight(self) -> list[Task]:
-        return [task for _, task in self._active.values()]
+        return self.dispatcher.in_flight()
 
     def close(self, timeout: float = 10.0) -> None:
         """Kill the actors; with a Ray this source started, wait (up to ``timeout`` s) for the consuming

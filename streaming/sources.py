@@ -13,6 +13,7 @@ from typing import Protocol
 
 from streaming.chunk import Chunk
 from streaming.design import DesignCursor, Task
+from streaming.dispatcher import Dispatcher
 from streaming.worker import SimReport, SolverWorker
 
 Message = Chunk | SimReport
@@ -35,22 +36,20 @@ class LocalSource:
 
     def __init__(self, cursor: DesignCursor, worker: SolverWorker) -> None:
         self.cursor, self.worker = cursor, worker
-        self._current: Task | None = None
+        self.dispatcher = Dispatcher(cursor)
         self._closed = False
 
     def __iter__(self) -> Iterator[Message]:
-        while not self._closed and (task := self.cursor.next_task()) is not None:
-            self._current = task
+        while not self._closed and (task := self.dispatcher.next_task(0)) is not None:
             for msg in self.worker.run(task):
-                if isinstance(msg, SimReport):
-                    self.cursor.mark_done([msg.sim_id])
+                self.dispatcher.on_message(msg)
                 yield msg
                 if self._closed:
                     return
-            self._current = None
+            self.dispatcher.task_done(0)
 
     def in_flight(self) -> list[Task]:
-        return [self._current] if self._current is not None else []
+        return self.dispatcher.in_flight()
 
     def close(self) -> None:
         self._closed = True

@@ -48,7 +48,7 @@ def test_ray_exactly_once_with_a_killed_worker(ray_cluster):
             buf.put_many(keys, samples)
             if not killed and buf.n_put >= 6:
                 # SIGKILL the actor whose task sent this chunk, in the middle of that task
-                idx = next(i for i, t in source._active.values() if msg.sim_id in t.sim_ids)
+                idx = next(i for i, t in source.dispatcher.running().items() if msg.sim_id in t.sim_ids)
                 os.kill(source.worker_pids()[idx], signal.SIGKILL)
                 killed = True
     finally:

@@ -1,0 +1,86 @@
+"""The dispatcher: the one owner of the design cursor and of the in-flight table, shared by every transport.
+
+A transport (Ray actors, MPI ranks, the in-process worker) only moves tasks out and messages back; it
+asks the dispatcher what to do at each event:
+
+- :meth:`next_task` — a worker is free: the next task of the design (or None: nothing left);
+- :meth:`on_message` — a message came from a worker: a finished or dropped simulation's report marks
+  it done in the design;
+- :meth:`task_done` — a worker finished its task;
+- :meth:`worker_lost` — a worker died or its task failed: the task's unfinished simulations go back
+  to the front of the design (they are re-run in full; the buffer's (simulation id, step)
+  de-duplication drops what had already arrived) and the failure counts against ``max_failures``;
+  past it the job stops with :class:`~streaming.errors.JobFailed`.
+
+All of it under one lock, so the trainer's checkpoint (:meth:`state_dict`, another thread) reads a
+cursor and an in-flight table that agree with each other.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable
+
+from streaming.chunk import Chunk, SimReport
+from streaming.design import DesignCursor, Task
+from streaming.errors import JobFailed
+
+FINISHED = ("done", "nan")  # report statuses after which a simulation is never run again
+
+
+class Dispatcher:
+    """Hands out ``cursor``'s tasks to workers (any hashable id) and takes them back when a worker is lost."""
+
+    def __init__(self, cursor: DesignCursor, max_failures: int = 0) -> None:
+        self.cursor, self.max_failures = cursor, max_failures
+        self.failures = 0
+        self._running: dict[Hashable, Task] = {}
+        self._lock = threading.Lock()
+
+    def next_task(self, worker: Hashable) -> Task | None:
+        """The next task for ``worker`` (recorded as in flight), or None when the design is exhausted."""
+        with self._lock:
+            if worker in self._running:
+                raise RuntimeError(f"worker {worker!r} asked for a task while it still runs one")
+            task = self.cursor.next_task()
+            if task is not None:
+                self._running[worker] = task
+            return task
+
+    def on_message(self, msg: Chunk | SimReport) -> None:
+        """Bookkeeping of one message from a worker: a finished simulation is marked done."""
+        if isinstance(msg, SimReport) and msg.status in FINISHED:
+            with self._lock:
+                self.cursor.mark_done([msg.sim_id])
+
+    def task_done(self, worker: Hashable) -> None:
+        with self._lock:
+            self._running.pop(worker, None)
+
+    def worker_lost(self, worker: Hashable, reason: str, hint: str = "check the worker logs") -> Task | None:
+        """Requeue ``worker``'s task (returned) and count a failure; :class:`JobFailed` past ``max_failures``."""
+        with self._lock:
+            task = self._running.pop(worker, None)
+            if task is not None:
+                self.cursor.requeue(task)
+            self.failures += 1
+            failures = self.failures
+        if failures > self.max_failures:
+            raise JobFailed(f"solver workers failed {failures} times (last: worker {worker}: {reason}); {hint} "
+                            "or raise workers.max_failures")
+        return task
+
+    def running(self) -> dict[Hashable, Task]:
+        """Worker -> the task it runs (a copy)."""
+        with self._lock:
+            return dict(self._running)
+
+    def in_flight(self) -> list[Task]:
+        """Tasks handed out and not finished (their unfinished simulations are re-run after a resume)."""
+        with self._lock:
+            return list(self._running.values())
+
+    def state_dict(self) -> dict:
+        """The design cursor's state with the in-flight tasks' unfinished simulations pending (for checkpoints)."""
+        with self._lock:
+            return self.cursor.state_dict(list(self._running.values()))
