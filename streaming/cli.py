@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from streaming.cli_args import CliError, parse_set
+from streaming.transport import backend_names
 
 if TYPE_CHECKING:
     from streaming.config import JobConfig
@@ -140,12 +141,12 @@ def _train_parallel(cfg: Any, spec: Any, comm: Any = None, **kw: Any) -> None:
 
 def _train_mpi(cfg: Any, args: argparse.Namespace) -> NoReturn:
     """``--backend mpi``: the first ranks train (one, or ``--num-processes`` joined by jax.distributed), the
-    other ranks solve; every rank leaves through :func:`~streaming.mpi_source.finish`. ``cfg``: the job's
+    other ranks solve; every rank leaves through :func:`~streaming.transport.mpi_ranks.finish`. ``cfg``: the job's
     config (with ``--resume``, the run's saved one)."""
     import os
 
     from streaming.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, DistSpec, _int, check_config
-    from streaming.mpi_source import agree_layout, finish, mpi_world, run_worker_for, split_roles
+    from streaming.transport.mpi_ranks import agree_layout, finish, mpi_world, run_worker_for, split_roles
 
     if args.offline or args.process_id is not None:
         raise CliError("--backend mpi: --offline and --process-id do not apply (the MPI rank is the process id); "
@@ -181,7 +182,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    from streaming.mpi_source import agree_layout, finish, mpi_world, run_worker_for, split_roles
+    from streaming.transport.mpi_ranks import agree_layout, finish, mpi_world, run_worker_for, split_roles
 
     cfg = _job_config(args)
     comm = mpi_world()
@@ -294,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="job config (TOML)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. optim.lr=1e-4 (KEY=none: back to its default)")
-    p.add_argument("--backend", choices=["ray", "mpi", "local", "external"], help="override workers.backend")
+    p.add_argument("--backend", choices=backend_names(), help="override workers.backend")
     p.add_argument("--address", help="join an existing Ray cluster (default: start one on this machine)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
     p.add_argument("--offline", metavar="DATA.h5", help="train from a file written by `pdestream generate` instead")

@@ -28,7 +28,8 @@ and sends its local array; the job assembles the slabs into full-grid frames::
     client = connect(addr, sim_id=s, params=p, fields=["T"], grid=(nx, ny), offset=(row0, 0),
                      ranks=comm.Get_size())
 
-Wire protocol (shared with :mod:`streaming.client_source`): every frame is a 16-byte prefix
+Wire protocol (:mod:`streaming.transport.wire`, shared with :mod:`streaming.transport.listener`): every
+frame is a 16-byte prefix
 ``!4sIQ`` (magic ``b"PDS1"``, header bytes, payload bytes), a UTF-8 JSON header and a raw payload.
 Client to job: ``hello`` (simulation metadata), ``chunk`` (header ``wire`` = ``Chunk.to_wire()``'s
 header, payload = the float32 fields), ``end``. Job to client: ``welcome`` (its ``max_inflight``),
@@ -40,13 +41,11 @@ This module needs only numpy and the standard library (no JAX, Ray or MPI).
 
 from __future__ import annotations
 
-import json
 import math
 import operator
 import os
 import select
 import socket
-import struct
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -54,11 +53,8 @@ from typing import Any
 import numpy as np
 
 from streaming.chunk import Chunk
+from streaming.transport.wire import PROTOCOL, recv_frame, send_frame
 
-PROTOCOL = 1
-MAGIC = b"PDS1"
-PREFIX = struct.Struct("!4sIQ")  # magic, header length, payload length
-MAX_HEADER = 1 << 24
 AUTO_BATCH_BYTES = 4 << 20  # default message size: per-message costs (~0.3 ms) vanish next to the data ...
 MAX_AUTO_BATCH = 32  # ... while many clients' in-flight messages stay small in the trainer's memory
 DEFAULT_PORT = 47011
@@ -78,7 +74,7 @@ class ServerUnavailable(ConnectionError):
     """No training job answered at the address within the timeout."""
 
 
-# --------------------------------------------------------------------------- framing (both ends)
+# --------------------------------------------------------------------------- addresses
 def parse_address(address: str, what: str = "address") -> tuple[str, int]:
     """``"host:port"`` (``"[::1]:port"`` for IPv6) -> ``(host, port)``; an empty host is returned as ``""``."""
     if not isinstance(address, str):
@@ -87,58 +83,6 @@ def parse_address(address: str, what: str = "address") -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ClientError(f"{what}={address!r}: expected HOST:PORT with a port in 0..65535, e.g. {DEFAULT_ADDRESS}")
     return host.strip("[]"), int(port)
-
-
-def send_frame(sock: socket.socket, header: dict[str, Any], payload: Any = None) -> None:
-    """Send one frame: prefix, JSON header and the raw bytes of ``payload`` (an array or buffer, or None)."""
-    head = json.dumps(header, separators=(",", ":")).encode()
-    data = memoryview(b"") if payload is None else memoryview(np.ascontiguousarray(payload)).cast("B")
-    sock.sendall(PREFIX.pack(MAGIC, len(head), data.nbytes) + head)
-    if data.nbytes:
-        sock.sendall(data)
-
-
-def recv_into(sock: socket.socket, buf: memoryview) -> None:
-    """Fill ``buf`` from ``sock``; EOFError when the peer closes first."""
-    got = 0
-    while got < buf.nbytes:
-        n = sock.recv_into(buf[got:])
-        if n == 0:
-            raise EOFError("connection closed by the peer")
-        got += n
-
-
-def recv_header(sock: socket.socket) -> tuple[dict[str, Any], int]:
-    """Read a frame's prefix and JSON header; returns ``(header, payload_length)`` (payload still unread)."""
-    prefix = bytearray(PREFIX.size)
-    recv_into(sock, memoryview(prefix))
-    magic, n_head, n_payload = PREFIX.unpack(prefix)
-    if magic != MAGIC:
-        raise ConnectionError(f"not a pdestream stream (magic {bytes(magic)!r}); connect with streaming.client")
-    if n_head > MAX_HEADER:
-        raise ConnectionError(f"frame header of {n_head} bytes exceeds {MAX_HEADER}; corrupt stream")
-    head = bytearray(n_head)
-    recv_into(sock, memoryview(head))
-    try:
-        header = json.loads(head)
-    except ValueError as e:
-        raise ConnectionError(f"frame header is not JSON ({e}); corrupt stream") from None
-    if not isinstance(header, dict):
-        raise ConnectionError("frame header is not a JSON object; corrupt stream")
-    return header, n_payload
-
-
-def recv_payload(sock: socket.socket, n: int) -> np.ndarray:
-    """Read ``n`` payload bytes into a fresh uint8 array."""
-    out = np.empty(n, np.uint8)
-    if n:
-        recv_into(sock, memoryview(out))
-    return out
-
-
-def recv_frame(sock: socket.socket) -> tuple[dict[str, Any], np.ndarray]:
-    header, n = recv_header(sock)
-    return header, recv_payload(sock, n)
 
 
 # --------------------------------------------------------------------------- argument checks

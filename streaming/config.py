@@ -13,7 +13,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from streaming.transport import BACKENDS
 
 
 class ConfigError(ValueError):
@@ -57,6 +59,23 @@ class SampleSection(_Section):
 class ModelSection(_Section):
     name: str = "fno"
     hparams: dict[str, Any] = Field(default_factory=dict)
+    predict: Literal["state", "increment"] = Field("state", description="the model outputs the next frames, or "
+                                                   "their increment over the last input frame")
+
+
+class UnrollSection(_Section):
+    """Curriculum on the autoregressive model calls trained through: ``start`` at step 0, linearly to ``end``
+    at ``ramp_steps`` (surrogates.training.linear_unroll)."""
+
+    start: int = Field(1, ge=1)
+    end: int = Field(1, ge=1)
+    ramp_steps: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> UnrollSection:
+        if self.end < self.start:
+            raise ValueError(f"unroll.end={self.end} is below unroll.start={self.start}")
+        return self
 
 
 class OptimSection(_Section):
@@ -70,6 +89,8 @@ class OptimSection(_Section):
     steps: int = Field(1000, ge=1, description="gradient steps")
     loss: Literal["mse", "relative_l2", "nrmse"] = "mse"
     pushforward: int = Field(0, ge=0)
+    unroll: UnrollSection = Field(default_factory=UnrollSection)
+    input_noise: float = Field(0.0, ge=0, description="std of the noise added to model inputs, normalised units")
     seed: int = 0
 
 
@@ -96,7 +117,7 @@ class BufferSection(_Section):
 
 
 class WorkersSection(_Section):
-    backend: Literal["ray", "mpi", "local", "external"] = "ray"
+    backend: str = Field("ray", description="a registered transport (python -m streaming.transport)")
     count: int = Field(2, ge=1)
     sims_per_task: int = Field(4, ge=1, description="simulations a worker runs together (vmap); over Ray a task "
                                "travels in objects of up to 4 MiB, each costing milliseconds of CPU")
@@ -116,12 +137,22 @@ class WorkersSection(_Section):
     nice: int = Field(10, ge=0, le=19, description="OS priority drop of worker processes and of the trainer's "
                       "receiver thread (Linux), so the train step keeps its CPU")
 
+    @field_validator("backend")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in BACKENDS:
+            names = ", ".join(repr(b) for b in BACKENDS)
+            raise ValueError(f"Input should be one of {names} (the registered transports)")
+        return name
+
 
 class ValidationSection(_Section):
     n_sims: int = Field(8, ge=1)
     interval: int = Field(100, ge=1, description="gradient steps between validations")
     seed: int = 12345
     rollout_steps: int = Field(10, ge=1, description="autoregressive steps for the rollout error")
+    select: Literal["rollout", "one_step"] = Field("rollout", description="the validation error that picks the "
+                                                   "exported surrogate")
 
 
 class CheckpointSection(_Section):
@@ -153,7 +184,11 @@ class JobConfig(_Section):
         if self.optim.batch_size > self.buffer.capacity:
             raise ValueError(f"optim.batch_size={self.optim.batch_size} exceeds buffer.capacity={self.buffer.capacity}")
         frames = self.solver.steps // self.solver.every + 1
-        need = self.sample.window + (self.sample.horizon if self.sample.kind != "field" else 0)
+        calls = self.optim.pushforward + self.optim.unroll.end  # model calls a training sample's targets span
+        if self.sample.kind == "field" and (calls > 1 or self.model.predict != "state"):
+            raise ValueError("optim.pushforward, optim.unroll and model.predict='increment' need input frames; "
+                             "sample.kind='field' has none")
+        need = self.sample.window + (self.sample.horizon * calls if self.sample.kind != "field" else 0)
         if need > frames:
             raise ValueError(f"a sample needs {need} frames but a simulation has only {frames}; raise solver.steps")
         return self

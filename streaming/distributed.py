@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from streaming.config import ConfigError
+from streaming.transport import BACKENDS, get_backend
 from surrogates.normalizer import Normalizer
 
 ENV_COORDINATOR = "PDESTREAM_COORDINATOR"
@@ -96,10 +97,10 @@ def check_config(cfg: Any, spec: DistSpec, offline: bool = False) -> None:
     if offline:
         raise DistributedError("--offline trains from one file in one process; drop --coordinator/--num-processes")
     backend = cfg.workers.backend
-    if backend not in ("local", "ray", "mpi"):
+    if not get_backend(backend).several_trainers:
+        usable = ", ".join(repr(b.name) for b in BACKENDS.values() if b.several_trainers)
         raise DistributedError(f"workers.backend={backend!r} is not supported with several trainer processes; "
-                               "use 'ray' (each process starts or joins its own workers), 'mpi' (mpiexec ... "
-                               "--num-processes N: each trainer rank serves its own worker ranks) or 'local'")
+                               f"use one of {usable} (each trainer process has workers of its own)")
     if cfg.optim.batch_size % spec.num_processes:
         raise DistributedError(f"optim.batch_size={cfg.optim.batch_size} (the global batch) must be a multiple of "
                                f"--num-processes={spec.num_processes}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,10 @@ from streaming.distributed import (
 )
 from streaming.metrics import MetricsLog
 from streaming.optim import make_optimizer
-from streaming.sources import LocalSource, MemorySource, Source
 from streaming.trainer import Trainer, Validation
+from streaming.transport import make_source
+from streaming.transport.in_process import MemorySource
+from streaming.transport.source import Source
 from streaming.worker import SolverWorker
 from surrogates.normalizer import Normalizer
 
@@ -59,27 +62,12 @@ def build_validation(cfg: JobConfig, solver: Solver) -> Validation:
     return Validation(frames[finite], task.params[finite], cfg.validation.rollout_steps)
 
 
-def make_source(cfg: JobConfig, cursor: DesignCursor, args: dict, comm: Any = None,
-                worker_cls: type = SolverWorker, layout: Any = None) -> Source:
-    """The job's source of messages; ``comm``/``layout``: the MPI communicator and ranks' roles (MPI backend)."""
-    w = cfg.workers
-    if w.backend == "local":
-        return LocalSource(cursor, worker_cls(**args))
-    if w.backend == "external":
-        from streaming.client_source import ClientSource
-
-        solver = build_solver(cfg)
-        return ClientSource(w.listen, cfg.solver.n_sims or None, w.max_inflight,
-                            overlap=args["lookback"] + args["lookahead"] - 1, channels=solver.channels,
-                            grid=solver.grid, n_params=len(solver.param_space))
-    if w.backend == "ray":
-        from streaming.ray_source import RaySource
-
-        return RaySource(cursor, args, w.count, w.max_inflight, w.max_failures, w.address, w.device, w.gpu_fraction,
-                         w.nice, worker_cls, placement=w.placement)
-    from streaming.mpi_source import MPISource, mpi_world
-
-    return MPISource(cursor, comm if comm is not None else mpi_world(), w.max_inflight, layout)
+def _cursor_state(source: Source, cursor: DesignCursor) -> Callable[[], dict]:
+    """What checkpoints save of the design: the dispatcher's state, read under its lock (external solvers
+    choose their own simulations: the cursor stays where it is)."""
+    if source.dispatcher is not None:
+        return source.dispatcher.state_dict
+    return lambda: cursor.state_dict([])
 
 
 def new_run_dir(cfg: JobConfig) -> Path:
@@ -117,7 +105,7 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
     :class:`SolverWorker` of local and Ray workers (both for benchmarks);
     ``offline`` trains from a trajectory file instead (see :mod:`streaming.offline`);
     ``parallel`` makes this process one of N data-parallel trainers (:mod:`streaming.distributed`);
-    ``comm`` and ``layout`` (:class:`~streaming.mpi_source.MPILayout`) place it among MPI ranks.
+    ``comm`` and ``layout`` (:class:`~streaming.transport.mpi_ranks.MPILayout`) place it among MPI ranks.
     """
     if resume is not None:
         run_dir = Path(resume)
@@ -178,7 +166,7 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
     if messages is not None:
         source: Source = MemorySource(cursor, messages)
     else:
-        source = make_source(cfg, cursor, args, comm, worker_cls, layout)
+        source = make_source(cfg, cursor, args, comm=comm, layout=layout, worker_cls=worker_cls)
     if cfg.workers.backend == "external" and messages is None:
         print(f"pdestream train: external solvers connect to {source.address} "
               f"(streaming.client.connect, or PDESTREAM_ADDRESS={source.address})", file=sys.stderr, flush=True)
@@ -186,7 +174,7 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
     trainer = Trainer(cfg=cfg, spec=spec, model=model, optimizer=optimizer, schedule=schedule, buffer=buffer,
                       normalizer=normalizer, metadata=meta, validation=validation, run_dir=run_dir, metrics=metrics,
                       checkpoints=checkpoints, mode=mode,
-                      cursor_state=lambda: cursor.state_dict(source.in_flight()), parallel=parallel)
+                      cursor_state=_cursor_state(source, cursor), parallel=parallel)
     if restored is not None:
         trainer.restore(restored[0], restored[2])
     interrupted = None

@@ -15,8 +15,8 @@ import pytest
 from streaming.chunk import Chunk
 from streaming.client import ClientError, JobStopped, ServerUnavailable
 from streaming.client import connect as _connect
-from streaming.client_source import ClientSource, ClientSourceError
 from streaming.samples import SampleSpec, cut
+from streaming.transport.listener import ClientSource, ClientSourceError
 from streaming.worker import SimReport
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import pytest
 from solvers import get_solver
 from streaming.chunk import SimReport
 from streaming.design import DesignCursor
-from streaming.dispatcher import Dispatcher
 from streaming.errors import JobFailed
+from streaming.transport.dispatcher import Dispatcher
 
 
 def _dispatcher(n_sims=10, per_task=2, max_failures=1):
@@ -39,7 +39,8 @@ def test_a_lost_worker_requeues_its_unfinished_simulations_first():
     lost = d.worker_lost("a", "SIGKILL")
     assert lost.sim_ids.tolist() == [0, 1] and d.failures == 1
     assert d.next_task("b").sim_ids.tolist() == [1, 2]  # the unfinished one first, then the design goes on
-    with pytest.raises(JobFailed, match=r"failed 2 times \(last: worker b: gone\).*raise workers.max_failures"):
+    expected = r"failed 2 times, more than workers.max_failures=1 \(last: worker b: gone\).*raise workers.max_failures"
+    with pytest.raises(JobFailed, match=expected):
         d.worker_lost("b", "gone")
 
 

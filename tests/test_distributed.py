@@ -138,7 +138,7 @@ def test_two_mpi_trainer_ranks_each_with_its_own_workers(tmp_path: Path, layout:
     """``--backend mpi --num-processes 2``: ranks 0 and 1 train one model through jax.distributed, worker ranks
     2 and 3 serve trainers 0 and 1; both launch layouts, real mpiexec.
 
-    mpiexec must exit 0: until ranks left through C's exit (``streaming.mpi_source.finish``), MPICH's PMI
+    mpiexec must exit 0: until ranks left through C's exit (``streaming.transport.mpi_ranks.finish``), MPICH's PMI
     finalize never reached Hydra and it SIGKILLed the ranks still tearing down (exit 9 in 3 of 3 loaded runs).
     Since then about 1 run in 20 failed the same way until 2026-12-04; 32 of 32 runs passed on 2026-12-04."""
     bin_dir = Path(sys.executable).parent
@@ -165,7 +165,7 @@ def test_two_mpi_trainer_ranks_each_with_its_own_workers(tmp_path: Path, layout:
 
 
 def test_mpi_layout_assigns_every_worker_rank_to_one_trainer() -> None:
-    from streaming.mpi_source import MPILayout
+    from streaming.transport.mpi_ranks import MPILayout
 
     layout = MPILayout(size=9, trainers=2, coordinator="h:1")
     assert [layout.is_trainer(r) for r in range(3)] == [True, True, False]

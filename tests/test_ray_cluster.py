@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from streaming.ray_cluster import RayConnectError, connect_failure, join
+from streaming.transport.ray_cluster import RayConnectError, connect_failure, join
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]

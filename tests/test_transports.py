@@ -15,9 +15,9 @@ import ray
 from solvers import get_solver
 from streaming.buffers import make_buffer
 from streaming.design import DesignCursor
-from streaming.ray_cluster import ensure_ray
-from streaming.ray_source import RaySource
 from streaming.samples import SampleSpec, cut
+from streaming.transport.ray_actors import RaySource
+from streaming.transport.ray_cluster import ensure_ray
 from streaming.worker import SimReport
 
 BIN = Path(sys.executable).parent

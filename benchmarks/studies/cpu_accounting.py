@@ -142,8 +142,9 @@ def account(cfg: object, **kwargs: object) -> dict[str, float]:
 
 def ray_floor(cfg: object, seconds: float) -> dict[str, float]:
     """Cores used by Ray with the job's actors up and idle (no task): what Ray costs before any data moves."""
+    from streaming.assembly import build_solver, sample_spec, worker_args
     from streaming.design import DesignCursor
-    from streaming.job import build_solver, make_source, sample_spec, worker_args
+    from streaming.transport import make_source
 
     solver = build_solver(cfg)
     source = make_source(cfg, DesignCursor(solver, 0, "lhs", 0, 1), worker_args(cfg, sample_spec(cfg, solver)))

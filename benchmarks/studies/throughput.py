@@ -79,7 +79,7 @@ def ingest_rate(backend: str, n_workers: int, seconds: float, replay: bool) -> f
     from streaming.config import load_config
     from streaming.design import DesignCursor
     from streaming.job import build_solver, sample_spec, worker_args
-    from streaming.ray_source import RaySource
+    from streaming.transport.ray_actors import RaySource
 
     cfg = load_config(ROOT / "configs/quickstart.toml", {**FIELD_CASE, "workers.count": str(n_workers)})
     solver = build_solver(cfg)
@@ -121,7 +121,7 @@ def _mpi_main(seconds: float, replay: bool) -> None:
     from streaming.config import load_config
     from streaming.design import DesignCursor
     from streaming.job import build_solver, sample_spec, worker_args
-    from streaming.mpi_source import MPISource, finish, run_worker
+    from streaming.transport.mpi_ranks import MPISource, finish, run_worker
 
     comm = MPI.COMM_WORLD
     cfg = load_config(ROOT / "configs/quickstart.toml", FIELD_CASE)

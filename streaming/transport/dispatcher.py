@@ -66,8 +66,9 @@ class Dispatcher:
             self.failures += 1
             failures = self.failures
         if failures > self.max_failures:
-            raise JobFailed(f"solver workers failed {failures} times (last: worker {worker}: {reason}); {hint} "
-                            "or raise workers.max_failures")
+            raise JobFailed(f"solver workers failed {failures} times, more than workers.max_failures="
+                            f"{self.max_failures} (last: worker {worker}: {reason}); {hint} or raise "
+                            "workers.max_failures")
         return task
 
     def running(self) -> dict[Hashable, Task]:

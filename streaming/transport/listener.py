@@ -42,8 +42,12 @@ from typing import Any
 
 import numpy as np
 
+from streaming.assembly import build_solver
 from streaming.chunk import Chunk, ChunkError, SimReport
-from streaming.client import PROTOCOL, ClientError, parse_address, recv_header, recv_payload, send_frame
+from streaming.client import ClientError, parse_address
+from streaming.config import JobConfig
+from streaming.design import DesignCursor
+from streaming.transport.wire import PROTOCOL, recv_header, recv_payload, send_frame
 
 Message = Chunk | SimReport
 _POLL_S = 0.1  # how often a waiting thread checks for close()
@@ -156,7 +160,7 @@ class ClientSource:
         self.channels = None if channels is None else tuple(channels)
         self.grid = None if grid is None else tuple(int(g) for g in grid)
         self.n_params = n_params
-        self.cursor = None  # no design cursor: the clients choose their simulations
+        self.cursor = self.dispatcher = None  # no design cursor: the clients choose their simulations
         self.bytes_received = 0
         self.sims_finished = 0
         self._lock = threading.Lock()
@@ -508,3 +512,11 @@ class ClientSource:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def from_config(cfg: JobConfig, cursor: DesignCursor, worker_args: dict[str, Any], **_: Any) -> ClientSource:
+    """Backend ``external``: listen at ``workers.listen`` for ``solver.n_sims`` simulations (0: until closed)."""
+    solver = build_solver(cfg)
+    return ClientSource(cfg.workers.listen, cfg.solver.n_sims or None, cfg.workers.max_inflight,
+                        overlap=worker_args["lookback"] + worker_args["lookahead"] - 1, channels=solver.channels,
+                        grid=solver.grid, n_params=len(solver.param_space))

@@ -1,7 +1,7 @@
 """Ray transport: solver workers are Ray actors whose ``run`` is a streaming generator of messages.
 
 - With no address a local Ray cluster starts on this machine; ``address`` joins a running one
-  (:mod:`streaming.ray_cluster`). ``placement="spread"`` spreads the actors over the cluster's nodes
+  (:mod:`streaming.transport.ray_cluster`). ``placement="spread"`` spreads the actors over the cluster's nodes
   (Ray's SPREAD strategy) instead of filling the driver's node first.
 - Each actor runs one task at a time and yields its messages in bundles of about ``bundle_bytes``
   (several chunks, several simulations per Ray object: Ray costs milliseconds per object, so
@@ -10,8 +10,9 @@
   training is slower than generation the actors pause and memory stays flat.
 - ``ray.wait`` multiplexes the actors' generators.
 - A dead actor (SIGKILL, OOM, its node lost) is restarted by Ray (``max_restarts``), on another node if
-  its own is gone; its task's unfinished simulations go back to the design cursor and are re-run in
-  full; the buffer's (sim id, step) de-duplication drops what had already arrived. After
+  its own is gone; a simulation that raises leaves the actor running. Either way the dispatcher puts
+  the task's unfinished simulations back in the design, to be re-run in full (the buffer's (sim id,
+  step) de-duplication drops what had already arrived), and counts a failure; after
   ``max_failures`` failures the job stops with :class:`~streaming.errors.JobFailed`.
 - :meth:`RaySource.report` says which node each actor ran on, restarts included.
 """
@@ -25,16 +26,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError, WorkerCrashedError
 
+from streaming.config import JobConfig
 from streaming.design import DesignCursor, Task
-from streaming.dispatcher import Dispatcher
 from streaming.errors import JobFailed
-from streaming.ray_cluster import ensure_ray
-from streaming.sources import Message
+from streaming.transport.dispatcher import Dispatcher
+from streaming.transport.ray_cluster import ensure_ray
+from streaming.transport.source import Message
 from streaming.worker import SolverWorker
 
 _ACTOR_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError)
+_TASK_ERRORS = (*_ACTOR_ERRORS, RayTaskError)  # RayTaskError: the simulation raised; the actor lives on
 
 
 class _RayWorker:
@@ -141,14 +144,18 @@ class RaySource:
         self._active[gen] = idx
 
     def _failed(self, gen: Any, err: BaseException) -> None:
+        """The task of ``gen`` failed: requeued by the dispatcher; a dead actor is awaited (Ray restarts it)."""
         idx = self._active.pop(gen)
+        actor_died = isinstance(err, _ACTOR_ERRORS)
+        reason = str(err.cause if isinstance(err, RayTaskError) and err.cause is not None else err)
         try:
-            self.dispatcher.worker_lost(idx, f"{type(err).__name__}: {str(err)[:200]}",
+            self.dispatcher.worker_lost(idx, f"{type(err).__name__}: {reason[:300]}",
                                         hint="check the worker logs under /tmp/ray/session_latest/logs")
         except JobFailed as e:
             raise e from err
-        self._resolve_placements([idx], timeout=1.0)
-        self._wait_alive(idx)
+        if actor_died:
+            self._resolve_placements([idx], timeout=1.0)
+            self._wait_alive(idx)
         self._start(idx)
 
     def _wait_alive(self, idx: int, timeout: float = 300.0) -> None:
@@ -181,22 +188,24 @@ class RaySource:
             gen = ready[0]
             try:
                 ref = next(gen)
+                bundle = ray.get(ref)
             except StopIteration:
+                if self._closed:
+                    return
                 idx = self._active.pop(gen)
                 self.dispatcher.task_done(idx)
                 self._start(idx)
                 continue
-            except _ACTOR_ERRORS as e:
-                self._failed(gen, e)
-                continue
-            try:
-                bundle = ray.get(ref)
-            except _ACTOR_ERRORS as e:
+            except _TASK_ERRORS as e:
+                if self._closed:  # close() killed the actors under us
+                    return
                 self._failed(gen, e)
                 continue
             for msg in bundle:
                 self.dispatcher.on_message(msg)
                 yield msg
+                if self._closed:
+                    return
 
     def in_flight(self) -> list[Task]:
         return self.dispatcher.in_flight()
@@ -209,10 +218,18 @@ class RaySource:
         self._resolve_placements(list(range(len(self.actors))), timeout=2.0)
         for a in self.actors:
             ray.kill(a, no_restart=True)
-        self._active.clear()
         deadline = time.monotonic() + timeout
         while self._iter_thread not in (None, threading.current_thread()) and time.monotonic() < deadline:
             time.sleep(0.02)
+        self._active.clear()  # after the consuming thread left: it owns the table while it iterates
         if self._started_ray:
             time.sleep(0.1)
             ray.shutdown()
+
+
+def from_config(cfg: JobConfig, cursor: DesignCursor, worker_args: dict[str, Any], *,
+                worker_cls: type = SolverWorker, **_: Any) -> RaySource:
+    """Backend ``ray``: ``workers.count`` actors on the cluster at ``workers.address`` (or a new local one)."""
+    w = cfg.workers
+    return RaySource(cursor, worker_args, w.count, w.max_inflight, w.max_failures, w.address, w.device,
+                     w.gpu_fraction, w.nice, worker_cls, placement=w.placement)

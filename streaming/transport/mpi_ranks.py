@@ -16,12 +16,26 @@ JAX processes.
 Protocol (worker -> trainer unless noted), with tags:
 
 - ``TASK`` (trainer -> worker): a pickled :class:`~streaming.design.Task`, or None to stop;
-- ``HEADER``: a small pickled dict: a chunk's wire header, a simulation report, or ``task_done``/``bye``;
+- ``HEADER``: a small pickled dict: a chunk's wire header, a simulation report, ``failed`` (the solver raised:
+  the trainer puts the task's unfinished simulations back in the design cursor, see below), or
+  ``task_done``/``bye``;
 - ``DATA``: the chunk's fields as a raw float32 buffer (uppercase ``Isend``/``Recv``, no pickling);
 - ``CREDIT`` (trainer -> worker): flow control. A worker starts with ``max_inflight`` credits and
   spends one per chunk; the trainer returns the credit once the chunk is in the buffer, so a
   slow trainer stops the workers rather than filling memory. A credit of -1 asks the worker to
-  abandon its task; ``FIN`` (-2) answers the worker's ``bye`` and is the last message it receives.
+  abandon its task; ``FIN`` (-2) answers the worker's ``bye`` and is the last message it receives, or
+  ``ABORT`` (-3) once the job has failed: the trainer will not reach :func:`finish`, so the worker
+  finalises MPI and exits without waiting for it there.
+
+Failures. A simulation that raises (a Python exception in the solver) costs its worker nothing: the
+worker sends ``failed`` and asks for its next task; the trainer counts the failure, requeues the
+task's unfinished simulations (they are re-run in full; the buffer's (sim id, step) de-duplication
+drops samples that had already arrived) and, past ``max_failures``, stops the job with
+:class:`~streaming.errors.JobFailed`. A worker rank that dies cannot be survived under MPICH's Hydra
+launcher: its proxy SIGKILLs every other rank within milliseconds (even with ``-disable-auto-cleanup``,
+which first sends the others SIGUSR1), so the job ends and ``pdestream train --resume RUN_DIR``
+continues from the last checkpoint; tasks in flight at that checkpoint are re-run and nothing is
+lost or counted twice.
 """
 
 from __future__ import annotations
@@ -37,12 +51,17 @@ from typing import Any, NoReturn
 import numpy as np
 
 from streaming.chunk import Chunk
+from streaming.config import JobConfig
 from streaming.design import DesignCursor, Task
-from streaming.sources import Message
+from streaming.errors import JobFailed
+from streaming.transport.dispatcher import Dispatcher
+from streaming.transport.source import Message
+from streaming.transport.wire import report_from_header, report_header
 from streaming.worker import SimReport, SolverWorker
 
 TASK, HEADER, DATA, CREDIT = 11, 12, 13, 14
 FIN = -2  # last CREDIT message, the answer to ``bye``: nothing unmatched is left when MPI finalises
+ABORT = -3  # FIN of a failed job: the worker leaves without meeting the trainer in finish()'s barrier
 
 
 class MPILayoutError(ValueError):
@@ -133,26 +152,31 @@ def split_roles(comm: Any, layout: MPILayout) -> Any:
 class MPISource:
     """Trainer side: hands tasks to this trainer's worker ranks and yields what they send."""
 
-    def __init__(self, cursor: DesignCursor, comm: Any, max_inflight: int, layout: MPILayout | None = None) -> None:
+    def __init__(self, cursor: DesignCursor, comm: Any, max_inflight: int, layout: MPILayout | None = None,
+                 max_failures: int = 5) -> None:
         from mpi4py import MPI
 
         self._mpi = MPI
         self.cursor, self.comm = cursor, comm
+        self.dispatcher = Dispatcher(cursor, max_failures)
         self.max_inflight = max_inflight
+        self._job_failed = False
         layout = layout or MPILayout(comm.Get_size())
         self.workers = layout.workers_of(comm.Get_rank())
         if not self.workers:
             raise MPILayoutError("--backend mpi needs worker ranks: launch with mpiexec -n 1+W (W >= 1 workers)")
-        self._tasks: dict[int, Task | None] = {}
         self._closing = False
         self._started = False
         self._iter_thread: threading.Thread | None = None
         self._alive = set(self.workers)
         self.bytes_received = 0
 
+    @property
+    def failures(self) -> int:
+        return self.dispatcher.failures
+
     def _assign(self, rank: int) -> None:
-        task = None if self._closing else self.cursor.next_task()
-        self._tasks[rank] = task
+        task = None if self._closing else self.dispatcher.next_task(rank)
         self.comm.send(task, dest=rank, tag=TASK)
 
     def _receive(self) -> tuple[int, dict, np.ndarray | None]:
@@ -183,19 +207,39 @@ class MPISource:
                     yield chunk
                 self.comm.send(1, dest=src, tag=CREDIT)
             elif kind == "report":
-                report = SimReport(header["sim_id"], header["status"], header["message"])
-                if report.status == "done" or report.status == "nan":
-                    self.cursor.mark_done([report.sim_id])
+                report = report_from_header(header)
+                self.dispatcher.on_message(report)
                 if not self._closing:
                     yield report
+            elif kind == "failed":
+                self._failed(src, header["message"])
             elif kind == "task_done":
+                self.dispatcher.task_done(src)
                 self._assign(src)
             elif kind == "bye":
                 self._alive.discard(src)
-                self.comm.send(FIN, dest=src, tag=CREDIT)
+                self.comm.send(ABORT if self._job_failed else FIN, dest=src, tag=CREDIT)
+
+    def _failed(self, rank: int, message: str) -> None:
+        """Worker ``rank``'s solver raised ``message``: requeue its task, or stop past ``max_failures``."""
+        task = self.dispatcher.running().get(rank)
+        if task is None or self._closing:
+            return
+        what = f"MPI worker rank {rank} failed on simulation(s) {task.sim_ids.tolist()} ({message[:300]})"
+        try:
+            self.dispatcher.worker_lost(rank, what, hint="fix the solver")
+        except JobFailed:
+            self._job_failed = True
+            raise
+        print(f"pdestream train: {what}; re-running them (failure {self.failures}, at most "
+              f"{self.dispatcher.max_failures})", file=sys.stderr, flush=True)
 
     def in_flight(self) -> list[Task]:
-        return [t for t in self._tasks.values() if t is not None]
+        return self.dispatcher.in_flight()
+
+    def report(self) -> dict[str, Any]:
+        """For the job's summary: worker failures survived."""
+        return {"backend": "mpi", "worker_failures": self.failures}
 
     def close(self, timeout: float = 120.0) -> None:
         """Stop the workers: abandon running tasks, answer every ``task_done`` with None, wait for ``bye``.
@@ -245,13 +289,20 @@ def run_worker(comm: Any, worker: SolverWorker, trainer: int = 0) -> None:
         task = receive(TASK)
         if task is None:
             break
-        for msg in worker.run(task):
+        messages = worker.run(task)
+        while True:
+            try:
+                msg = next(messages)
+            except StopIteration:
+                break
+            except Exception as e:  # the solver raised: the trainer requeues the task, this rank goes on
+                comm.send({"type": "failed", "message": f"{type(e).__name__}: {e}"}, dest=trainer, tag=HEADER)
+                break
             take_credits(block=False)
             if stop:
                 break
             if isinstance(msg, SimReport):
-                comm.send({"type": "report", "sim_id": msg.sim_id, "status": msg.status, "message": msg.message},
-                          dest=trainer, tag=HEADER)
+                comm.send(report_header(msg), dest=trainer, tag=HEADER)
                 continue
             while credits <= 0 and not stop:
                 take_credits(block=True)
@@ -267,12 +318,17 @@ def run_worker(comm: Any, worker: SolverWorker, trainer: int = 0) -> None:
         pending = []
         comm.send({"type": "task_done"}, dest=trainer, tag=HEADER)
     comm.send({"type": "bye"}, dest=trainer, tag=HEADER)
-    while receive(CREDIT) != FIN:  # credits still on the way: match them all
+    while (last := receive(CREDIT)) not in (FIN, ABORT):  # credits still on the way: match them all
         pass
+    if last == ABORT:
+        finish(comm, barrier=False)
 
 
-def finish(comm: Any, code: int = 0) -> NoReturn:
+def finish(comm: Any, code: int = 0, barrier: bool = True) -> NoReturn:
     """End an MPI rank after a clean job: meet every rank, finalise MPI, and leave through C's ``exit``.
+
+    ``barrier=False``: a worker of a failed job, whose trainer leaves through Python's exit instead
+    (mpi4py finalises MPI there); ``MPI_Finalize`` itself waits for every rank.
 
     MPICH (4.x, 5.x) sends the process manager its PMI ``finalize`` from a C ``atexit`` hook, not from
     ``MPI_Finalize``. A rank that skips C's exit handlers (``os._exit``) closes its PMI socket without
@@ -285,7 +341,8 @@ def finish(comm: Any, code: int = 0) -> NoReturn:
 
     from mpi4py import MPI
 
-    comm.Barrier()
+    if barrier:
+        comm.Barrier()
     sys.stdout.flush()
     sys.stderr.flush()
     MPI.Finalize()
@@ -301,3 +358,10 @@ def run_worker_for(cfg: Any, comm: Any, layout: MPILayout) -> None:
         os.nice(cfg.workers.nice)
     worker = SolverWorker(**worker_args(cfg, sample_spec(cfg, build_solver(cfg))))
     run_worker(comm, worker, layout.trainer_of(comm.Get_rank()))
+
+
+def from_config(cfg: JobConfig, cursor: DesignCursor, worker_args: dict[str, Any], *, comm: Any = None,
+                layout: MPILayout | None = None, **_: Any) -> MPISource:
+    """Backend ``mpi``: this trainer rank's worker ranks in ``comm`` (default ``COMM_WORLD``)."""
+    w = cfg.workers
+    return MPISource(cursor, comm if comm is not None else mpi_world(), w.max_inflight, layout, w.max_failures)

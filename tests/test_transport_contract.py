@@ -1,0 +1,152 @@
+"""One contract, every in-process-reachable transport: the in-process worker, Ray actors on a real local
+cluster, and the thread transport of examples/ (the worked example of docs/transports.md). Each is built
+through the registry from a config, as a job builds it.
+
+- a finite design arrives whole: every simulation reported once, the dispatcher's state all done;
+- a simulation that raises once: its task is requeued, re-run, and counted as one failure;
+- one that always raises: the job stops with JobFailed past workers.max_failures;
+- close() while another thread iterates: the iteration ends promptly;
+- checkpoint state mid-stream: in-flight simulations are pending, never lost.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from solvers import get_solver
+from streaming.assembly import sample_spec, worker_args
+from streaming.chunk import SimReport
+from streaming.config import load_config
+from streaming.design import DesignCursor
+from streaming.errors import JobFailed
+from streaming.transport import BACKENDS, Backend, make_source, register
+from streaming.worker import SolverWorker
+
+register(Backend("threads", "examples.thread_transport:from_config", "solver workers on threads of the trainer",
+                 several_trainers=True))
+KINDS = ["local", "threads", "ray"]
+N_SIMS, STEPS = 6, 8
+
+
+class RaisingWorker(SolverWorker):
+    """Raises on simulation 3: once (a marker file remembers it, across processes), or always."""
+
+    marker: str = ""
+    always: bool = False
+
+    def run(self, task):
+        if 3 in task.sim_ids.tolist() and (self.always or not Path(self.marker).exists()):
+            Path(self.marker).touch()
+            raise RuntimeError("solver diverged on simulation 3")
+        yield from super().run(task)
+
+
+def _source(kind, tmp_path, n_sims=N_SIMS, max_failures=2, worker_cls=SolverWorker):
+    cfg = load_config("configs/quickstart.toml", {
+        "solver.config": "{ n = 6 }", "solver.steps": str(STEPS), "solver.n_sims": str(n_sims),
+        "workers.backend": kind, "workers.count": "2", "workers.sims_per_task": "2", "workers.chunk_frames": "4",
+        "workers.max_failures": str(max_failures), "workers.max_inflight": "2"})
+    solver = get_solver("heat2d", n=6)
+    cursor = DesignCursor(solver, n_sims, "lhs", 0, 2)
+    return make_source(cfg, cursor, worker_args(cfg, sample_spec(cfg, solver)), worker_cls=worker_cls)
+
+
+@pytest.fixture(scope="module")
+def ray_up():
+    import ray
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import this test file
+    yield
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _drain(source):
+    reports = []
+    try:
+        for msg in source:
+            if isinstance(msg, SimReport):
+                reports.append(msg.sim_id)
+    finally:
+        source.close()
+    return reports
+
+
+def test_registry_lists_every_backend():
+    assert {"ray", "mpi", "local", "external", "threads"} <= set(BACKENDS)
+    for b in BACKENDS.values():
+        assert callable(b.factory()), b.name  # every target imports
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_finite_design_arrives_whole(kind, tmp_path, ray_up):
+    source = _source(kind, tmp_path)
+    assert sorted(_drain(source)) == list(range(N_SIMS))
+    assert source.dispatcher.state_dict() == {"next_id": N_SIMS, "pending": [], "done": list(range(N_SIMS))}
+    assert source.dispatcher.failures == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_raising_simulation_is_requeued_and_counted(kind, tmp_path, ray_up):
+    worker = type("Once", (RaisingWorker,), {"marker": str(tmp_path / "raised")})
+    source = _source(kind, tmp_path, worker_cls=worker)
+    reports = _drain(source)
+    assert (tmp_path / "raised").exists() and source.dispatcher.failures == 1
+    assert sorted(set(reports)) == list(range(N_SIMS))  # 2 (its task partner) may report twice, 3 once
+    assert source.dispatcher.state_dict()["done"] == list(range(N_SIMS))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_failures_past_the_budget_stop_the_job(kind, tmp_path, ray_up):
+    worker = type("Always", (RaisingWorker,), {"marker": str(tmp_path / "raised"), "always": True})
+    source = _source(kind, tmp_path, max_failures=1, worker_cls=worker)
+    expected = r"failed 2 times, more than workers.max_failures=1 \(last: .*solver diverged on simulation 3"
+    with pytest.raises(JobFailed, match=expected):
+        _drain(source)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_close_while_another_thread_iterates(kind, tmp_path, ray_up):
+    source = _source(kind, tmp_path, n_sims=0)  # unlimited design
+    got, done = [], threading.Event()
+
+    def consume():
+        for msg in source:
+            got.append(msg)
+        done.set()
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 120
+    while len(got) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(got) >= 5
+    t0 = time.monotonic()
+    source.close()
+    assert done.wait(30), "the iterating thread did not stop after close()"
+    assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_checkpoint_state_mid_stream_loses_nothing(kind, tmp_path, ray_up):
+    source = _source(kind, tmp_path, n_sims=0)
+    states = []
+    try:
+        for i, msg in enumerate(source):
+            if isinstance(msg, SimReport) and i > 4:
+                states.append((source.dispatcher.state_dict(), [t.sim_ids.tolist() for t in source.in_flight()]))
+                if len(states) == 3:
+                    break
+    finally:
+        source.close()
+    for state, in_flight in states:
+        accounted = sorted(state["done"] + state["pending"])
+        assert accounted == list(range(state["next_id"])), state  # every issued id: done or to be re-run
+        assert {i for ids in in_flight for i in ids} - set(state["done"]) <= set(state["pending"])
