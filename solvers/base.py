@@ -7,7 +7,9 @@ A solver is a class with
   ``Solver(**overrides)`` validates overrides (unknown key, wrong type or bad value -> SolverError);
 - ``initial_state(key, params) -> state`` and a pure, jit-able ``step(state, params) -> state``
   (one time step of length ``dt``), with ``state`` any pytree;
-- ``fields(state) -> (C, *grid)`` array of the named channels.
+- ``fields(state) -> (C, *grid)`` array of the named channels;
+- ``boundary(params) -> (mask, values)``: the output values it imposes (hard constraints a surrogate
+  can hold exactly); the default derives them from ``frozen_border`` (nothing imposed when it is 0).
 
 From those the base class builds ``rollout(key, params, n_steps, every=k)`` on ``lax.scan``: the
 frames at steps ``0, k, 2k, ..., n_steps`` as ``(n_steps // k + 1, C, *grid)``; with a batch of
@@ -114,6 +116,22 @@ class Solver:
 
     def fields(self, state: State) -> jax.Array:
         raise NotImplementedError
+
+    def boundary(self, params: jax.Array) -> tuple[np.ndarray, jax.Array]:
+        """The values every output frame holds, whatever the state, for parameters ``params`` ``(P,)``.
+
+        Returns ``mask`` bool ``(C, *grid)``, True where a value is imposed, and ``values`` ``(C, *grid)``
+        (the solver's dtype, 0 where nothing is imposed). Default: the ``frozen_border`` ring of every
+        channel, with the values of the initial frame; an all-False mask when ``frozen_border`` is 0.
+        """
+        shape = (len(self.channels), *self.grid)
+        w = self.frozen_border
+        mask = np.ones(shape, bool)
+        mask[(slice(None), *(slice(w, n - w) for n in self.grid))] = False
+        if not w:
+            return mask, jnp.zeros(shape, self.dtype)
+        frame = self.fields(self.initial_state(jax.random.key(0), jnp.asarray(params, self.dtype)))
+        return mask, jnp.where(mask, frame, 0)
 
     # --- shared machinery ------------------------------------------------------------------
     @property

@@ -21,10 +21,16 @@ def sample_spec(cfg: JobConfig, solver: Solver) -> SampleSpec:
 
 
 def worker_args(cfg: JobConfig, spec: SampleSpec) -> dict[str, Any]:
-    """Constructor arguments of :class:`SolverWorker` for this job (the same on every backend)."""
+    """Constructor arguments of :class:`SolverWorker` for this job (the same on every backend). Chunks carry
+    the frames of every model call a training sample spans (``optim.pushforward`` + ``optim.unroll.end``)."""
     return {"name": cfg.solver.name, "config": dict(cfg.solver.config), "steps": cfg.solver.steps,
             "every": cfg.solver.every, "chunk_frames": cfg.workers.chunk_frames, "lookback": spec.lookback,
-            "lookahead": spec.lookahead}
+            "lookahead": spec.lookahead * model_calls(cfg)}
+
+
+def model_calls(cfg: JobConfig) -> int:
+    """Autoregressive model calls whose targets one training sample holds."""
+    return 1 if cfg.sample.kind == "field" else cfg.optim.pushforward + cfg.optim.unroll.end
 
 
 def build_solver(cfg: JobConfig) -> Solver:
@@ -38,7 +44,8 @@ def build_model(cfg: JobConfig, solver: Solver, spec: SampleSpec) -> tuple[nnx.M
     meta = SurrogateMetadata(kind=spec.kind, solver=solver.name, grid=solver.grid, dt=spec.frame_dt,
                              channels=solver.channels, cond_names=cond_names, time_in_cond=spec.time_in_cond,
                              window=spec.window if spec.kind != "field" else 1, horizon=spec.lookahead,
-                             frozen_border=0 if spec.kind == "field" else solver.frozen_border)
+                             frozen_border=0 if spec.kind == "field" else solver.frozen_border,
+                             predict=cfg.model.predict)
     hparams = dict(cfg.model.hparams)
     if cfg.model.name == "mlp":
         hparams.setdefault("grid", list(solver.grid))

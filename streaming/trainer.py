@@ -19,8 +19,16 @@ step rate, ``benchmarks/studies/throughput.py``).
 
 The normaliser is fitted on the first ``watermark`` samples and frozen. Every
 ``validation.interval`` steps the model is scored on held-out simulations (one-step and rollout
-relative L2, physical units); the best one is exported as a :class:`~surrogates.Surrogate` to
-``run_dir/surrogate``. Checkpoints hold the train state, buffer, normaliser and design cursor.
+relative L2, physical units, through the surrogate's own ``step``/``rollout``, boundary constraint
+included); the best one by ``validation.select`` (the rollout error by default) is exported as a
+:class:`~surrogates.Surrogate` to ``run_dir/surrogate`` and its step and scores go to the summary
+(``best_step``, ``best_val_one_step_rel_l2``, ``best_val_rollout_rel_l2``). Checkpoints hold the train
+state, buffer, normaliser and design cursor.
+
+Training goes through the surrogate's model-space output map (``model.predict = "increment"``, the
+solver's frozen border held), over ``optim.unroll`` autoregressive model calls per sample (a linear
+curriculum, ``surrogates.training.linear_unroll``; samples are then cut with the targets of every call,
+the workers' chunks carry the frames they need), with ``optim.input_noise``.
 
 With a :class:`~streaming.distributed.Parallel` the trainer is one of N processes: it draws its share
 of the global batch from its own buffer, the normaliser's moments are pooled over the processes when
@@ -30,6 +38,7 @@ the watermarks are reached, and only process 0 validates, logs and exports.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
 import signal
@@ -48,6 +57,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from streaming.assembly import model_calls
 from streaming.buffers import Buffer
 from streaming.checkpoint import Checkpoints
 from streaming.chunk import Chunk
@@ -59,7 +69,7 @@ from streaming.samples import SampleSpec, cut
 from streaming.worker import SimReport
 from surrogates.normalizer import Normalizer
 from surrogates.surrogate import Surrogate
-from surrogates.training import make_train_step
+from surrogates.training import linear_unroll, make_train_step
 
 
 class _CtrlCGuard:
@@ -164,10 +174,18 @@ class Trainer:
         self.mode, self.cursor_state, self.parallel = mode, cursor_state, parallel
         self.is_main = parallel is None or parallel.is_main
         self.step = 0
-        self.best_val = float("inf")
+        self.best_val = float("inf")  # the validation.select error of the exported surrogate
+        self.best: dict[str, Any] = {}  # its step and scores
         self.history: list[dict] = []
         self.counters = Counters()
-        self.train_step = make_train_step(model, optimizer, loss=cfg.optim.loss, pushforward=cfg.optim.pushforward)
+        o = cfg.optim
+        self.train_step = make_train_step(model, optimizer, loss=o.loss, pushforward=o.pushforward,
+                                          output_map=self.metadata.output_map(), input_noise=o.input_noise,
+                                          seed=o.seed)
+        self.unroll = linear_unroll(o.unroll.start, o.unroll.end, o.unroll.ramp_steps)
+        calls = model_calls(cfg)
+        self._cut_spec = spec if calls == 1 else dataclasses.replace(spec, kind="bundle",
+                                                                     horizon=spec.lookahead * calls)
         self.surrogate: Surrogate | None = None
         self.totals: dict[str, int] | None = None  # N processes: counters summed over them, at the end
         self._exporter = SurrogateExporter(run_dir) if parallel is not None and parallel.is_main else None
@@ -208,7 +226,7 @@ class Trainer:
                 c.dropped_messages.append(msg.message)
             self.buffer.forget([msg.sim_id])  # finished: its keys cannot come again (bounded de-dup memory)
             return 0
-        keys, samples = cut(msg, self.spec)
+        keys, samples = cut(msg, self._cut_spec)
         c.chunks += 1
         c.bytes_in += msg.nbytes
         c.samples_in += len(keys)
@@ -274,7 +292,7 @@ class Trainer:
             b = batch["y"].shape[0]
             grid = batch["y"].shape[2:]
             x = None if spec.kind == "field" else batch["x"].reshape(b, spec.window, c, *grid)
-            y = batch["y"].reshape(b, spec.lookahead, c, *grid)
+            y = batch["y"].reshape(b, -1, c, *grid)  # the targets of one or more model calls
             return sur.encode_batch(x, y, batch.get("cond"), batch["t"])
 
         self._encode = jax.jit(encode)
@@ -413,7 +431,7 @@ class Trainer:
                     if self.step >= total:
                         break
                     with ctrl_c.hold():  # the step donates the old state: never stop half-way through it
-                        losses.append(self.train_step(self._encode(batch)))
+                        losses.append(self.train_step(self._encode(batch), self.unroll(self.step)))
                         self.step += 1
                     record: dict[str, Any] = {}
                     if self.step % cfg.logging.interval == 0 or self.step == total:
@@ -488,8 +506,9 @@ class Trainer:
         state = self.train_step.model_state
         self.surrogate.set_state(state if self.parallel is None else local_copy(state))
         scores = self.validation.score(self.surrogate, self.spec)
-        if scores["val_one_step_rel_l2"] < self.best_val:
-            self.best_val = scores["val_one_step_rel_l2"]
+        if scores[f"val_{self.cfg.validation.select}_rel_l2"] < self.best_val:
+            self.best_val = scores[f"val_{self.cfg.validation.select}_rel_l2"]
+            self.best = {"step": self.step, **scores}
             if self._exporter is None:
                 self.surrogate.save(self.run_dir / "surrogate", overwrite=True)
             else:  # N processes: from a child process (see SurrogateExporter)
@@ -504,7 +523,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         train, tree = self.state_tree()
-        meta = {"step": self.step, "best_val": self.best_val, "cursor": self.cursor_state(),
+        meta = {"step": self.step, "best_val": self.best_val, "best": self.best, "cursor": self.cursor_state(),
                 "counters": {k: v for k, v in vars(self.counters).items() if k != "dropped_messages"}}
         self.checkpoints.save(self.step, train, tree, meta)
 
@@ -515,6 +534,7 @@ class Trainer:
         self.train_step.resplit()
         self.step = int(meta["step"])
         self.best_val = float(meta["best_val"])
+        self.best = meta.get("best", {})
         for k, v in meta.get("counters", {}).items():
             setattr(self.counters, k, v)
 
@@ -523,7 +543,9 @@ class Trainer:
         last = next((h for h in reversed(self.history) if "loss" in h), {})
         return {
             "steps": self.step, "seconds": round(seconds, 2), "interrupted": interrupted,
-            "final_loss": last.get("loss"), "best_val_one_step_rel_l2": self.best_val,
+            "final_loss": last.get("loss"), "select": self.cfg.validation.select, "best_step": self.best.get("step"),
+            "best_val_one_step_rel_l2": self.best.get("val_one_step_rel_l2"),
+            "best_val_rollout_rel_l2": self.best.get("val_rollout_rel_l2"),
             "last_val": next((h for h in reversed(self.history) if "val_one_step_rel_l2" in h), {}),
             "chunks_received": c.chunks, "samples_received": c.samples_new, "duplicates": c.samples_in - c.samples_new,
             "megabytes_received": round(c.bytes_in / 2**20, 2), "sims_done": c.sims_done,

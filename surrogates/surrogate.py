@@ -16,7 +16,11 @@ channel axis, oldest first: ``x[b, w*C + c] = (frame_w[c] - mean_c) / std_c``, s
 way. The conditioning vector the model sees is the caller's ``cond`` (entries ``cond_names``)
 followed, when ``time_in_cond`` is set, by the time ``t`` of the last input frame (``next_step``,
 ``bundle``) or of the predicted field (``field``); it is normalised with the conditioning
-statistics. ``encode_batch`` builds training batches with exactly this layout.
+statistics. ``encode_batch`` builds training batches with exactly this layout. With ``predict =
+"increment"`` the model's output is added to the last input frame (model space) before it is read
+back; a ``frozen_border`` is then copied from the last input frame (physical units), a hard
+constraint applied after every model call. ``metadata.output_map()`` is the same map in model space
+for the train step, so training, validation and a loaded surrogate compute the same thing.
 
 Solver-like interface (shapes; a leading batch axis B is optional everywhere):
 
@@ -65,10 +69,12 @@ from flax import nnx
 from surrogates.errors import SurrogateError
 from surrogates.models import get_model, model_config
 from surrogates.normalizer import FrozenStats, Normalizer
+from surrogates.training import OutputMap, chain, hold, increment
 
 __all__ = ["KINDS", "Surrogate", "SurrogateMetadata"]
 
 KINDS = ("next_step", "field", "bundle")
+PREDICTS = ("state", "increment")
 FORMAT = "pdestream-surrogate"
 VERSION = 1
 _JSON = "surrogate.json"
@@ -90,8 +96,12 @@ class SurrogateMetadata:
     window: W, input frames per model call (1 for "field").
     horizon: K, output frames per model call (1 for "next_step" and "field").
     frozen_border: width in cells of a grid border whose values never change (Dirichlet walls
-        included in the output, e.g. heat2d's): ``step``/``rollout`` copy it from the last input
-        frame instead of trusting the model there; 0 (default) for none. Not for "field".
+        included in the output, e.g. heat2d's; the solver's ``boundary`` mask): a hard constraint,
+        ``step``/``rollout`` copy it, exactly, from the last input frame after every model call instead
+        of trusting the model there; 0 (default) for none. Not for "field".
+    predict: "state" (default): the model outputs the next frames; "increment": it outputs their
+        difference to the last input frame (in normalised units), which the surrogate adds back.
+        Not for "field".
     extra: free-form JSON-serialisable information (e.g. a training summary).
     """
 
@@ -105,6 +115,7 @@ class SurrogateMetadata:
     window: int = 1
     horizon: int = 1
     frozen_border: int = 0
+    predict: str = "state"
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -145,6 +156,8 @@ class SurrogateMetadata:
             raise bad("frozen_border", self.frozen_border, f"an integer >= 0 below half the grid {self.grid}")
         if self.kind == "field" and self.frozen_border:
             raise bad("frozen_border", self.frozen_border, '0 for kind="field" (it reads no input frame to copy from)')
+        if self.predict not in PREDICTS or (self.kind == "field" and self.predict != "state"):
+            raise bad("predict", self.predict, f'one of {list(PREDICTS)} ("state" for kind="field")')
         if self.kind == "next_step" and self.horizon != 1:
             raise bad("horizon", self.horizon, '1 for kind="next_step" (use kind="bundle" for K > 1)')
         if self.kind == "field" and (self.window, self.horizon) != (1, 1):
@@ -163,6 +176,15 @@ class SurrogateMetadata:
             json.dumps(dict(self.extra))
         except (TypeError, ValueError) as e:
             raise bad("extra", self.extra, f"JSON-serialisable ({e})") from None
+
+    def output_map(self) -> OutputMap:
+        """What ``step``/``rollout`` do to a model output, as a model-space map for training
+        (``surrogates.training``'s ``output_map``): the increment added, the frozen border held."""
+        c = len(self.channels)
+        maps = [increment(c)] if self.predict == "increment" else []
+        if self.frozen_border:
+            maps.append(hold(_border_mask(self.grid, self.frozen_border), c))
+        return chain(*maps)
 
     @property
     def cond_dim(self) -> int:
@@ -297,6 +319,7 @@ class _Spec(NamedTuple):
     dt: float
     time_in_cond: bool
     frozen_border: int
+    predict: str
 
 
 def _full_cond(spec: _Spec, cond: jax.Array | None, t: jax.Array) -> jax.Array | None:
@@ -310,17 +333,24 @@ def _full_cond(spec: _Spec, cond: jax.Array | None, t: jax.Array) -> jax.Array |
 def _apply(
     model: nnx.Module, stats: FrozenStats, spec: _Spec, window: jax.Array | None, cond: jax.Array | None
 ) -> jax.Array:
-    """Raw frames (B, W, C, *grid) (None for "field") + raw cond -> raw frames (B, K, C, *grid)."""
+    """Raw frames (B, W, C, *grid) (None for "field") + raw cond -> raw frames (B, K, C, *grid).
+
+    An increment is added in model space; the frozen border is copied after denormalising, in physical
+    units, so that it is bitwise the input's."""
     c = spec.channels
-    x = None
-    if window is not None:
+    if window is None:
+        y = model(None, stats.normalize_cond(cond))
+    else:
         b, w = window.shape[:2]
         x = stats.normalize(window).reshape((b, w * c) + window.shape[3:])
-    y = model(x, stats.normalize_cond(cond))
-    y = y.reshape((y.shape[0], y.shape[1] // c, c) + y.shape[2:])
-    y = stats.denormalize(y)
+        y = model(x, stats.normalize_cond(cond))
+        if spec.predict == "increment":
+            y = increment(c)(x, y)
+    y = stats.denormalize(y.reshape((y.shape[0], y.shape[1] // c, c) + y.shape[2:]))
     if spec.frozen_border and window is not None:
-        y = jnp.where(_border_mask(y.shape[3:], spec.frozen_border), window[:, -1:], y)
+        flat = (y.shape[0], -1) + y.shape[3:]
+        held = hold(_border_mask(y.shape[3:], spec.frozen_border), c)(window.reshape(flat), y.reshape(flat))
+        y = held.reshape(y.shape)
     return y
 
 
@@ -427,7 +457,8 @@ class Surrogate:
         self._config = dict(config)
         self._stats: FrozenStats = normalizer.stats
         m = metadata
-        self._spec = spec = _Spec(len(m.channels), m.window, m.horizon, m.dt, m.time_in_cond, m.frozen_border)
+        self._spec = spec = _Spec(len(m.channels), m.window, m.horizon, m.dt, m.time_in_cond, m.frozen_border,
+                                  m.predict)
         # The jitted functions, bound to this surrogate's architecture and task.
         self._step_fn = functools.partial(_step_jit, graphdef=graphdef, spec=spec)
         self._rollout_fn = functools.partial(_rollout_jit, graphdef=graphdef, spec=spec)
@@ -532,7 +563,8 @@ class Surrogate:
         """Raw samples -> a normalised model-space batch for ``surrogates.training`` (pure jnp).
 
         inputs: ``(B, W, C, *grid)`` (or ``(B, C, *grid)`` when W = 1); None for kind "field".
-        targets: ``(B, K, C, *grid)`` (or ``(B, C, *grid)`` when K = 1), or None.
+        targets: ``(B, K, C, *grid)`` (or ``(B, C, *grid)`` when K = 1), or None; for unrolled training
+          the targets of S consecutive model calls, ``(B, S*K, C, *grid)``.
         cond: ``(B, P)`` entries ``cond_names`` (None when there are none).
         t: ``(B,)`` or scalar time of the last input frame / of the target field; needed when
           ``time_in_cond``.
@@ -553,11 +585,14 @@ class Surrogate:
             b = win.shape[0]
             out["x"] = stats.normalize(win).reshape((b, m.window * c) + win.shape[3:])
         if targets is not None:
-            y = self._frames(targets, m.horizon, "targets", batched=True)
+            n = np.shape(targets)[1] if np.ndim(targets) == len(m.grid) + 3 else m.horizon
+            if n % m.horizon:
+                raise SurrogateError(f"encode_batch: {n} target frames are not whole model calls of {m.horizon}")
+            y = self._frames(targets, n, "targets", batched=True)
             b = y.shape[0] if b is None else b
             if y.shape[0] != b:
                 raise SurrogateError(f"encode_batch: {y.shape[0]} targets for {b} inputs")
-            out["y"] = stats.normalize(y).reshape((b, m.horizon * c) + y.shape[3:])
+            out["y"] = stats.normalize(y).reshape((b, n * c) + y.shape[3:])
         if b is None:
             b = int(np.shape(cond)[0]) if cond is not None else int(np.size(t))
         full = _full_cond(self._spec, self._cond(cond, b), self._times(t, b))

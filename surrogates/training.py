@@ -2,18 +2,20 @@
 
 Batches are dicts of arrays:
   "x"    (B, C_in, *grid)   model input (may be absent for the MLP, which reads only cond)
-  "y"    (B, C_out, *grid)  target
+  "y"    (B, S*C_out, *grid) target: S = 1 frame group, or S >= the model calls of an unrolled step
   "cond" (B, cond_dim)      optional conditioning vector (PDE parameters and/or time)
   "unroll" ()               optional int, pushed-forward steps for this batch (see make_train_step)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from surrogates.errors import SurrogateError
@@ -21,7 +23,12 @@ from surrogates.errors import SurrogateError
 __all__ = [
     "LOSSES",
     "EvalStep",
+    "OutputMap",
     "TrainStep",
+    "chain",
+    "hold",
+    "increment",
+    "linear_unroll",
     "make_eval_step",
     "make_train_step",
     "mse",
@@ -30,6 +37,56 @@ __all__ = [
 ]
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+#: (x (B, W*C, *grid), raw model output (B, K*C, *grid)) -> the frames the model call predicts (B, K*C, *grid).
+OutputMap = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+# --------------------------------------------------------------------------- output maps
+def _last_frame(x: jax.Array, y: jax.Array, channels: int) -> jax.Array:
+    """The last C-channel frame of x (B, W*C, *grid), repeated to y's shape (B, K*C, *grid)."""
+    return jnp.tile(x[:, -channels:], (1, y.shape[1] // channels) + (1,) * (x.ndim - 2))
+
+
+def increment(channels: int) -> OutputMap:
+    """The model predicts increments: each output frame is the last input frame plus the model's output.
+
+    Frames are frame-major stacks of ``channels`` channels (the Surrogate's layout); in normalised units
+    (same affine map per channel for inputs and outputs) this is u(t + k dt) = u(t) + model(x)_k.
+    """
+    return lambda x, y: y + _last_frame(x, y, channels)
+
+
+def hold(mask: Any, channels: int) -> OutputMap:
+    """A hard constraint: where ``mask`` (bool ``(*grid)``, every channel) is True the output frames take the
+    last input frame's values exactly (imposed values that do not change in time, e.g. Dirichlet walls)."""
+    mask = np.asarray(mask, bool)
+    return lambda x, y: jnp.where(mask, _last_frame(x, y, channels), y)
+
+
+def chain(*maps: OutputMap) -> OutputMap:
+    """The output maps applied in order (``chain()`` is the identity)."""
+
+    def apply(x: jax.Array, y: jax.Array) -> jax.Array:
+        for m in maps:
+            y = m(x, y)
+        return y
+
+    return apply
+
+
+def linear_unroll(start: int, end: int, ramp_steps: int) -> Callable[[int], int]:
+    """Curriculum on the unroll length: ``start`` model calls at step 0, growing linearly to ``end`` at
+    ``ramp_steps`` (held after; ``ramp_steps`` = 0: ``end`` from the start). Integer steps, like an Optax
+    schedule: ``n(step) = start + floor((end - start) * min(step / ramp_steps, 1))``."""
+    if not 1 <= start <= end or ramp_steps < 0:
+        raise SurrogateError(f"unroll curriculum: need 1 <= start <= end and ramp_steps >= 0, got "
+                             f"start={start}, end={end}, ramp_steps={ramp_steps}")
+
+    def n(step: int) -> int:
+        frac = 1.0 if ramp_steps == 0 else min(step / ramp_steps, 1.0)
+        return start + math.floor((end - start) * frac)
+
+    return n
 
 
 # --------------------------------------------------------------------------- losses / metrics
@@ -106,9 +163,14 @@ def _check_batch(batch: Mapping[str, Any], needs_x: bool) -> None:
         )
 
 
-def _push(model: nnx.Module, x: jax.Array, cond: jax.Array | None, n: Any) -> jax.Array:
-    """x advanced n times through the model (n static int or traced int scalar), no gradient."""
-    x = jax.lax.fori_loop(0, n, lambda _, u: model(u, cond), x)
+def _next(out: jax.Array, x: jax.Array) -> jax.Array:
+    """The next model input: the last W frames of x followed by the predicted frames ``out``."""
+    return jnp.concatenate([x, out], axis=1)[:, -x.shape[1]:]
+
+
+def _push(call: Callable, x: jax.Array, cond: jax.Array | None, n: Any) -> jax.Array:
+    """x advanced n times through ``call(x, cond)`` (n static int or traced int scalar), no gradient."""
+    x = jax.lax.fori_loop(0, n, lambda _, u: _next(call(u, cond), u), x)
     return jax.lax.stop_gradient(x)
 
 
@@ -133,6 +195,10 @@ class TrainStep:
         loss: str | LossFn = "mse",
         pushforward: int = 0,
         donate: bool = True,
+        *,
+        output_map: OutputMap | None = None,
+        input_noise: float = 0.0,
+        seed: int = 0,
     ) -> None:
         if isinstance(pushforward, bool) or not isinstance(pushforward, int) or pushforward < 0:
             raise SurrogateError(f"pushforward={pushforward!r} must be an integer >= 0")
@@ -141,33 +207,72 @@ class TrainStep:
                 f"pushforward needs a model whose output can be fed back as input, but in_channels="
                 f"{getattr(model, 'in_channels', None)} != out_channels={getattr(model, 'out_channels', None)}"
             )
+        if not input_noise >= 0:
+            raise SurrogateError(f"input_noise={input_noise!r} must be a standard deviation >= 0")
         self.model = model
         self.optimizer = optimizer
         self.pushforward = pushforward
         self.loss_fn = _resolve_loss(loss)
+        self.output_map = output_map
+        self.input_noise = float(input_noise)
+        self._key = jax.random.key(seed)
         self._donate = donate
         self.resplit()
 
-    def _step(self, state: nnx.State, batch: dict[str, Any]) -> tuple[nnx.State, jax.Array]:
+    def _call(self, model: nnx.Module) -> Callable[[jax.Array, jax.Array | None], jax.Array]:
+        """One model call ``(x, cond) -> frames``, through the output map."""
+        if self.output_map is None:
+            return model
+        return lambda x, cond: self.output_map(x, model(x, cond))
+
+    def _step(self, state: nnx.State, batch: dict[str, Any], steps: int) -> tuple[nnx.State, jax.Array]:
         model, optimizer = nnx.merge(self._graphdef, state)
         x, y, cond = batch.get("x"), batch["y"], batch.get("cond")
+        if self.input_noise:  # a fresh draw per optimiser step: reproducible, and resumes with the optimiser
+            key = jax.random.fold_in(self._key, optimizer.step[...])
+            x = x + self.input_noise * jax.random.normal(key, x.shape, x.dtype)
+        group = self._group(y)
+        start = 0
         if self.pushforward:
             n = batch.get("unroll", self.pushforward)
             if not isinstance(n, int):  # traced: clip so a bad value cannot run away
                 n = jnp.clip(n, 0, self.pushforward)
-            x = _push(model, x, cond, n)
+            x = _push(self._call(model), x, cond, n)
+            if y.shape[1] > group:  # a target per model call: the ones after the pushed steps
+                start = n
+        y = jax.lax.dynamic_slice_in_dim(y, start * group, steps * group, axis=1)
 
         def loss_of(m: nnx.Module) -> jax.Array:
-            return self.loss_fn(m(x, cond), y)
+            call, u, total = self._call(m), x, 0.0
+            for i in range(steps):  # back-propagation through the whole unroll
+                out = call(u, cond)
+                total = total + self.loss_fn(out, y[:, i * group : (i + 1) * group])
+                if i + 1 < steps:
+                    u = _next(out, u)
+            return total / steps
 
         loss, grads = nnx.value_and_grad(loss_of)(model)
         optimizer.update(model, grads)
         return nnx.state((model, optimizer)), loss
 
-    def __call__(self, batch: Mapping[str, Any]) -> jax.Array:
-        """One optimisation step on `batch`; returns the loss before the update (device scalar)."""
-        _check_batch(batch, needs_x=self.pushforward > 0)
-        self._state, loss = self._jitted(self._state, dict(batch))
+    def _group(self, y: Any) -> int:
+        """Channels of one model call's output (the model's out_channels; y's own when it has none)."""
+        return int(getattr(self.model, "out_channels", None) or y.shape[1])
+
+    def __call__(self, batch: Mapping[str, Any], steps: int = 1) -> jax.Array:
+        """One optimisation step on `batch`, through `steps` autoregressive model calls; returns the loss
+        before the update (device scalar)."""
+        _check_batch(batch, needs_x=self.pushforward > 0 or steps > 1 or self.input_noise > 0)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise SurrogateError(f"steps={steps!r} must be an integer >= 1")
+        groups = batch["y"].shape[1] // self._group(batch["y"])
+        need = steps + (self.pushforward if groups > 1 else 0)
+        if groups < need if groups > 1 else steps > 1:
+            raise SurrogateError(
+                f'batch["y"] holds {groups} model call(s) of targets; {steps} unrolled call(s) after up to '
+                f"{self.pushforward} pushed one(s) need {need}"
+            )
+        self._state, loss = self._jitted(self._state, dict(batch), steps)
         self._synced = False
         return loss
 
@@ -189,7 +294,7 @@ class TrainStep:
         self._graphdef, self._state = nnx.split((self.model, self.optimizer))
         self._synced = True
         # A fresh jit: the traced function reads self._graphdef, which may have changed.
-        self._jitted = jax.jit(self._step, donate_argnums=(0,) if self._donate else ())
+        self._jitted = jax.jit(self._step, static_argnums=(2,), donate_argnums=(0,) if self._donate else ())
 
 
 def make_train_step(
@@ -199,8 +304,11 @@ def make_train_step(
     pushforward: int = 0,
     *,
     donate: bool = True,
+    output_map: OutputMap | None = None,
+    input_noise: float = 0.0,
+    seed: int = 0,
 ) -> TrainStep:
-    """A jitted training step `step(batch) -> loss` that updates model/optimizer state in place.
+    """A jitted training step `step(batch, steps=1) -> loss` that updates model/optimizer state in place.
 
     Args:
       model: a surrogate (`model(x, cond) -> pred`).
@@ -217,7 +325,23 @@ def make_train_step(
         true fields after the unrolled steps), with the unroll count chosen by the caller (they
         draw it uniformly from 0..min(epoch, N) per batch). cond is held fixed over the pushed
         steps (right when cond holds PDE parameters only). Requires in_channels == out_channels.
+        With a target per model call in batch["y"] (see steps), the targets after the k pushed calls are used.
       donate: donate the state buffers to the jitted step (default; halves the memory).
+      output_map: applied to every model output, `(x, out) -> frames` (`increment`, `hold`, `chain` of
+        them), in the pushed and unrolled calls alike, so training sees what the Surrogate computes.
+      input_noise: standard deviation (normalised units) of Gaussian noise added to batch["x"] before the
+        first call, so the model learns to correct the small errors of its own rollouts (noise injection,
+        Sanchez-Gonzalez et al. 2020, "Learning to simulate complex physics with graph networks", ICML,
+        sec. 4.3). Drawn from `seed` folded with the optimiser's step count. 0 (default): off, the step
+        computes exactly what it did without the option.
+      seed: the noise's PRNG seed.
+
+    Unrolled training: `step(batch, steps=n)` with batch["y"] holding the targets of S >= n consecutive
+    model calls `(B, S * C_out, *grid)` (frame groups in time order) advances x autoregressively through
+    n calls (each call's input: the last W input frames, the previous outputs appended), back-propagating
+    through all of them, and returns the mean over the n calls of L(call_i, y_i). The unrolled graph is
+    compiled once per distinct n (`linear_unroll` grows n in a few steps); steps=1 with a one-call target
+    is the ordinary one-step loss.
 
     Returns:
       A `TrainStep`; call `.sync()` before using `model`/`optimizer` directly (see `TrainStep`).
@@ -235,7 +359,8 @@ def make_train_step(
     nnx.jit walks the object graph in Python on every call (~9 ms here); the split form pays only
     jax.jit's pytree flattening of the state, so it is kept.
     """
-    return TrainStep(model, optimizer, loss, pushforward, donate)
+    return TrainStep(model, optimizer, loss, pushforward, donate, output_map=output_map,
+                     input_noise=input_noise, seed=seed)
 
 
 # --------------------------------------------------------------------------- eval step
