@@ -76,9 +76,9 @@ def ingest_rate(backend: str, n_workers: int, seconds: float, replay: bool) -> f
         if out.returncode:
             raise RuntimeError(f"mpiexec exit status {out.returncode}: {(out.stdout + out.stderr)[-2000:]}")
         return float(out.stdout.strip().splitlines()[-1])
+    from streaming.assembly import build_solver, sample_spec, worker_args
     from streaming.config import load_config
     from streaming.design import DesignCursor
-    from streaming.job import build_solver, sample_spec, worker_args
     from streaming.transport.ray_actors import RaySource
 
     cfg = load_config(ROOT / "configs/quickstart.toml", {**FIELD_CASE, "workers.count": str(n_workers)})
@@ -118,9 +118,9 @@ def _count(source: object, spec: object, cfg: object, seconds: float) -> float:
 def _mpi_main(seconds: float, replay: bool) -> None:
     from mpi4py import MPI
 
+    from streaming.assembly import build_solver, sample_spec, worker_args
     from streaming.config import load_config
     from streaming.design import DesignCursor
-    from streaming.job import build_solver, sample_spec, worker_args
     from streaming.transport.mpi_ranks import MPISource, finish, run_worker
 
     comm = MPI.COMM_WORLD
@@ -160,8 +160,8 @@ def _cpu_jiffies() -> tuple[int, int]:
 def memory_messages(cfg: object) -> list:
     """The chunks ``cfg``'s solver would stream, solved here in advance: enough next-step samples for
     ``optim.steps`` batches on top of the watermark (each sample drawn once), as the from-memory runs get them."""
+    from streaming.assembly import build_solver, sample_spec, worker_args
     from streaming.design import DesignCursor
-    from streaming.job import build_solver, sample_spec, worker_args
 
     solver = build_solver(cfg)
     worker = SolverWorker(**worker_args(cfg, sample_spec(cfg, solver)))
