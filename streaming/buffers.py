@@ -262,6 +262,8 @@ class Buffer:
     default_max_reuse: ClassVar[int | None] = 1
     blocks_producers: ClassVar[bool] = True
     drains_at_end: ClassVar[bool] = True  # after end_reception every drawn sample leaves
+    ends_with_the_stream: ClassVar[bool] = True  # the stream's end is end_reception (a reservoir keeps serving)
+    holds_every_put: ClassVar[bool] = True  # a put needs room: a chunk above capacity can never be stored
     n_put: int  # counters: see the module docstring
     n_duplicates: int
     n_discarded: int
@@ -671,6 +673,8 @@ class ReservoirBuffer(Buffer):
     kind = "reservoir"
     default_max_reuse = None
     blocks_producers = False
+    ends_with_the_stream = False
+    holds_every_put = False
 
     def _store(self, codes: np.ndarray, leaves: list[np.ndarray], idx: np.ndarray) -> None:
         fill = min(idx.size, self.free_slots())

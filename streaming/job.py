@@ -139,9 +139,9 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
     tx, schedule = make_optimizer(cfg.optim)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     b = cfg.buffer
-    if b.kind != "reservoir" and cfg.workers.chunk_frames > b.capacity:
-        raise ConfigError(f"workers.chunk_frames={cfg.workers.chunk_frames} exceeds buffer.capacity={b.capacity}")
     buffer = make_buffer(b.kind, capacity=b.capacity, watermark=b.watermark, max_reuse=b.max_reuse, seed=cfg.optim.seed)
+    if buffer.holds_every_put and cfg.workers.chunk_frames > b.capacity:
+        raise ConfigError(f"workers.chunk_frames={cfg.workers.chunk_frames} exceeds buffer.capacity={b.capacity}")
     normalizer = Normalizer(len(solver.channels), len(solver.grid), meta.cond_dim)
     is_main = parallel is None or parallel.is_main
     validation = build_validation(cfg, solver) if is_main else None  # only process 0 validates

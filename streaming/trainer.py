@@ -316,7 +316,7 @@ class Trainer:
             self._error = e
         finally:
             self._source_done.set()
-            if self.buffer.kind != "reservoir" and not self._stop.is_set():
+            if self.buffer.ends_with_the_stream and not self._stop.is_set():
                 self.buffer.end_reception()
 
     # ------------------------------------------------------------------ batches out
@@ -366,7 +366,7 @@ class Trainer:
                     except StopIteration:
                         done = True
                         self._source_done.set()
-                        if self.buffer.kind != "reservoir":
+                        if self.buffer.ends_with_the_stream:
                             self.buffer.end_reception()
 
             while not done and not (self.buffer.ready() and self._norm_fitted()):
