@@ -54,8 +54,9 @@ class Machine:
     """A HOME and a Ray temp folder of their own, and the processes started from them."""
 
     def __init__(self) -> None:
-        # short path: Ray's Unix sockets live under RAY_TMPDIR and their paths are limited to 107 bytes
-        self.root = Path(tempfile.mkdtemp(prefix="pdr", dir="/tmp"))
+        # a short path (the system temp folder, not pytest's): Ray's Unix sockets live under RAY_TMPDIR
+        # and their paths are limited to 107 bytes
+        self.root = Path(tempfile.mkdtemp(prefix="pdr"))
         self.home = self.root / "home"
         self.home.mkdir()
         self.procs: list[subprocess.Popen] = []

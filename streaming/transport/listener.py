@@ -47,9 +47,9 @@ from streaming.chunk import Chunk, ChunkError, SimReport
 from streaming.client import ClientError, parse_address
 from streaming.config import JobConfig
 from streaming.design import DesignCursor
+from streaming.transport.source import Message
 from streaming.transport.wire import PROTOCOL, recv_header, recv_payload, send_frame
 
-Message = Chunk | SimReport
 _POLL_S = 0.1  # how often a waiting thread checks for close()
 
 

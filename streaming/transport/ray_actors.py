@@ -32,7 +32,7 @@ from streaming.config import JobConfig
 from streaming.design import DesignCursor, Task
 from streaming.errors import JobFailed
 from streaming.transport.dispatcher import Dispatcher
-from streaming.transport.ray_cluster import ensure_ray
+from streaming.transport.ray_cluster import ensure_ray, logs_dir
 from streaming.transport.source import Message
 from streaming.worker import SolverWorker
 
@@ -150,7 +150,7 @@ class RaySource:
         reason = str(err.cause if isinstance(err, RayTaskError) and err.cause is not None else err)
         try:
             self.dispatcher.worker_lost(idx, f"{type(err).__name__}: {reason[:300]}",
-                                        hint="check the worker logs under /tmp/ray/session_latest/logs")
+                                        hint=f"check the worker logs under {logs_dir()}")
         except JobFailed as e:
             raise e from err
         if actor_died:

@@ -81,6 +81,11 @@ def address_file() -> str:
     return os.path.join(tmp, "ray", "ray_current_cluster")
 
 
+def logs_dir() -> str:
+    """The logs of the latest local Ray session (the workers' stderr among them)."""
+    return os.path.join(os.path.dirname(address_file()), "session_latest", "logs")
+
+
 def recorded_address() -> str | None:
     try:
         with open(address_file()) as f:
