@@ -9,16 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-import jax
-
 from solvers.base import Solver, check_finite
 from solvers.errors import SimulationBlowUp, SolverError
 from solvers.params import Param, ParamSpace
-
-# Vmapped random draws of multi-dimensional shapes take tens of seconds to compile on CPU with the
-# partitionable Threefry (jax 0.10); the classic one compiles in about a second. It only changes
-# which random numbers a key gives, the same in every process that imports the solvers.
-jax.config.update("jax_threefry_partitionable", False)
 
 _REGISTRY = {
     "heat2d": "solvers.heat2d:Heat2D",

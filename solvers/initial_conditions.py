@@ -12,8 +12,16 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+
+
+def standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """N(0, 1) draws of ``shape``, drawn as one flat vector and reshaped: XLA on CPU compiles the Threefry
+    bits of some multi-dimensional shapes very slowly, never those of a flat vector."""
+    return jax.random.normal(key, (math.prod(shape),)).reshape(shape)
 
 
 def _wavenumbers(n: int, length: float) -> jax.Array:
@@ -43,7 +51,7 @@ def gaussian_random_field(
     sqrt_eig = sigma * (k2 + tau**2) ** (-alpha / 2)
     sqrt_eig = sqrt_eig.at[(0,) * len(shape)].set(0.0)
     kr, ki = jax.random.split(key)
-    noise = jax.random.normal(kr, shape) + 1j * jax.random.normal(ki, shape)
+    noise = standard_normal(kr, shape) + 1j * standard_normal(ki, shape)
     n_total = 1
     for n in shape:
         n_total *= n
@@ -73,7 +81,7 @@ def cosine_random_field(
     k2 = sum(k**2 for k in grids) * (jnp.pi / length) ** 2
     sqrt_eig = sigma * (k2 + tau**2) ** (-alpha / 2)
     sqrt_eig = sqrt_eig.at[(0,) * len(shape)].set(0.0)
-    coeff = jax.random.normal(key, shape) * sqrt_eig
+    coeff = standard_normal(key, shape) * sqrt_eig
     for axis, n in enumerate(shape):
         x = jnp.arange(n) / max(n - 1, 1)
         k = jnp.arange(n)

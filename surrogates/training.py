@@ -228,9 +228,10 @@ class TrainStep:
     def _step(self, state: nnx.State, batch: dict[str, Any], steps: int) -> tuple[nnx.State, jax.Array]:
         model, optimizer = nnx.merge(self._graphdef, state)
         x, y, cond = batch.get("x"), batch["y"], batch.get("cond")
-        if self.input_noise:  # a fresh draw per optimiser step: reproducible, and resumes with the optimiser
+        if self.input_noise:  # a fresh draw per optimiser step: reproducible, and resumes with the optimiser;
+            # drawn flat (see models.common)
             key = jax.random.fold_in(self._key, optimizer.step[...])
-            x = x + self.input_noise * jax.random.normal(key, x.shape, x.dtype)
+            x = x + self.input_noise * jax.random.normal(key, (x.size,), x.dtype).reshape(x.shape)
         group = self._group(y)
         start = 0
         if self.pushforward:
@@ -348,16 +349,8 @@ def make_train_step(
 
     Implementation: `graphdef, state = nnx.split((model, optimizer))` once, then
     `jax.jit(step, donate_argnums=0)` over the state (the functional loop of the Flax performance
-    guide). Measured with `python -m surrogates.training` (best of 5 interleaved runs, Adam,
-    flax 0.12.8 / jax 0.10.2, the shared 2-core CPU machine under load ~5-7), ms per step:
-
-      FNO(width 16, modes 8, depth 4), batch 4x1x32x32:   split+jax.jit 25.1, nnx.jit 33.6,
-                                                            nnx.jit+cached_partial 29.9
-      FNO(width 4, modes 2), batch 1x1x8x8 (overhead):    split+jax.jit 0.93, nnx.jit 9.66,
-                                                            nnx.jit+cached_partial 2.86
-
-    nnx.jit walks the object graph in Python on every call (~9 ms here); the split form pays only
-    jax.jit's pytree flattening of the state, so it is kept.
+    guide): `nnx.jit` walks the object graph in Python on every call, the split form pays only
+    jax.jit's pytree flattening of the state, which matters for small models.
     """
     return TrainStep(model, optimizer, loss, pushforward, donate, output_map=output_map,
                      input_noise=input_noise, seed=seed)

@@ -40,9 +40,9 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 # --------------------------------------------------------------------------- initialisers
 # Random draws are made on a flat vector and reshaped. With jax 0.10 on CPU (threefry
-# "partitionable" counters, the default), XLA compiles random bits for some multi-dimensional
-# shapes pathologically slowly: jax.random.bits(key, (3, 3, 8, 12)) took 70 s to compile on the
-# CI machine against 1.3 s for the same 864 numbers drawn flat. The distributions are unchanged.
+# "partitionable" counters, the default), XLA compiles the random bits of some multi-dimensional
+# shapes pathologically slowly (tens of seconds), never those of a flat vector. The distributions
+# are unchanged.
 def lecun_normal(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
     """Flax's default kernel initialiser, variance_scaling(1, "fan_in", "truncated_normal"), for a
     kernel of shape (*receptive_field, in, out): fan_in = prod(shape[:-1])."""

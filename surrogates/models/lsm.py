@@ -60,7 +60,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from surrogates.errors import SurrogateError
-from surrogates.models.common import append_coordinates, check_inputs, check_int, check_model_args
+from surrogates.models.common import append_coordinates, check_inputs, check_int, check_model_args, uniform
 
 __all__ = ["LSM", "LSMHparams", "NeuralSpectralBlock"]
 
@@ -169,11 +169,6 @@ def unpatchify(x: jax.Array, shape: tuple[int, ...], patch: tuple[int, ...]) -> 
     return x.transpose(perm).reshape(shape)
 
 
-def _uniform(key: jax.Array, shape: tuple[int, ...], scale: float) -> jax.Array:
-    """U[0, scale): the reference initialises latents and basis weights as rand(...) / width."""
-    return scale * jax.random.uniform(key, shape, jnp.float32)
-
-
 # --------------------------------------------------------------------------- blocks
 class NeuralSpectralBlock(nnx.Module):
     """Neural Spectral Block (Wu et al. 2023, Sec. 3): latent encoder -> latent spectral transition
@@ -192,10 +187,10 @@ class NeuralSpectralBlock(nnx.Module):
         self.patch = patch
         self.num_basis = num_basis
         self.num_heads = num_heads
-        self.latent = nnx.Param(_uniform(rngs.params(), (num_token, channels), 1.0 / channels))
+        self.latent = nnx.Param(uniform(rngs.params(), (num_token, channels), 1.0 / channels))  # rand(...) / width
         self.to_kv = nnx.Linear(channels, 2 * channels, rngs=rngs)  # 1x1 conv (reference: encoder_attn)
         self.to_q = nnx.Linear(channels, channels, rngs=rngs)  # 1x1 conv (reference: decoder_attn)
-        self.basis_weights = nnx.Param(_uniform(rngs.params(), (channels, 2 * num_basis), 1.0 / channels))
+        self.basis_weights = nnx.Param(uniform(rngs.params(), (channels, 2 * num_basis), 1.0 / channels))
 
     def _heads(self, x: jax.Array) -> jax.Array:
         """(..., L, C) -> (..., L, num_heads, C // num_heads)."""
