@@ -40,7 +40,7 @@ def test_every_epoch_is_a_permutation_and_batches_are_distinct(n, batch):
     flat = draws.ravel()
     for e in range(len(flat) // n):  # the stream of draws, cut into epochs of n, is permutation after permutation
         assert sorted(flat[e * n:(e + 1) * n].tolist()) == list(range(n))
-    assert buf.epochs == -(-len(flat) // n)
+    assert buf.policy.epochs == -(-len(flat) // n)
     seen = buf.seen_counts()  # epochs keep draws even: every count is floor or ceil of draws / n
     assert len(buf) == n and seen.max() - seen.min() <= 1 and seen.sum() == len(flat)  # nothing ever leaves
 
@@ -92,7 +92,7 @@ def test_checkpoint_resumes_mid_epoch_with_identical_draws():
     buf = _filled(23, seed=7)
     _draws(buf, 4, 4)  # 16 of 23 drawn: mid-epoch
     copy = buffer_from_state_dict(buf.state_dict())
-    assert copy.kind == "epoch" and copy.epochs == buf.epochs == 1
+    assert copy.kind == "epoch" and copy.policy.epochs == buf.policy.epochs == 1
     np.testing.assert_array_equal(_draws(buf, 4, 20), _draws(copy, 4, 20))
 
 
