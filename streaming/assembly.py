@@ -10,6 +10,7 @@ from flax import nnx
 
 from solvers import Solver, get_solver
 from streaming.config import JobConfig
+from streaming.external_solver import ExternalSolver
 from streaming.samples import SampleSpec
 from surrogates import get_model
 from surrogates.surrogate import SurrogateMetadata
@@ -34,6 +35,9 @@ def model_calls(cfg: JobConfig) -> int:
 
 
 def build_solver(cfg: JobConfig) -> Solver:
+    """The job's solver; for ``solver.name = "external"`` an :class:`ExternalSolver` (a program, no rollout)."""
+    if cfg.solver.external is not None:
+        return ExternalSolver(cfg.solver.external)
     return get_solver(cfg.solver.name, **cfg.solver.config)
 
 

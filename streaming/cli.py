@@ -195,6 +195,12 @@ def cmd_worker(args: argparse.Namespace) -> None:
     finish(comm)
 
 
+def cmd_client_config(args: argparse.Namespace) -> None:
+    from streaming.client_config import flags
+
+    print(flags(cflags=args.cflags, libs=args.libs, fflags=args.fflags))
+
+
 def cmd_validate(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -318,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
             "mpiexec -n 1 pdestream train cfg.toml --backend mpi : -n 4 pdestream worker cfg.toml")
     p.add_argument("config", help="the job config (TOML), the same as the trainer's")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+
+    p = add("client-config", cmd_client_config, "Print compiler flags for the C/Fortran clients of external "
+            "solvers (builds them on first use).", "cc solver.c $(pdestream client-config --cflags --libs)")
+    p.add_argument("--cflags", action="store_true", help="include path of pdestream_client.h")
+    p.add_argument("--fflags", action="store_true", help="include path of the Fortran module pdestream_client")
+    p.add_argument("--libs", action="store_true", help="link flags (with --fflags: the Fortran library too)")
 
     from streaming.cli_eval import add_parsers as add_eval_parsers
 

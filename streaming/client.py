@@ -20,6 +20,9 @@ listening address (``workers.backend = "external"``) and sends its fields step b
   messages unacknowledged, ``send`` blocks (backpressure), so a slow trainer slows the solver down
   instead of filling memory.
 - ``close()`` flushes and tells the job the simulation is complete (it then counts as done).
+- Token: a job listening beyond the loopback interface (or one given ``workers.token``) accepts only
+  clients that present its token: ``token=``, the address form ``TOKEN@host:port``, or the
+  environment variable ``PDESTREAM_TOKEN`` (in that order). ``pdestream train`` prints it once.
 
 MPI-parallel solvers: each rank owning a slab of the grid connects with the *global* ``grid``, its
 slab's start ``offset`` and ``ranks`` = the number of processes sending slabs of this simulation,
@@ -31,10 +34,13 @@ and sends its local array; the job assembles the slabs into full-grid frames::
 Wire protocol (:mod:`streaming.transport.wire`, shared with :mod:`streaming.transport.listener`): every
 frame is a 16-byte prefix
 ``!4sIQ`` (magic ``b"PDS1"``, header bytes, payload bytes), a UTF-8 JSON header and a raw payload.
-Client to job: ``hello`` (simulation metadata), ``chunk`` (header ``wire`` = ``Chunk.to_wire()``'s
+Client to job: ``hello`` (simulation metadata and the token), ``chunk`` (header ``wire`` = ``Chunk.to_wire()``'s
 header, payload = the float32 fields), ``end``. Job to client: ``welcome`` (its ``max_inflight``),
 ``ack`` (``n`` messages taken), ``dropped`` (the simulation produced NaN/Inf), ``error`` (the job
 rejected this simulation's data), ``bye`` (answer to ``end``), ``stop`` (the job is shutting down).
+A frame of a simulation is complete when every channel of its step arrived; only complete frames
+travel (several consecutive frames per ``chunk``). The C and Fortran clients (``streaming/clib``)
+speak the same protocol.
 
 This module needs only numpy and the standard library (no JAX, Ray or MPI).
 """
@@ -60,6 +66,7 @@ MAX_AUTO_BATCH = 32  # ... while many clients' in-flight messages stay small in 
 DEFAULT_PORT = 47011
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 ADDRESS_ENV = "PDESTREAM_ADDRESS"
+TOKEN_ENV = "PDESTREAM_TOKEN"
 
 
 class ClientError(ValueError):
@@ -83,6 +90,12 @@ def parse_address(address: str, what: str = "address") -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ClientError(f"{what}={address!r}: expected HOST:PORT with a port in 0..65535, e.g. {DEFAULT_ADDRESS}")
     return host.strip("[]"), int(port)
+
+
+def split_token(address: str) -> tuple[str | None, str]:
+    """``"TOKEN@host:port"`` -> ``(TOKEN, "host:port")``; an address without ``@`` -> ``(None, address)``."""
+    token, sep, rest = address.rpartition("@")
+    return (token, rest) if sep else (None, address)
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -382,7 +395,7 @@ def _open(host: str, port: int, address: str, timeout: float | None) -> socket.s
 def connect(address: str | None = None, *, sim_id: int, params: Any, fields: Sequence[str], grid: Sequence[int],
             offset: Sequence[int] | None = None, ranks: int = 1, solver: str = "external",
             batch_steps: int | None = None, max_inflight: int | None = None, timeout: float | None = 30.0,
-            send_timeout: float | None = None) -> Client:
+            send_timeout: float | None = None, token: str | None = None) -> Client:
     """Open a stream of simulation ``sim_id`` to the training job listening at ``address``.
 
     - address: ``"host:port"`` printed by ``pdestream train`` (default: ``$PDESTREAM_ADDRESS``, else
@@ -397,9 +410,15 @@ def connect(address: str | None = None, *, sim_id: int, params: Any, fields: Seq
       job's ``workers.max_inflight``);
     - timeout: seconds to wait for the job to accept the connection, retried while nothing listens
       yet (None: forever); send_timeout: seconds ``send``/``close`` wait for the trainer before
-      raising TimeoutError (None: as long as it takes, which is what backpressure means).
+      raising TimeoutError (None: as long as it takes, which is what backpressure means);
+    - token: the job's token (default: the ``TOKEN@`` part of ``address``, else ``$PDESTREAM_TOKEN``);
+      needed when the job listens beyond the loopback interface or was given ``workers.token``.
     """
     address = address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+    if not isinstance(address, str):
+        raise ClientError(f"address={address!r}: expected a string HOST:PORT, e.g. {DEFAULT_ADDRESS}")
+    in_address, address = split_token(address)
+    token = token or in_address or os.environ.get(TOKEN_ENV) or None
     host, port = parse_address(address)
     sim_id = _int("sim_id", sim_id)
     p = _params(params)
@@ -424,6 +443,8 @@ def connect(address: str | None = None, *, sim_id: int, params: Any, fields: Seq
     sock = _open(host, port, address, timeout)
     hello = {"type": "hello", "protocol": PROTOCOL, "sim_id": sim_id, "params": p.tolist(), "fields": list(names),
              "grid": list(grid_t), "offset": None if off is None else list(off), "ranks": ranks, "solver": solver}
+    if token:
+        hello["token"] = str(token)
     try:
         send_frame(sock, hello)
         answered = select.select([sock], [], [], timeout)[0]

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from streaming.external_solver import NAME as EXTERNAL
+from streaming.external_solver import ExternalSection
 from streaming.transport import BACKENDS
 
 
@@ -26,21 +28,57 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class AdaptiveSection(_Section):
+    """Options of ``solver.design = "adaptive"`` (the loss-steered design, :mod:`streaming.adaptive`)."""
+
+    base: Literal["lhs", "sobol", "uniform"] = Field("lhs", description="the design the floor fraction and the "
+                                                     "warmup draw from")
+    floor: float = Field(0.3, ge=0, le=1, description="fraction of simulations drawn from the base design, so no "
+                         "region starves")
+    bandwidth: float = Field(0.05, gt=0, le=1, description="std of the Gaussian kernel around high-loss "
+                             "simulations, in unit-cube coordinates (log parameters: in log space)")
+    smooth: float = Field(0.1, ge=0, le=1, description="std of the kernel that averages the losses of neighbouring "
+                          "simulations before a centre is picked (initial conditions add noise); 0 = off")
+    warmup: int = Field(16, ge=0, description="simulations from the base design before steering starts")
+    exponent: float = Field(1.0, ge=0, description="a simulation is picked as a kernel centre with probability "
+                            "proportional to loss ** exponent (0: uniform over recent simulations)")
+    memory: int = Field(256, ge=1, description="the most recently reported simulations the proposal uses")
+    ema: float = Field(0.5, gt=0, le=1, description="weight of a new report in a simulation's running loss")
+    loss_every: int = Field(4, ge=1, description="gradient steps between per-sample loss evaluations (one "
+                            "forward pass on the step's batch)")
+    report_every: int = Field(20, ge=1, description="gradient steps between loss reports to the design")
+
+
 class SolverSection(_Section):
     name: str = "heat2d"
     config: dict[str, Any] = Field(default_factory=dict, description="solver config overrides")
     fixed: dict[str, float] = Field(default_factory=dict, description="parameters held at a value, e.g. { nu = 1e-3 }")
     steps: int = Field(50, ge=1, description="solver steps per simulation")
     every: int = Field(1, ge=1, description="keep every k-th step as a frame")
-    design: Literal["uniform", "lhs", "sobol"] = "lhs"
+    design: Literal["uniform", "lhs", "sobol", "adaptive"] = "lhs"
     n_sims: int = Field(64, ge=0, description="training simulations; 0 = unlimited until the step budget")
     seed: int = 0
+    adaptive: AdaptiveSection = Field(default_factory=AdaptiveSection, description="design = 'adaptive': the "
+                                      "loss-steered design's options")
+    external: ExternalSection | None = Field(None, description="name = 'external': a program of your own "
+                                             "(streaming.external_solver)")
 
     @model_validator(mode="after")
     def _steps_multiple(self) -> SolverSection:
         if self.steps % self.every:
             raise ValueError(f"steps={self.steps} must be a multiple of every={self.every}")
+        if (self.name == EXTERNAL) != (self.external is not None):
+            raise ValueError(f"solver.name={self.name!r} with{'out' if self.external is None else ''} a "
+                             "[solver.external] section: name = 'external' declares a program in [solver.external] "
+                             "(channels, grid, dt, frames, params, command); a pdestream solver takes none")
+        if self.external is not None and (self.config or self.every != 1):
+            raise ValueError("solver.config and solver.every do not apply to an external solver; its frames are "
+                             "set by solver.external.frames and solver.external.dt")
         return self
+
+    def frames_per_sim(self) -> int:
+        """Frames of one simulation: ``steps // every + 1``, or ``external.frames`` for an external solver."""
+        return self.external.frames if self.external is not None else self.steps // self.every + 1
 
 
 class SampleSection(_Section):
@@ -134,6 +172,15 @@ class WorkersSection(_Section):
                                                     "cluster's nodes in turn")
     listen: str = Field("127.0.0.1:47011", description="external backend: HOST:PORT that streaming.client "
                         "connects to; port 0 picks a free port")
+    token: str | None = Field(None, description="external backend: shared secret clients present (PDESTREAM_TOKEN "
+                              "or TOKEN@HOST:PORT); None = none on loopback, generated (secrets) and printed once "
+                              "when listening beyond loopback")
+    client_timeout: float = Field(3600.0, gt=0, description="external backend: seconds a client connection may stay "
+                                  "silent while the job holds none of its messages (or stuck mid-message) before it "
+                                  "is closed and its simulation dropped; above the time a solver takes for one "
+                                  "message's frames")
+    max_message_mb: float = Field(256.0, gt=0, description="external backend: largest message payload (MiB) a "
+                                  "client may send; checked before anything is allocated")
     nice: int = Field(10, ge=0, le=19, description="OS priority drop of worker processes and of the trainer's "
                       "receiver thread (Linux), so the train step keeps its CPU")
 
@@ -151,6 +198,9 @@ class ValidationSection(_Section):
     interval: int = Field(100, ge=1, description="gradient steps between validations")
     seed: int = 12345
     rollout_steps: int = Field(10, ge=1, description="autoregressive steps for the rollout error")
+    design: Literal["uniform", "grid", "sobol"] = Field("uniform", description="where the validation simulations "
+                                                        "sit: uniform draws, a regular grid (floor(n_sims ** (1/P)) "
+                                                        "cell centres per free parameter) or a Sobol set")
     select: Literal["rollout", "one_step"] = Field("rollout", description="the validation error that picks the "
                                                    "exported surrogate")
 
@@ -183,7 +233,7 @@ class JobConfig(_Section):
     def _cross(self) -> JobConfig:
         if self.optim.batch_size > self.buffer.capacity:
             raise ValueError(f"optim.batch_size={self.optim.batch_size} exceeds buffer.capacity={self.buffer.capacity}")
-        frames = self.solver.steps // self.solver.every + 1
+        frames = self.solver.frames_per_sim()
         calls = self.optim.pushforward + self.optim.unroll.end  # model calls a training sample's targets span
         if self.sample.kind == "field" and (calls > 1 or self.model.predict != "state"):
             raise ValueError("optim.pushforward, optim.unroll and model.predict='increment' need input frames; "

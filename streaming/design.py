@@ -2,7 +2,8 @@
 
 Simulation ``i`` has a fixed parameter vector and initial-condition key derived from the seed, so
 re-running it (after a worker died, or on resume) reproduces exactly the same fields, and the
-buffer's (simulation id, step) de-duplication makes delivery exactly-once.
+buffer's (simulation id, step) de-duplication makes delivery exactly-once. The loss-steered design
+(:class:`streaming.adaptive.AdaptiveCursor`) records the parameters it draws instead, in its checkpoint state.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class DesignCursor:
         self.pending: list[int] = []  # requeued ids, served first
         self.done: set[int] = set()
         self._blocks: dict[int, np.ndarray] = {}
+        self._recent: list[np.ndarray] = []  # parameters handed out since the last take_recent()
 
     def params_of(self, sim_ids: np.ndarray) -> np.ndarray:
         """Parameter vectors ``(b, P)`` of simulations ``sim_ids``."""
@@ -86,7 +88,19 @@ class DesignCursor:
         if not ids:
             return None
         arr = np.asarray(ids, np.int64)
-        return Task(arr, self.params_of(arr), self.ic_seeds_of(arr))
+        task = Task(arr, self.params_of(arr), self.ic_seeds_of(arr))
+        self._recent.append(task.params)
+        del self._recent[:-1024]  # bounded when nobody takes them
+        return task
+
+    def take_recent(self) -> np.ndarray:
+        """Parameters ``(n, P)`` of the simulations handed out since the last call (for histograms)."""
+        recent, self._recent = self._recent, []
+        return np.concatenate(recent) if recent else np.zeros((0, len(self.solver.param_space)))
+
+    def observe(self, sim_ids: np.ndarray, losses: np.ndarray) -> None:
+        """Per-simulation training losses from the trainer; a fixed design ignores them (see
+        :class:`streaming.adaptive.AdaptiveCursor`)."""
 
     def mark_done(self, sim_ids: np.ndarray) -> None:
         self.done.update(int(i) for i in np.asarray(sim_ids).tolist())

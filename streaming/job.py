@@ -23,11 +23,12 @@ import numpy as np
 from flax import nnx
 
 from solvers import Solver
+from streaming.adaptive import held_out_grid, make_cursor
 from streaming.assembly import build_model, build_solver, sample_spec, worker_args
 from streaming.buffers import make_buffer
 from streaming.checkpoint import Checkpoints
 from streaming.config import ConfigError, JobConfig, dump_toml, load_config
-from streaming.design import DesignCursor
+from streaming.design import DesignCursor, Task
 from streaming.distributed import (
     DistributedError,
     NullMetrics,
@@ -43,6 +44,8 @@ from streaming.optim import make_optimizer
 from streaming.trainer import Trainer, Validation
 from streaming.transport import make_source
 from streaming.transport.in_process import MemorySource
+from streaming.transport.launcher import from_config as launcher_source
+from streaming.transport.launcher import launched_validation
 from streaming.transport.source import Source
 from streaming.worker import SolverWorker
 from surrogates.normalizer import Normalizer
@@ -51,9 +54,20 @@ VALIDATION_FIRST_ID = 2**30  # validation simulations get ids far from the train
 
 
 def build_validation(cfg: JobConfig, solver: Solver) -> Validation:
+    if cfg.solver.external is not None:  # a program of the user's: a trajectory file, or launched held-out runs
+        frames, params = launched_validation(cfg, solver, VALIDATION_FIRST_ID)
+        return Validation(frames, params, cfg.validation.rollout_steps)
     cursor = DesignCursor(solver, cfg.validation.n_sims, "uniform", cfg.validation.seed, cfg.validation.n_sims,
                           first_id=VALIDATION_FIRST_ID, fixed=cfg.solver.fixed)
     task = cursor.next_task()
+    if cfg.validation.design != "uniform":  # a held-out grid or Sobol set that covers the space
+        free = sum(p.high > p.low and p.name not in cfg.solver.fixed for p in solver.param_space.params)
+        n = max(int(np.floor(cfg.validation.n_sims ** (1 / max(free, 1)) + 1e-9)), 1)
+        kind = cfg.validation.design
+        params = held_out_grid(solver.param_space, n if kind == "grid" else cfg.validation.n_sims, kind,
+                               seed=cfg.validation.seed, fixed=cfg.solver.fixed)
+        ids = VALIDATION_FIRST_ID + np.arange(len(params))
+        task = Task(ids, params, cursor.ic_seeds_of(ids))
     keys = jax.vmap(jax.random.key)(np.asarray(task.ic_seeds, np.uint32))
     frames = np.asarray(solver.rollout(keys, task.params, cfg.solver.steps, cfg.solver.every), np.float32)
     finite = np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
@@ -119,6 +133,10 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
     else:
         if cfg is None:
             raise ConfigError("run_job needs a config, or resume=RUN_DIR")
+        if cfg.solver.design == "adaptive" and (parallel is not None or cfg.workers.backend == "external"):
+            raise ConfigError("solver.design='adaptive' needs one trainer process that hands out the simulations; with "
+                              f"{'several trainer processes' if parallel is not None else 'external solvers'} use "
+                              "solver.design='lhs' (or 'sobol', 'uniform')")
         if offline is not None:
             from streaming.offline import offline_job
 
@@ -146,8 +164,8 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
     is_main = parallel is None or parallel.is_main
     validation = build_validation(cfg, solver) if is_main else None  # only process 0 validates
     k, n = (0, 1) if parallel is None else (parallel.process_id, parallel.num_processes)
-    cursor = DesignCursor(solver, cfg.solver.n_sims, cfg.solver.design, cfg.solver.seed, cfg.workers.sims_per_task,
-                          fixed=cfg.solver.fixed, offset=k, stride=n)  # process k: simulations k, k + n, ...
+    # process k: simulations k, k + n, ...; design = "adaptive": the loss-steered AdaptiveCursor
+    cursor = make_cursor(solver, cfg.solver, cfg.workers.sims_per_task, offset=k, stride=n)
     checkpoints = Checkpoints(run_dir, cfg.checkpoint.keep, None if parallel is None else k)
     restored = None
     if resume is not None and checkpoints.latest_step() is not None:
@@ -165,16 +183,22 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
     metrics = MetricsLog(run_dir, cfg.logging.tensorboard) if is_main else NullMetrics()
     if messages is not None:
         source: Source = MemorySource(cursor, messages)
-    else:
+    elif cfg.solver.external is None:
         source = make_source(cfg, cursor, args, comm=comm, layout=layout, worker_cls=worker_cls)
+    else:  # an external program: the launcher, or the listener without a command
+        source = launcher_source(cfg, cursor, args)
     if cfg.workers.backend == "external" and messages is None:
         print(f"pdestream train: external solvers connect to {source.address} "
               f"(streaming.client.connect, or PDESTREAM_ADDRESS={source.address})", file=sys.stderr, flush=True)
+        if getattr(source, "token_generated", False):  # printed once; clients pass it as PDESTREAM_TOKEN
+            print(f"pdestream train: clients need the token PDESTREAM_TOKEN={source.token}", file=sys.stderr,
+                  flush=True)
     mode = "sync" if cfg.workers.backend == "local" or offline is not None else "background"  # sync: exact resume
     trainer = Trainer(cfg=cfg, spec=spec, model=model, optimizer=optimizer, schedule=schedule, buffer=buffer,
                       normalizer=normalizer, metadata=meta, validation=validation, run_dir=run_dir, metrics=metrics,
                       checkpoints=checkpoints, mode=mode,
-                      cursor_state=_cursor_state(source, cursor), parallel=parallel)
+                      cursor_state=_cursor_state(source, cursor), parallel=parallel,
+                      design=getattr(source, "dispatcher", None))
     if restored is not None:
         trainer.restore(restored[0], restored[2])
     interrupted = None
@@ -190,6 +214,8 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
     summary["run_dir"] = str(run_dir)
     if hasattr(source, "report"):  # where the workers ran and what they survived (Ray)
         summary["workers"] = source.report()
+    if hasattr(source, "external_report"):  # external clients: connections refused or closed, sims dropped, by reason
+        summary["external"] = source.external_report()
     if parallel is not None:
         write_process_report(run_dir, k, {
             "process_id": k, "num_processes": n, "steps": trainer.step,

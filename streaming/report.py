@@ -24,6 +24,13 @@ def print_summary(summary: dict) -> None:
         ("samples received (duplicates)", f"{summary.get('samples_received')} ({summary.get('duplicates')})"),
         ("MB received", summary.get("megabytes_received")),
     ]
+    ext = summary.get("external")
+    if ext:  # external clients: counts by reason, e.g. {"token": 1, "timeout": 2}
+        for key, label in (("rejected_connections", "external connections closed/refused"),
+                           ("dropped_sims", "external simulations dropped")):
+            counts = ext.get(key, {})
+            detail = ", ".join(f"{k} {v}" for k, v in counts.items())
+            rows.append((label, f"{sum(counts.values())}" + (f" ({detail})" if detail else "")))
     for name, value in rows:
         table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value))
     Console().print(table)

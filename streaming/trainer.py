@@ -22,13 +22,21 @@ The normaliser is fitted on the first ``watermark`` samples and frozen. Every
 relative L2, physical units, through the surrogate's own ``step``/``rollout``, boundary constraint
 included); the best one by ``validation.select`` (the rollout error by default) is exported as a
 :class:`~surrogates.Surrogate` to ``run_dir/surrogate`` and its step and scores go to the summary
-(``best_step``, ``best_val_one_step_rel_l2``, ``best_val_rollout_rel_l2``). Checkpoints hold the train
+(``best_step``, ``best_val_one_step_rel_l2``, ``best_val_rollout_rel_l2``; ``val_rollout_full``: at the end,
+the exported surrogate rolled out over the whole validation trajectories, per channel, beside the identity
+baseline). Checkpoints hold the train
 state, buffer, normaliser and design cursor.
 
 Training goes through the surrogate's model-space output map (``model.predict = "increment"``, the
 solver's frozen border held), over ``optim.unroll`` autoregressive model calls per sample (a linear
 curriculum, ``surrogates.training.linear_unroll``; samples are then cut with the targets of every call,
 the workers' chunks carry the frames they need), with ``optim.input_noise``.
+
+With ``solver.design = "adaptive"`` every batch carries its samples' simulation ids; every
+``solver.adaptive.loss_every`` steps the per-sample training loss (one forward pass before the update) is
+added to a running per-simulation mean, which goes up to the design through ``design.report_losses``
+every ``report_every`` steps and before each checkpoint (:mod:`streaming.adaptive`); validation adds the
+rollout error per parameter bin and the logs a histogram per parameter of the simulations handed out.
 
 With a :class:`~streaming.distributed.Parallel` the trainer is one of N processes: it draws its share
 of the global batch from its own buffer, the normaliser's moments are pooled over the processes when
@@ -57,6 +65,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from streaming.adaptive import SimLosses, make_sample_loss, per_sim_errors, region_errors
 from streaming.assembly import model_calls
 from streaming.buffers import Buffer
 from streaming.checkpoint import Checkpoints
@@ -149,6 +158,32 @@ class Validation:
         r = [rel(roll[:, i], truth[:, i]) for i in range(1, n_roll + 1)]
         return {"val_one_step_rel_l2": float(np.mean(one)), "val_rollout_rel_l2": float(np.mean(r))}
 
+    def rollout_full(self, sur: Surrogate, spec: SampleSpec) -> dict[str, Any]:
+        """Per-channel relative L2 of the rollout over every validation frame after the first window (mean over
+        simulations and frames), beside the identity baseline (the last input frame held); kind "field" has no
+        input frame, so its identity is None."""
+        t_len, w = self.frames.shape[1], spec.lookback
+        cond = self.params.astype(np.float32) if spec.condition_on_params else None
+        truth = self.frames[:, max(w, 1):]  # (S, n, C, *grid)
+        if spec.kind == "field":
+            pred = np.asarray(sur.rollout(None, t_len - 1, cond=cond, t0=0.0))[:, 1:]
+        else:
+            start = self.frames[:, :w]
+            pred = np.asarray(sur.rollout(start if w > 1 else start[:, 0], t_len - w, cond=cond,
+                                          t0=(w - 1) * spec.frame_dt))[:, 1:]
+
+        def per_channel(p: np.ndarray) -> list[float]:
+            """(S, n, C, *grid) -> mean over (S, n) of the per-channel relative L2, one per channel."""
+            axes = tuple(range(3, truth.ndim))
+            err = np.sqrt(((p - truth) ** 2).sum(axis=axes))
+            return (err / np.maximum(np.sqrt((truth ** 2).sum(axis=axes)), 1e-12)).mean(axis=(0, 1)).tolist()
+
+        names = list(sur.channels)
+        identity = None if spec.kind == "field" else dict(zip(names, per_channel(
+            np.broadcast_to(self.frames[:, w - 1 : w], truth.shape)), strict=True))
+        return {"steps": int(truth.shape[1]), "surrogate": dict(zip(names, per_channel(pred), strict=True)),
+                "identity": identity}
+
 
 @dataclass
 class Counters:
@@ -167,15 +202,21 @@ class Trainer:
     def __init__(self, *, cfg: Any, spec: SampleSpec, model: nnx.Module, optimizer: nnx.Optimizer,
                  schedule: Any, buffer: Buffer, normalizer: Normalizer, metadata: Any, validation: Validation | None,
                  run_dir: Path, metrics: MetricsLog, checkpoints: Checkpoints, mode: str,
-                 cursor_state: Callable[[], dict], parallel: Parallel | None = None) -> None:
+                 cursor_state: Callable[[], dict], parallel: Parallel | None = None, design: Any = None) -> None:
         self.cfg, self.spec, self.model, self.optimizer = cfg, spec, model, optimizer
         self.schedule, self.buffer, self.normalizer, self.metadata = schedule, buffer, normalizer, metadata
         self.validation, self.run_dir, self.metrics, self.checkpoints = validation, run_dir, metrics, checkpoints
         self.mode, self.cursor_state, self.parallel = mode, cursor_state, parallel
+        # design = "adaptive": per-sample losses go up to ``design`` (the dispatcher) as per-simulation means
+        self.design = design if cfg.solver.design == "adaptive" else None
+        self._sim_losses = SimLosses()
+        self._sample_loss = None if self.design is None else make_sample_loss(
+            model, self.metadata.output_map(), cfg.optim.loss)
         self.is_main = parallel is None or parallel.is_main
         self.step = 0
         self.best_val = float("inf")  # the validation.select error of the exported surrogate
         self.best: dict[str, Any] = {}  # its step and scores
+        self.rollout_full: dict[str, Any] | None = None  # the exported surrogate's full rollout per channel
         self.history: list[dict] = []
         self.counters = Counters()
         o = cfg.optim
@@ -299,8 +340,7 @@ class Trainer:
         self._norm_ready.set()
 
     def _receiver(self, source: Iterable) -> None:
-        # On Linux a thread has its own nice value: the receiver yields the CPU to the train step
-        # (measured on 2 cores, quickstart with workers that keep up: 5.7-6.4 -> 7.3-7.6 steps/s).
+        # On Linux a thread has its own nice value: the receiver yields the CPU to the train step.
         if self.cfg.workers.nice and sys.platform.startswith("linux"):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.cfg.workers.nice)
         ratio = self.cfg.buffer.ingest_ratio
@@ -326,7 +366,7 @@ class Trainer:
         while True:
             got = self.buffer.sample_batch(b)
             if got is not None:
-                return got[1]
+                return self._with_ids(got)
             if self._error is not None or self._stop.is_set():
                 return None
             if self.buffer.is_exhausted(b) or (self._source_done.is_set() and len(self.buffer) < b):
@@ -380,7 +420,7 @@ class Trainer:
                 batch = self.buffer.sample_batch(self.local_batch)
                 if not self._agreed(batch is not None) or batch is None:
                     return
-                yield self._put(batch[1])
+                yield self._put(self._with_ids(batch))
         else:
             threading.Thread(target=self._receiver, args=(source,), daemon=True, name="receiver").start()
             while not (self._norm_fitted() and self.buffer.ready()):
@@ -431,8 +471,14 @@ class Trainer:
                     if self.step >= total:
                         break
                     with ctrl_c.hold():  # the step donates the old state: never stop half-way through it
-                        losses.append(self.train_step(self._encode(batch), self.unroll(self.step)))
+                        encoded = self._encode(batch)
+                        if self.design is not None and self.step % cfg.solver.adaptive.loss_every == 0:
+                            self._sim_losses.add(np.asarray(batch["sim_id"]),  # before the update, as the loss
+                                                 np.asarray(self._sample_loss(self.train_step.model_state, encoded)))
+                        losses.append(self.train_step(encoded, self.unroll(self.step)))
                         self.step += 1
+                        if self.design is not None and self.step % cfg.solver.adaptive.report_every == 0:
+                            self._report_losses()
                     record: dict[str, Any] = {}
                     if self.step % cfg.logging.interval == 0 or self.step == total:
                         now = time.time()
@@ -456,7 +502,8 @@ class Trainer:
                     if (self.step % cfg.validation.interval == 0 or self.step == total) and self.is_main:
                         record.update(self.validate())
                     if record:
-                        self.metrics.log(self.step, record, {"seen_counts": self.buffer.seen_counts()})
+                        hists = {} if self.design is None else self.design.design_histograms()
+                        self.metrics.log(self.step, record, {"seen_counts": self.buffer.seen_counts(), **hists})
                         self.history.append({"step": self.step, **record})
                         fill = f"buf {len(self.buffer)}/{self.buffer.capacity}"
                         rate = (f"{record.get('batches_per_s', 0):.1f} it/s "
@@ -477,10 +524,12 @@ class Trainer:
             self.save_checkpoint()
         if self.parallel is not None and not interrupted:
             self.totals = self._counts()
-        if self.best_val == float("inf") and self.is_main:
+        if self.best_val == float("inf") and self.is_main and self.surrogate is not None:  # None: stopped early
             self.validate()
         if self._exporter is not None:
             self._exporter.close()
+        if not interrupted:
+            self.rollout_full = self.validate_exported()
         summary = self.summary(time.time() - t0, interrupted)
         if interrupted:
             raise KeyboardInterrupt(summary)
@@ -506,6 +555,10 @@ class Trainer:
         state = self.train_step.model_state
         self.surrogate.set_state(state if self.parallel is None else local_copy(state))
         scores = self.validation.score(self.surrogate, self.spec)
+        if self.design is not None:  # where in parameter space the error is: per parameter bin
+            v = self.validation
+            errs = per_sim_errors(self.surrogate, self.spec, v.frames, v.params, v.rollout_steps)
+            scores.update(region_errors(errs, v.params, self.design.cursor.solver.param_space))
         if scores[f"val_{self.cfg.validation.select}_rel_l2"] < self.best_val:
             self.best_val = scores[f"val_{self.cfg.validation.select}_rel_l2"]
             self.best = {"step": self.step, **scores}
@@ -516,12 +569,35 @@ class Trainer:
                                       self.normalizer.state_dict())
         return scores
 
+    def validate_exported(self) -> dict[str, Any] | None:
+        """The exported surrogate (``run_dir/surrogate``) over the full validation rollout, per channel, beside the
+        identity baseline (:meth:`Validation.rollout_full`); None where this process exports nothing."""
+        path = self.run_dir / "surrogate"
+        if self.validation is None or not self.is_main or not path.exists():
+            return None
+        return self.validation.rollout_full(Surrogate.load(path), self.spec)
+
     # ------------------------------------------------------------------ checkpoints
     def state_tree(self) -> tuple[Any, dict]:
         return nnx.to_pure_dict(self.train_step._state), {
             "buffer": self.buffer.state_dict(), "normalizer": self.normalizer.state_dict()}
 
+    def _report_losses(self) -> None:
+        """Send the per-simulation mean losses gathered since the last report up to the design."""
+        ids, values = self._sim_losses.take()
+        if len(ids):
+            self.design.report_losses(ids, values)
+
+    def _with_ids(self, got: tuple[np.ndarray, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """A drawn batch; with a loss-steered design it carries each sample's simulation id (``sim_id`` (B,))."""
+        keys, batch = got
+        if self.design is None:
+            return batch
+        return {**batch, "sim_id": keys[:, 0].astype(np.int32)}
+
     def save_checkpoint(self) -> None:
+        if self.design is not None:  # losses gathered so far go into the design state this checkpoint holds
+            self._report_losses()
         train, tree = self.state_tree()
         meta = {"step": self.step, "best_val": self.best_val, "best": self.best, "cursor": self.cursor_state(),
                 "counters": {k: v for k, v in vars(self.counters).items() if k != "dropped_messages"}}
@@ -545,7 +621,7 @@ class Trainer:
             "steps": self.step, "seconds": round(seconds, 2), "interrupted": interrupted,
             "final_loss": last.get("loss"), "select": self.cfg.validation.select, "best_step": self.best.get("step"),
             "best_val_one_step_rel_l2": self.best.get("val_one_step_rel_l2"),
-            "best_val_rollout_rel_l2": self.best.get("val_rollout_rel_l2"),
+            "best_val_rollout_rel_l2": self.best.get("val_rollout_rel_l2"), "val_rollout_full": self.rollout_full,
             "last_val": next((h for h in reversed(self.history) if "val_one_step_rel_l2" in h), {}),
             "chunks_received": c.chunks, "samples_received": c.samples_new, "duplicates": c.samples_in - c.samples_new,
             "megabytes_received": round(c.bytes_in / 2**20, 2), "sims_done": c.sims_done,

@@ -749,3 +749,22 @@ def test_rate_matched_producer_is_held_to_the_ratio():
     t.join(timeout=10)
     assert not t.is_alive() and caught_up
     assert buf.n_drawn == 50 * bs and max(over) < chunk  # never a whole chunk beyond the allowance
+
+
+@pytest.mark.parametrize("kind,max_reuse,ends", [("fifo", None, True), ("firo", 2, True), ("reservoir", None, False),
+                                                 ("reservoir", 3, True)])
+def test_buffers_that_shed_samples_end_with_the_stream(kind, max_reuse, ends):
+    """A reservoir whose samples leave after max_reuse draws must end with the stream, else a finite stream leaves
+    the trainer waiting for a batch that never comes; a plain reservoir keeps serving what it holds."""
+    buf = make_buffer(kind, capacity=8, watermark=2, max_reuse=max_reuse)
+    assert buf.ends_with_the_stream is ends
+    buf.put_many(_keys(0, range(6)), np.zeros((6, 2), np.float32))
+    if ends:
+        buf.end_reception()
+    drawn = 0
+    while buf.sample_batch(2) is not None:
+        drawn += 2
+        assert drawn <= 6 * (max_reuse or 1) or not ends
+        if drawn > 100:
+            break
+    assert (drawn <= 6 * (max_reuse or 1)) == ends  # the drained buffers stop; a plain reservoir serves on

@@ -328,3 +328,19 @@ def test_mpi_example_slabs_from_two_ranks_equal_the_serial_solver():
         ref = np.stack(list(serial.simulate(chunks[0].params.astype(np.float64), n, 0.002, 1.0, frames)))
         # exact: each cell gets the same float64 operations in the same order on a slab as on the whole grid
         np.testing.assert_array_equal(np.stack([fr[s][0] for s in range(frames)]), ref.astype(np.float32))
+
+
+def test_token_from_the_address_or_the_environment(monkeypatch):
+    monkeypatch.delenv("PDESTREAM_TOKEN", raising=False)
+    with ClientSource("127.0.0.1:0", expected_sims=2, token="tok-1") as src:  # loopback, but a token is set
+        consumer = Consumer(src)
+        with pytest.raises(ClientError, match="missing or wrong token"):
+            connect(src.address, sim_id=0, params=[1.0], fields=["u"], grid=(2,))
+        with connect(f"tok-1@{src.address}", sim_id=0, params=[1.0], fields=["u"], grid=(2,)) as c:
+            c.send("u", np.zeros(2), 0)
+        monkeypatch.setenv("PDESTREAM_TOKEN", "tok-1")
+        with connect(src.address, sim_id=1, params=[1.0], fields=["u"], grid=(2,)) as c:
+            c.send("u", np.ones(2), 0)
+        consumer.join()
+    assert [(r.sim_id, r.status) for r in consumer.reports()] == [(0, "done"), (1, "done")]
+    assert src.external_report()["rejected_connections"] == {"token": 1}

@@ -19,8 +19,12 @@ memory (same trainer, same threads) and online through Ray, with workers that re
 workers send as fast as they can and the receiver takes it all) and with live solvers
 (``streaming_efficiency_live_solvers``: on a 2-core machine the solver processes take cores from
 the trainer, so this one measures that contention too); on a GPU machine the steps run on the device.
+(c) ``ingest_fields_per_s_external_<n>c``: the same ingest path fed by the ``external`` backend's TCP
+listener from ``n`` small compiled C programs (the C client, ``pdestream client-config``), each sending
+64 x 64 float32 fields as fast as it can (simulations of 50 frames, precomputed values: no solver cost);
+``--external-clients 0`` skips it.
 Prints a table and writes a flat JSON dict (keys ``ingest_fields_per_s_ray_4w``,
-``ingest_fields_per_s_mpi_4w``, ``streaming_efficiency``, ...).
+``ingest_fields_per_s_mpi_4w``, ``ingest_fields_per_s_external_4c``, ``streaming_efficiency``, ...).
 """
 
 from __future__ import annotations
@@ -91,6 +95,74 @@ def ingest_rate(backend: str, n_workers: int, seconds: float, replay: bool) -> f
         return _count(source, spec, cfg, seconds)
     finally:
         source.close()
+
+
+C_SENDER = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "pdestream_client.h"
+/* argv: ADDRESS CLIENT_INDEX FRAMES. Streams simulations of FRAMES frames of one 64 x 64 field (one connection
+   each) until the job stops. */
+int main(int argc, char **argv) {
+    if (argc < 4) return 2;
+    long n_frames = atol(argv[3]);
+    const char *fields[] = {"T"};
+    long grid[] = {64, 64};
+    double params[] = {1.0, 0.5, 0.5, 0.5, 0.5};
+    static float frames[50][64 * 64];
+    for (int k = 0; k < 50; ++k)
+        for (int i = 0; i < 64 * 64; ++i) frames[k][i] = (float)(k + 0.001 * i);
+    for (long sim = atol(argv[2]) * 100000000L;; ++sim) {
+        pds_client *c = pds_connect(argv[1], sim, 5, params, 1, fields, 2, grid);
+        if (!c) return pds_last_code() == PDS_E_STOPPED ? 0 : (fprintf(stderr, "%s\n", pds_last_error()), 1);
+        for (long k = 0; k < n_frames; ++k)
+            if (pds_send(c, "T", k, frames[k % 50]) < 0) {
+                int rc = pds_last_code();
+                pds_abort(c);
+                return rc == PDS_E_STOPPED ? 0 : (fprintf(stderr, "%s\n", pds_last_error()), 1);
+            }
+        int rc = pds_close(c);
+        if (rc < 0) return rc == PDS_E_STOPPED ? 0 : (fprintf(stderr, "%s\n", pds_last_error()), 1);
+    }
+}
+"""
+
+
+def external_ingest_rate(n_clients: int, seconds: float, frames_per_sim: int = 50) -> float:
+    """Fields per second received by the trainer's ingest path from ``n_clients`` C programs through the
+    ``external`` listener (built from the job config, as ``pdestream train`` builds it); each program sends
+    simulations of ``frames_per_sim`` frames, one connection per simulation."""
+    import shlex
+
+    from streaming.assembly import build_solver, sample_spec, worker_args
+    from streaming.client_config import flags
+    from streaming.config import load_config
+    from streaming.design import DesignCursor
+    from streaming.transport.listener import from_config
+
+    cfg = load_config(ROOT / "configs/quickstart.toml", {**FIELD_CASE, "workers.backend": "external",
+                                                          "workers.listen": "127.0.0.1:0"})
+    solver = build_solver(cfg)
+    spec = sample_spec(cfg, solver)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "sender.c").write_text(C_SENDER)
+        subprocess.run(["cc", "-O2", "sender.c", "-o", "sender", *shlex.split(flags(cflags=True, libs=True))],
+                       cwd=tmp, check=True)
+        source = from_config(cfg, DesignCursor(solver, 0, "uniform", 0, 1), worker_args(cfg, spec))
+        procs = [subprocess.Popen([str(Path(tmp) / "sender"), source.address, str(i), str(frames_per_sim)])
+                 for i in range(n_clients)]
+        try:
+            return _count(source, spec, cfg, seconds)
+        finally:
+            source.close()
+            for p in procs:
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            bad = [p.returncode for p in procs if p.returncode]
+            if bad:
+                raise RuntimeError(f"C senders exited with {bad}")
 
 
 def _count(source: object, spec: object, cfg: object, seconds: float) -> float:
@@ -253,6 +325,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="measurement window per ingest run")
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--backends", nargs="*", default=["ray", "mpi"])
+    parser.add_argument("--external-clients", type=int, default=4,
+                        help="C programs streaming through the external listener (0: skip)")
     parser.add_argument("--steps", type=int, default=300, help="training steps for the efficiency runs")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the efficiency runs (see efficiency())")
     parser.add_argument("--skip-efficiency", action="store_true")
@@ -276,6 +350,11 @@ def main() -> None:
             results[f"ingest_fields_per_s_{backend}_{w}w"] = ceiling
             results[f"live_solver_fields_per_s_{backend}_{w}w"] = live
             print(f"| {backend} | {w} | {ceiling:,.0f} | {live:,.0f} |", flush=True)
+    if args.external_clients:
+        n = args.external_clients
+        rate = external_ingest_rate(n, args.seconds)
+        results[f"ingest_fields_per_s_external_{n}c"] = rate
+        print(f"| external (C clients) | {n} | {rate:,.0f} | - |", flush=True)
     if not args.skip_efficiency:
         import ray
 

@@ -88,7 +88,9 @@ class Buffer:
 
     @property
     def ends_with_the_stream(self) -> bool:
-        return self.policy.ends_with_the_stream
+        """The stream's end is :meth:`end_reception`: the policy's rule, or samples that leave after
+        ``max_reuse`` draws (a reservoir that sheds samples would otherwise wait for puts that never come)."""
+        return self.policy.ends_with_the_stream or self.max_reuse is not None
 
     @property
     def holds_every_put(self) -> bool:

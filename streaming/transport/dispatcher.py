@@ -7,6 +7,7 @@ asks the dispatcher what to do at each event:
 - :meth:`on_message` — a message came from a worker: a finished or dropped simulation's report marks
   it done in the design;
 - :meth:`task_done` — a worker finished its task;
+- :meth:`report_losses` — the trainer's per-simulation losses, handed to the design (adaptive sampling);
 - :meth:`worker_lost` — a worker died or its task failed: the task's unfinished simulations go back
   to the front of the design (they are re-run in full; the buffer's (simulation id, step)
   de-duplication drops what had already arrived) and the failure counts against ``max_failures``;
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Hashable
+
+import numpy as np
 
 from streaming.chunk import Chunk, SimReport
 from streaming.design import DesignCursor, Task
@@ -52,6 +55,19 @@ class Dispatcher:
         if isinstance(msg, SimReport) and msg.status in FINISHED:
             with self._lock:
                 self.cursor.mark_done([msg.sim_id])
+
+    def report_losses(self, sim_ids: np.ndarray, losses: np.ndarray) -> None:
+        """The trainer's upward message: per-simulation training losses ``(n,)`` of ``sim_ids`` ``(n,)``, passed
+        to the design (a loss-steered design draws the next parameters from them; a fixed one ignores them)."""
+        with self._lock:
+            self.cursor.observe(sim_ids, losses)
+
+    def design_histograms(self) -> dict[str, np.ndarray]:
+        """``{"design/NAME": values (n,)}``: each parameter of the simulations handed out since the last call."""
+        with self._lock:
+            recent = self.cursor.take_recent()
+        names = self.cursor.solver.param_space.names
+        return {f"design/{name}": recent[:, j] for j, name in enumerate(names)} if len(recent) else {}
 
     def task_done(self, worker: Hashable) -> None:
         with self._lock:

@@ -23,6 +23,15 @@ yields what they send, as every source does: :class:`~streaming.chunk.Chunk` s a
   ``max_inflight`` messages unacknowledged, so a slow trainer blocks the clients.
 - The stream ends once ``expected_sims`` simulations finished (done or dropped); with None it runs
   until :meth:`close`.
+- Hardening: frame lengths are checked against ``max_header`` / ``max_message_bytes`` before anything
+  is allocated; a malformed frame, bad JSON, a wrong dtype or shape, steps out of order, more than
+  ``max_inflight`` unacknowledged messages or a connection silent for ``client_timeout`` s (while the
+  job holds none of its messages), or stuck mid-frame as long, closes THAT connection with one log
+  line and drops its simulation (pending slabs included; chunks already delivered stay). Counted by
+  reason in :meth:`external_report` (``rejected_connections``, ``dropped_sims``).
+- Token: with ``token`` set, or when listening beyond the loopback interface (a token is then
+  generated with :mod:`secrets`), a hello without the right ``token`` is refused (constant-time
+  compare).
 
 Threads: one accepts connections, one per connection reads frames (decoding and the NaN check run
 there); the iterating thread assembles, yields and acknowledges.
@@ -31,11 +40,17 @@ there); the iterating thread assembles, yields and acknowledges.
 from __future__ import annotations
 
 import contextlib
+import hmac
+import ipaddress
+import logging
 import math
 import queue
+import secrets
 import socket
+import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,9 +63,23 @@ from streaming.client import ClientError, parse_address
 from streaming.config import JobConfig
 from streaming.design import DesignCursor
 from streaming.transport.source import Message
-from streaming.transport.wire import PROTOCOL, recv_header, recv_payload, send_frame
+from streaming.transport.wire import (
+    MAX_HEADER,
+    MAX_PAYLOAD,
+    PREFIX,
+    PROTOCOL,
+    FrameError,
+    check_prefix,
+    parse_header,
+    send_frame,
+)
 
 _POLL_S = 0.1  # how often a waiting thread checks for close()
+MAX_CONNECTIONS = 1024  # open client connections (one reader thread each); more are refused
+_MAX_ID = 2**62  # simulation ids and steps stay well inside int64 (de-duplication keys)
+_MAX_FRAMES_IN_MESSAGES = 16  # a full frame assembled from slabs may be this many messages large
+DTYPES = ("<f4", "<f8")  # payload dtypes a chunk may carry (float64 is cast to float32)
+log = logging.getLogger(__name__)
 
 
 class ClientSourceError(ValueError):
@@ -58,11 +87,19 @@ class ClientSourceError(ValueError):
 
 
 class _Refused(Exception):
-    """A hello the source will not accept; the message goes back to the client."""
+    """A hello the source will not accept; the message goes back to the client. ``reason``: counter key."""
+
+    def __init__(self, message: str, reason: str = "hello") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class _ProtocolError(Exception):
-    """A malformed or inconsistent message; the client's simulation is dropped."""
+    """A malformed or inconsistent message; the client's simulation is dropped. ``reason``: counter key."""
+
+    def __init__(self, message: str, reason: str = "protocol") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(eq=False)
@@ -92,11 +129,19 @@ class _Conn:
     seen_step: int = -1  # last step processed (iterating thread)
     unacked: int = 0
     ended: bool = False
+    read_msgs: int = 0  # chunk messages read (reader thread) ...
+    acked: int = 0  # ... and acknowledged (iterating thread): the difference is bounded by max_inflight
+    last_ack: float = 0.0  # monotonic time of the last acknowledgement (idle clock)
 
     def send(self, header: dict[str, Any]) -> None:
-        """Best effort: a connection that went away is noticed by its reader thread."""
-        with self.lock, contextlib.suppress(OSError):
-            send_frame(self.sock, header)
+        """Best effort: a connection that went away, or that does not read (its socket buffer stays full past
+        the socket timeout), is cut; its reader thread notices."""
+        with self.lock:
+            try:
+                send_frame(self.sock, header)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RDWR)
 
     @property
     def label(self) -> str:
@@ -117,6 +162,25 @@ class _Frame:
     mask: np.ndarray  # (*grid) bool: cells received
     covered: int = 0
     msgs: list[_Msg] = field(default_factory=list)
+
+
+def _set_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Kernel-side receive/send timeouts: reads wake up to check close() and client_timeout, a send to a client
+    that does not read fails instead of blocking; unlike ``settimeout`` no extra poll() per call."""
+    sock.settimeout(None)
+    tv = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+    except OSError:  # a platform without them: Python's own timeout
+        sock.settimeout(seconds)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _bind(listen: str) -> socket.socket:
@@ -145,17 +209,37 @@ class ClientSource:
     never). max_inflight: unacknowledged messages per client. overlap: frames repeated between
     consecutive chunks of a simulation. channels / grid / n_params: what the job trains on; a client
     whose ``fields``, global ``grid`` or number of parameters differ is refused at ``connect``.
+    token: the shared secret clients present (None: none on loopback, a generated one elsewhere; see
+    :attr:`token`). client_timeout: seconds a connection may stay silent while the job holds none of
+    its messages, or stay stuck mid-frame. max_message_bytes / max_header: bounds on a frame's payload
+    and JSON header.
     """
 
     def __init__(self, listen: str, expected_sims: int | None = None, max_inflight: int = 4, *, overlap: int = 1,
                  channels: Sequence[str] | None = None, grid: Sequence[int] | None = None,
-                 n_params: int | None = None) -> None:
+                 n_params: int | None = None, token: str | None = None, client_timeout: float = 3600.0,
+                 max_message_bytes: int = MAX_PAYLOAD, max_header: int = MAX_HEADER,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         if expected_sims is not None and expected_sims < 0:
             raise ClientSourceError(f"expected_sims={expected_sims}: must be >= 0 (None: stream until closed)")
         if max_inflight < 1:
             raise ClientSourceError(f"max_inflight={max_inflight}: must be >= 1")
         if overlap < 0:
             raise ClientSourceError(f"overlap={overlap}: must be >= 0")
+        if not client_timeout > 0:
+            raise ClientSourceError(f"client_timeout={client_timeout}: must be > 0 seconds")
+        if max_message_bytes < 1 or max_header < 64 or max_connections < 1:
+            raise ClientSourceError(f"max_message_bytes={max_message_bytes}, max_header={max_header}, "
+                                    f"max_connections={max_connections}: must be >= 1, >= 64 and >= 1")
+        if token is not None and (not isinstance(token, str) or not token or "@" in token or not token.isprintable()):
+            raise ClientSourceError("workers.token: expected a non-empty printable string without '@' (or none: "
+                                    "generated when listening beyond loopback)")
+        self.client_timeout, self.max_message_bytes, self.max_header = client_timeout, max_message_bytes, max_header
+        self.max_connections = max_connections
+        self._sock_timeout = min(1.0, max(client_timeout / 4, 0.05))
+        self.connections = 0
+        self.rejected: Counter[str] = Counter()  # connections closed or refused, by reason
+        self.dropped: Counter[str] = Counter()  # simulations dropped, by reason
         self.expected_sims, self.max_inflight, self.overlap = expected_sims, max_inflight, overlap
         self.channels = None if channels is None else tuple(channels)
         self.grid = None if grid is None else tuple(int(g) for g in grid)
@@ -170,6 +254,9 @@ class ClientSource:
         self._closed = False
         self._listener = _bind(listen)
         host, port = self._listener.getsockname()[:2]
+        self.token_generated = token is None and not _is_loopback(host)
+        self.token: str | None = secrets.token_urlsafe(24) if self.token_generated else token
+        self._token_bytes = None if self.token is None else self.token.encode()
         if host in ("0.0.0.0", "::"):
             host = socket.gethostname()
         self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -180,6 +267,14 @@ class ClientSource:
     def address(self) -> str:
         """``"host:port"`` clients connect to (the chosen port when ``listen`` asked for port 0)."""
         return self._address
+
+    def external_report(self) -> dict[str, Any]:
+        """Counters for the job summary: connections accepted, refused or closed by reason, dropped simulations
+        by reason (``nan``, ``disconnected``, ``timeout``, ``slabs``, a protocol violation's key)."""
+        with self._lock:
+            return {"address": self.address, "token_required": self.token is not None,
+                    "connections": self.connections, "rejected_connections": dict(sorted(self.rejected.items())),
+                    "dropped_sims": dict(sorted(self.dropped.items())), "sims_finished": self.sims_finished}
 
     def in_flight(self) -> list:
         """Nothing to re-run after a resume: external clients own their simulations."""
@@ -225,7 +320,7 @@ class ClientSource:
         if not finite:
             steps = chunk.steps.tolist()
             return self._drop(sim, "nan", f"simulation {sim.sim_id} sent NaN/Inf (steps {steps[0]}..{steps[-1]}"
-                              f"{' from ' + conn.label if sim.ranks > 1 else ''}); dropped", [msg])
+                              f"{' from ' + conn.label if sim.ranks > 1 else ''}); dropped", [msg], reason="nan")
         conn.seen_step = int(chunk.steps[-1])
         if sim.ranks == 1 and not chunk.is_slab:  # the whole grid from one process: no assembly
             msg.remaining = 1
@@ -246,7 +341,7 @@ class ClientSource:
                 first = tuple(int(o + j) for o, j in zip(chunk.offset, np.argwhere(seen)[0], strict=True))
                 return self._drop(sim, "error", f"simulation {sim.sim_id} step {step}: the slab of shape {chunk.grid} "
                                   f"at offset {chunk.offset} overlaps cells another rank sent (first: {first}); "
-                                  "give every rank a disjoint slab", [msg])
+                                  "give every rank a disjoint slab", [msg], reason="slabs")
             frame.mask[box] = True
             frame.data[(slice(None), *box)] = chunk.fields[i]
             frame.covered += cells
@@ -259,7 +354,7 @@ class ClientSource:
             for step in sorted(sim.pending):
                 frame = sim.pending[step]
                 if step <= behind and frame.covered < total:
-                    return self._drop(sim, "error", self._gap_message(sim, step, frame))
+                    return self._drop(sim, "error", self._gap_message(sim, step, frame), reason="slabs")
         done = sorted(s for s, f in sim.pending.items() if f.covered == total)
         out = []
         while done:  # runs of consecutive complete frames
@@ -298,7 +393,7 @@ class ClientSource:
             return []
         if sim.pending:
             step = min(sim.pending)
-            return self._drop(sim, "error", self._gap_message(sim, step, sim.pending[step]))
+            return self._drop(sim, "error", self._gap_message(sim, step, sim.pending[step]), reason="slabs")
         with self._lock:
             sim.status = "done"
             self.sims_finished += 1
@@ -306,17 +401,21 @@ class ClientSource:
         sim.tail_steps = sim.tail_fields = None
         return [(SimReport(sim.sim_id, "done"), [])]
 
-    def _on_lost(self, conn: _Conn, reason: str) -> list[tuple[Message, list[_Msg]]]:
+    def _on_lost(self, conn: _Conn, why: tuple[str, str]) -> list[tuple[Message, list[_Msg]]]:
         sim = conn.sim
         if conn.ended or sim is None or sim.status != "open":
             return []
-        return self._drop(sim, "error", f"simulation {sim.sim_id}: {conn.label} ({conn.peer}) {reason}; dropped")
+        reason, text = why
+        return self._drop(sim, "error", f"simulation {sim.sim_id}: {conn.label} ({conn.peer}) {text}; dropped",
+                          reason=reason)
 
-    def _drop(self, sim: _Sim, status: str, message: str, extra: Sequence[_Msg] = ()) -> list[tuple[Message, list]]:
-        """Drop ``sim``: acknowledge what it has waiting, tell its clients, report it."""
+    def _drop(self, sim: _Sim, status: str, message: str, extra: Sequence[_Msg] = (), *,
+              reason: str) -> list[tuple[Message, list]]:
+        """Drop ``sim``: acknowledge what it has waiting, tell its clients, report it (counted under ``reason``)."""
         with self._lock:  # the notice goes out before any "bye" (see _end) and any acknowledgement
             sim.status = "dropped"
             self.sims_finished += 1
+            self.dropped[reason] += 1
             for c in sim.conns:
                 c.send({"type": "dropped" if status == "nan" else "error", "message": message})
             sim.conns = []
@@ -332,6 +431,8 @@ class ClientSource:
     def _ack(self, conn: _Conn, n: int = 1) -> None:
         conn.unacked -= n
         if n:
+            conn.acked += n
+            conn.last_ack = time.monotonic()
             conn.send({"type": "ack", "n": n})
         if conn.ended and conn.unacked == 0:
             conn.send({"type": "bye"})
@@ -345,47 +446,117 @@ class ClientSource:
                 continue
             except OSError:
                 return
-            sock.settimeout(None)
+            _set_timeouts(sock, self._sock_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Conn(sock, f"{addr[0]}:{addr[1]}")
+            conn = _Conn(sock, f"{addr[0]}:{addr[1]}", last_ack=time.monotonic())
             reader = threading.Thread(target=self._serve, args=(conn,), daemon=True, name=f"client {conn.peer}")
             with self._lock:
                 if self._closed:
                     sock.close()
                     return
-                self._conns[conn] = reader
+                full = len(self._conns) >= self.max_connections
+                if not full:
+                    self._conns[conn] = reader
+                    self.connections += 1
+            if full:
+                self._reject(conn, "too_many", f"{self.max_connections} connections are open already")
+                with contextlib.suppress(OSError):
+                    sock.close()
+                continue
             reader.start()
+
+    def _reject(self, conn: _Conn, reason: str, message: str) -> None:
+        """Count a refused or closed connection under ``reason`` and log one line."""
+        with self._lock:
+            self.rejected[reason] += 1
+        log.warning("external client %s: connection closed (%s): %s", conn.peer, reason, message)
+
+    def _fill(self, conn: _Conn, buf: memoryview, frame_start: bool = False) -> None:
+        """Fill ``buf`` from the connection; EOFError when the peer (or close()) ends it, _ProtocolError
+        ("timeout") when it stays silent past ``client_timeout`` (at a frame's start: only while the job
+        holds none of its messages)."""
+        got, last = 0, time.monotonic()
+        while got < buf.nbytes:
+            try:
+                n = conn.sock.recv_into(buf[got:])
+            except (TimeoutError, BlockingIOError):  # settimeout / SO_RCVTIMEO expired
+                if self._closed:
+                    raise EOFError("the job stopped") from None
+                now = time.monotonic()
+                if frame_start and got == 0:
+                    if conn.read_msgs > conn.acked:  # the trainer holds its messages: not the client's delay
+                        last = now
+                        continue
+                    last = max(last, conn.last_ack)
+                if now - last > self.client_timeout:
+                    where = "before its next message" if frame_start and got == 0 else "in the middle of a message"
+                    raise _ProtocolError(f"sent nothing for {self.client_timeout:g} s {where} (workers.client_timeout)",
+                                         "timeout") from None
+                continue
+            if n == 0:
+                raise EOFError("connection closed by the peer")
+            got += n
+            last = time.monotonic()
+
+    def _recv_header(self, conn: _Conn) -> tuple[dict[str, Any], int]:
+        prefix = bytearray(PREFIX.size)
+        self._fill(conn, memoryview(prefix), frame_start=True)
+        n_head, n_payload = check_prefix(prefix, self.max_header, self.max_message_bytes)
+        head = bytearray(n_head)
+        self._fill(conn, memoryview(head))
+        return parse_header(head), n_payload
+
+    def _discard(self, conn: _Conn, n: int) -> None:
+        scratch = memoryview(bytearray(min(n, 1 << 16)))
+        while n > 0:
+            k = min(n, scratch.nbytes)
+            self._fill(conn, scratch[:k])
+            n -= k
 
     def _serve(self, conn: _Conn) -> None:
         """Reader thread of one connection: hello, then chunks and end, until the peer closes."""
         try:
-            header, n = recv_header(conn.sock)
-            recv_payload(conn.sock, n)
+            header, n = self._recv_header(conn)
             try:
+                if n:
+                    raise _Refused(f"a hello carries no payload ({n} bytes); connect with streaming.client", "hello")
                 self._hello(conn, header)
             except _Refused as e:
-                conn.send({"type": "stop" if self._closed or self.finished else "error", "message": str(e)})
+                stopping = self._closed or self.finished
+                conn.send({"type": "stop" if stopping else "error", "message": str(e)})
+                self._reject(conn, "stopped" if stopping else e.reason, str(e))
                 return
             conn.send({"type": "welcome", "max_inflight": self.max_inflight})
             while True:
-                header, n = recv_header(conn.sock)
+                header, n = self._recv_header(conn)
                 kind = header.get("type")
                 if self._closed:  # drain until the client hangs up
-                    recv_payload(conn.sock, n)
+                    self._discard(conn, n)
                 elif kind == "chunk":
+                    if conn.read_msgs - conn.acked >= self.max_inflight:
+                        raise _ProtocolError(f"more than max_inflight={self.max_inflight} unacknowledged messages; "
+                                             "wait for the job's acknowledgements", "window")
                     chunk = self._read_chunk(conn, header, n)
+                    conn.read_msgs += 1
                     self._events.put(("chunk", conn, (chunk, chunk.is_finite())))
                 elif kind == "end":
-                    recv_payload(conn.sock, n)
+                    if n:
+                        raise _ProtocolError(f"an end message carries no payload ({n} bytes)")
                     self._end(conn)
                 else:
                     raise _ProtocolError(f"unexpected message type {kind!r} after the hello")
-        except _ProtocolError as e:
-            conn.send({"type": "error", "message": str(e)})
-            self._events.put(("lost", conn, f"sent a bad message ({e})"))
-        except (OSError, EOFError) as e:
+        except (_ProtocolError, FrameError) as e:
             if not self._closed:
-                self._events.put(("lost", conn, f"disconnected before close() ({e}; solver crashed or aborted?)"))
+                reason = e.reason
+                conn.send({"type": "error", "message": str(e)})
+                self._reject(conn, reason, str(e))
+                self._events.put(("lost", conn, (reason, f"sent a bad message ({e})")))
+        except (OSError, EOFError) as e:
+            if not self._closed and conn.sim is None:  # hung up (or reset) before its hello was through
+                self._reject(conn, "no_hello", f"disconnected before a complete hello ({e})")
+            elif not self._closed:
+                self._events.put(("lost", conn, ("disconnected", f"disconnected before close() ({e}; solver crashed "
+                                                 "or aborted?)")))
         finally:
             with contextlib.suppress(OSError):
                 conn.sock.close()
@@ -416,6 +587,12 @@ class ClientSource:
     def _hello(self, conn: _Conn, h: dict[str, Any]) -> None:
         if h.get("type") != "hello":
             raise _Refused("expected a hello first; connect with streaming.client.connect")
+        if self._token_bytes is not None:
+            given = h.get("token")
+            given = given.encode("utf-8", "replace") if isinstance(given, str) else b""
+            if not hmac.compare_digest(given, self._token_bytes):
+                raise _Refused("missing or wrong token; pass the job's token (printed by pdestream train) in "
+                               "PDESTREAM_TOKEN, or connect to TOKEN@HOST:PORT", "token")
         if h.get("protocol") != PROTOCOL:
             raise _Refused(f"client protocol {h.get('protocol')!r}, this job speaks {PROTOCOL}; use the same "
                            "pdestream version on both ends")
@@ -427,18 +604,23 @@ class ClientSource:
             offset = (0,) * len(grid) if h.get("offset") is None else tuple(int(o) for o in h["offset"])
         except (KeyError, TypeError, ValueError) as e:
             raise _Refused(f"malformed hello ({e}); connect with streaming.client.connect") from None
-        if sim_id < 0 or ranks < 1 or len(offset) != len(grid):
+        if not 0 <= sim_id < _MAX_ID or ranks < 1 or len(offset) != len(grid) or min(grid, default=1) < 1:
             raise _Refused(f"malformed hello (sim_id={sim_id}, ranks={ranks}, offset={offset}, grid={grid}); connect "
                            "with streaming.client.connect")
+        frame_bytes = 4 * len(fields) * math.prod(grid)
+        if self.grid is None and frame_bytes > _MAX_FRAMES_IN_MESSAGES * self.max_message_bytes:
+            raise _Refused(f"one frame of fields {list(fields)} on grid {grid} takes {frame_bytes} bytes, over "
+                           f"{_MAX_FRAMES_IN_MESSAGES} x workers.max_message_mb; check the grid", "hello")
         if self.channels is not None and fields != self.channels:
             raise _Refused(f"fields {list(fields)} but the job trains on {list(self.channels)}; pass "
-                           f"fields={list(self.channels)} (same names, same order) and send those channels")
+                           f"fields={list(self.channels)} (same names, same order) and send those channels",
+                           "mismatch")
         if self.grid is not None and grid != self.grid:
             raise _Refused(f"grid {grid} but the job trains on grid {self.grid}; send that global grid (or change "
-                           "the job's solver config)")
+                           "the job's solver config)", "mismatch")
         if self.n_params is not None and params.size != self.n_params:
             raise _Refused(f"{params.size} parameters but the job's model takes {self.n_params}; send a (P,) "
-                           f"vector with P={self.n_params}")
+                           f"vector with P={self.n_params}", "mismatch")
         with self._lock:
             if self._closed or self.finished:
                 raise _Refused("the job is no longer taking simulations")
@@ -447,15 +629,15 @@ class ClientSource:
                 sim = self._sims[sim_id] = _Sim(sim_id, params, fields, grid, solver, ranks)
             elif sim.status != "open":
                 raise _Refused(f"simulation {sim_id} already finished in this job ({sim.status}); give each "
-                               "simulation its own sim_id")
+                               "simulation its own sim_id", "mismatch")
             elif (fields, grid, ranks) != (sim.fields, sim.grid, sim.ranks) or not np.array_equal(params, sim.params):
                 raise _Refused(f"simulation {sim_id}: this rank's params/fields/grid/ranks ({params.tolist()}, "
                                f"{list(fields)}, {grid}, {ranks}) differ from those of its first rank ("
                                f"{sim.params.tolist()}, {list(sim.fields)}, {sim.grid}, {sim.ranks}); every rank of a "
-                               "simulation passes the same")
+                               "simulation passes the same", "mismatch")
             elif len(sim.conns) >= sim.ranks:
                 raise _Refused(f"simulation {sim_id} already has its ranks={sim.ranks} connections; pass ranks= the "
-                               "number of processes sending slabs of it")
+                               "number of processes sending slabs of it", "mismatch")
             sim.conns.append(conn)
             conn.sim, conn.offset = sim, offset
 
@@ -463,25 +645,39 @@ class ClientSource:
         sim = conn.sim
         assert sim is not None
         wire = header.get("wire")
+        if not isinstance(wire, dict):
+            raise _ProtocolError("chunk message without its 'wire' header (a JSON object)")
+        dtype = wire.get("dtype", "<f4")
+        if dtype not in DTYPES:
+            raise _ProtocolError(f"chunk dtype {dtype!r}: send float32 '<f4' (or float64 '<f8')", "dtype")
         try:
             shape = tuple(int(s) for s in wire["shape"])
-            expect = math.prod(shape) * np.dtype(wire.get("dtype", "<f4")).itemsize
+            steps = wire["steps"]
+            n_steps = len(steps) if isinstance(steps, list) else -1
         except (KeyError, TypeError, ValueError) as e:
-            raise _ProtocolError(f"malformed chunk header ({e})") from None
+            raise _ProtocolError(f"malformed chunk header ({e!r})") from None
+        if (len(shape) != 2 + len(sim.grid) or min(shape) < 1 or shape[0] != n_steps
+                or shape[1] != len(sim.fields) or any(s > g for s, g in zip(shape[2:], sim.grid, strict=True))):
+            raise _ProtocolError(f"chunk shape {shape} with {n_steps} step(s): expected (n_steps, {len(sim.fields)}, "
+                                 f"*slab) with a slab inside the grid {sim.grid}", "shape")
+        expect = math.prod(shape) * np.dtype(dtype).itemsize
         if n != expect:
-            raise _ProtocolError(f"chunk payload of {n} bytes but its header shape {shape} needs {expect}")
-        data = recv_payload(conn.sock, n)
+            raise _ProtocolError(f"chunk payload of {n} bytes but its header shape {shape} needs {expect}", "shape")
+        data = np.empty(n, np.uint8)
+        self._fill(conn, memoryview(data))
         try:
             chunk = Chunk.from_wire(wire, data)
-        except ChunkError as e:
+        except (ChunkError, TypeError, ValueError, OverflowError) as e:
             raise _ProtocolError(str(e)) from None
         if chunk.sim_id != sim.sim_id or chunk.global_grid != sim.grid or chunk.offset != conn.offset:
             raise _ProtocolError(f"chunk of simulation {chunk.sim_id} grid {chunk.global_grid} offset {chunk.offset} "
                                  f"on the connection of simulation {sim.sim_id} grid {sim.grid} offset {conn.offset}")
         if chunk.n_channels != len(sim.fields):
             raise _ProtocolError(f"chunk with {chunk.n_channels} channels for fields {list(sim.fields)}")
+        if int(chunk.steps[-1]) >= _MAX_ID:
+            raise _ProtocolError(f"step {int(chunk.steps[-1])} is too large (limit {_MAX_ID})")
         if int(chunk.steps[0]) <= conn.read_step:
-            raise _ProtocolError(f"steps go backwards ({int(chunk.steps[0])} after {conn.read_step})")
+            raise _ProtocolError(f"steps go backwards ({int(chunk.steps[0])} after {conn.read_step})", "order")
         conn.read_step = int(chunk.steps[-1])
         return chunk
 
@@ -517,6 +713,8 @@ class ClientSource:
 def from_config(cfg: JobConfig, cursor: DesignCursor, worker_args: dict[str, Any], **_: Any) -> ClientSource:
     """Backend ``external``: listen at ``workers.listen`` for ``solver.n_sims`` simulations (0: until closed)."""
     solver = build_solver(cfg)
-    return ClientSource(cfg.workers.listen, cfg.solver.n_sims or None, cfg.workers.max_inflight,
+    w = cfg.workers
+    return ClientSource(w.listen, cfg.solver.n_sims or None, w.max_inflight,
                         overlap=worker_args["lookback"] + worker_args["lookahead"] - 1, channels=solver.channels,
-                        grid=solver.grid, n_params=len(solver.param_space))
+                        grid=solver.grid, n_params=len(solver.param_space), token=w.token,
+                        client_timeout=w.client_timeout, max_message_bytes=int(w.max_message_mb * 2**20))

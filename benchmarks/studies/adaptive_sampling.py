@@ -1,0 +1,239 @@
+"""Loss-steered (adaptive) vs fixed (LHS) parameter design, on problems whose difficulty varies over the space.
+
+    python -m benchmarks.studies.adaptive_sampling --json F [--png F] [--seeds 3] [--scale small|tiny]
+
+Per problem and seed, two local-backend jobs that differ only in ``solver.design``: the base design
+(``lhs``) and ``adaptive`` (:mod:`streaming.adaptive`, base ``lhs``). Both train the same FNO for the same
+gradient steps on the same number of simulations, which arrive spread over training
+(``buffer.ingest_ratio``: one new sample per step once the watermark is reached), so the design can react to
+the losses. The exported surrogate (best by the job's own validation) is scored on a held-out set that no
+design drew: a regular grid over the free parameter (cell centres), two initial conditions per point, with
+the rollout relative L2 over the whole trajectory (:func:`streaming.adaptive.per_sim_errors`).
+
+Problems: ``burgers1d`` family E2 (alpha = 1, gamma = 0; the viscosity beta in [0, 0.2], a linear range: the
+solver's parameter space has no log-scaled viscosity, its lower end is 0; low beta means steep fronts) and
+``ks1d`` (nu in [0.5, 4], the equivalent domain length L / sqrt(nu): small nu is more chaotic).
+
+Written per problem: ``<problem>_p99_error_ratio`` (adaptive / lhs of the 99th percentile of the per-simulation
+test errors, each the mean over seeds), ``<problem>_mean_error_ratio``, ``<problem>_wall_time_ratio`` (job wall
+time) and the per-seed values; ``--png`` draws the error against the parameter (mean over seeds and initial
+conditions) and where each design put its training simulations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from streaming.adaptive import held_out_grid, per_sim_errors, to_unit
+from streaming.assembly import build_solver, sample_spec
+from streaming.config import JobConfig, load_config
+from streaming.design import DesignCursor
+from streaming.job import run_job
+from surrogates.surrogate import Surrogate
+
+TEST_SEED = 777_000  # initial-condition seeds of the held-out set, far from every training id
+
+PROBLEMS: dict[str, dict[str, str]] = {
+    "burgers1d": {
+        "solver.name": "burgers1d",
+        "solver.config": '{ nx = 128, nx_out = 64, dt = 0.01, family = "E2" }',
+        "solver.steps": "400", "solver.every": "20",  # t = 4, as MP-PDE's E2 (fronts steepen at small beta)
+    },
+    "ks1d": {
+        "solver.name": "ks1d",
+        "solver.config": "{ nx = 128, dt = 0.05 }",
+        "solver.steps": "200", "solver.every": "10",
+    },
+}
+
+SCALES = {  # gradient steps, simulations, held-out grid points, FNO (modes, width, depth)
+    "tiny": {"steps": 40, "n_sims": 12, "grid": 6, "model": (8, 8, 1), "watermark": 40},
+    "small": {"steps": 1000, "n_sims": 48, "grid": 32, "model": (12, 16, 3), "watermark": 200},
+}
+
+
+def job_config(problem: str, design: str, seed: int, scale: dict, run_dir: str, name: str) -> JobConfig:
+    modes, width, depth = scale["model"]
+    steps = scale["steps"]
+    return load_config(None, {
+        **PROBLEMS[problem],
+        "solver.n_sims": str(scale["n_sims"]), "solver.design": design, "solver.seed": str(seed),
+        "solver.adaptive": "{ base = \"lhs\", floor = 0.3, warmup = 16, bandwidth = 0.05 }",
+        "model.name": "fno", "model.hparams": f"{{ modes = {modes}, width = {width}, depth = {depth} }}",
+        "model.predict": "increment",
+        "optim.steps": str(steps), "optim.batch_size": "32", "optim.lr": "2e-3", "optim.seed": str(seed),
+        "buffer.kind": "reservoir", "buffer.capacity": "4096", "buffer.watermark": str(scale["watermark"]),
+        "buffer.ingest_ratio": "0.03",  # round(0.03 * 32) = 1 new sample per step after the watermark
+        "workers.backend": "local", "workers.sims_per_task": "4", "workers.chunk_frames": "2",
+        "validation.n_sims": "8", "validation.interval": str(max(steps // 5, 1)), "validation.rollout_steps": "20",
+        "checkpoint.interval": str(steps), "logging.run_dir": run_dir, "logging.name": name,
+        "logging.progress": "false", "logging.tensorboard": "false",
+    })
+
+
+def test_set(cfg: JobConfig, n_grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out frames ``(S, T, C, *grid)`` and parameters ``(S, P)``: each grid point with two initial conditions."""
+    solver = build_solver(cfg)
+    grid = held_out_grid(solver.param_space, n_grid, fixed=cfg.solver.fixed)
+    params = np.repeat(grid, 2, axis=0)
+    seeds = TEST_SEED + np.arange(len(params))
+    keys = jax.vmap(jax.random.key)(np.asarray(seeds, np.uint32))
+    frames = np.asarray(solver.rollout(keys, params, cfg.solver.steps, cfg.solver.every), np.float32)
+    if not np.isfinite(frames).all():
+        raise RuntimeError(f"{cfg.solver.name}: a held-out simulation produced NaN/Inf; lower solver dt")
+    return frames, params
+
+
+def training_params(cfg: JobConfig, run: Path) -> np.ndarray:
+    """Parameters ``(n, P)`` of the simulations a finished job trained on (the adaptive ones from its checkpoint)."""
+    if cfg.solver.design != "adaptive":
+        c = DesignCursor(build_solver(cfg), cfg.solver.n_sims, cfg.solver.design, cfg.solver.seed, 1)
+        return c.params_of(np.arange(cfg.solver.n_sims))
+    meta = json.loads((run / "checkpoints" / str(cfg.optim.steps) / "meta" / "metadata").read_text())
+    return np.asarray([r[2:] for r in meta["cursor"]["adaptive"]["drawn"]], np.float64)
+
+
+def one_run(problem: str, design: str, seed: int, scale: dict, frames: np.ndarray, params: np.ndarray,
+            tmp: str) -> dict[str, Any]:
+    name = f"{problem}-{design}-{seed}"
+    cfg = job_config(problem, design, seed, scale, tmp, name)
+    t0 = time.perf_counter()
+    summary = run_job(cfg)
+    wall = time.perf_counter() - t0
+    run = Path(tmp) / name
+    sur = Surrogate.load(run / "surrogate")
+    spec = sample_spec(cfg, build_solver(cfg))
+    errs = per_sim_errors(sur, spec, frames, params, frames.shape[1])
+    drawn = training_params(cfg, run)
+    out = {"wall_s": round(wall, 2), "p99": float(np.percentile(errs, 99)), "mean": float(errs.mean()),
+           "errors": errs.tolist(), "train_params": drawn[:, free_index(cfg)].tolist(),
+           "sims_done": summary["sims_done"], "best_step": summary["best_step"]}
+    print(f"  {name}: p99 {out['p99']:.4f} mean {out['mean']:.4f} wall {wall:.1f} s", file=sys.stderr, flush=True)
+    return out
+
+
+def free_index(cfg: JobConfig) -> int:
+    """The one parameter the problem varies."""
+    space = build_solver(cfg).param_space
+    free = [j for j, p in enumerate(space.params) if p.high > p.low and p.name not in cfg.solver.fixed]
+    if len(free) != 1:
+        raise RuntimeError(f"{cfg.solver.name}: expected one free parameter, found {len(free)}")
+    return free[0]
+
+
+def ratio(a: float, b: float) -> float:
+    return float(a / b) if b else float("nan")
+
+
+def run_problem(problem: str, seeds: list[int], scale: dict, tmp: str) -> dict[str, Any]:
+    cfg = job_config(problem, "lhs", 0, scale, tmp, "probe")
+    frames, params = test_set(cfg, scale["grid"])
+    j = free_index(cfg)
+    per_seed = []
+    for k, seed in enumerate(seeds):
+        order = ("lhs", "adaptive") if k % 2 == 0 else ("adaptive", "lhs")  # alternate: load drift hits both
+        runs = {d: one_run(problem, d, seed, scale, frames, params, tmp) for d in order}
+        per_seed.append({"seed": seed, "lhs": runs["lhs"], "adaptive": runs["adaptive"],
+                         "p99_ratio": ratio(runs["adaptive"]["p99"], runs["lhs"]["p99"]),
+                         "mean_ratio": ratio(runs["adaptive"]["mean"], runs["lhs"]["mean"]),
+                         "wall_time_ratio": ratio(runs["adaptive"]["wall_s"], runs["lhs"]["wall_s"])})
+    m = {d: {q: float(np.mean([s[d][q] for s in per_seed])) for q in ("p99", "mean", "wall_s")}
+         for d in ("lhs", "adaptive")}
+    space = build_solver(cfg).param_space
+    return {
+        "parameter": space.params[j].name, "test_params": params[:, j].tolist(), "seeds": seeds,
+        "p99_error_ratio": ratio(m["adaptive"]["p99"], m["lhs"]["p99"]),
+        "mean_error_ratio": ratio(m["adaptive"]["mean"], m["lhs"]["mean"]),
+        "wall_time_ratio": ratio(m["adaptive"]["wall_s"], m["lhs"]["wall_s"]),
+        "mean_over_seeds": m, "per_seed": per_seed,
+        "unit_range": [space.params[j].low, space.params[j].high], "log": space.params[j].log,
+        "test_unit": to_unit(space, params)[:, j].tolist(),
+    }
+
+
+def figure(results: dict[str, Any], path: str) -> None:
+    """Per problem: test error against the parameter (mean over seeds and the two initial conditions), and
+    histograms of where each design put its training simulations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probs = [p for p in PROBLEMS if p in results["problems"]]
+    fig, axes = plt.subplots(len(probs), 2, figsize=(11, 3.6 * len(probs)), squeeze=False)
+    colors = {"lhs": "tab:blue", "adaptive": "tab:red"}
+    for row, prob in zip(axes, probs, strict=True):
+        r = results["problems"][prob]
+        x = np.asarray(r["test_params"])
+        pts = np.unique(x)
+        for d in ("lhs", "adaptive"):
+            errs = np.mean([s[d]["errors"] for s in r["per_seed"]], axis=0)
+            per_pt = [errs[x == v].mean() for v in pts]
+            row[0].plot(pts, per_pt, "o-", ms=3, color=colors[d],
+                        label=f"{d}: p99 {r['mean_over_seeds'][d]['p99']:.3f}, "
+                              f"mean {r['mean_over_seeds'][d]['mean']:.3f}")
+            train = np.concatenate([s[d]["train_params"] for s in r["per_seed"]])
+            row[1].hist(train, bins=20, range=tuple(r["unit_range"]), histtype="step", lw=1.5, color=colors[d],
+                        label=f"{d} ({len(train)} simulations, {len(r['per_seed'])} seeds)")
+        row[0].set(xlabel=r["parameter"], ylabel="test rollout rel. L2", yscale="log",
+                   title=f"{prob}: held-out grid error (p99 ratio {r['p99_error_ratio']:.2f}, "
+                         f"mean ratio {r['mean_error_ratio']:.2f})")
+        row[1].set(xlabel=r["parameter"], ylabel="training simulations", title=f"{prob}: where the simulations went")
+        for ax in row:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Adaptive (loss-steered) vs LHS design: tail and mean test error on a "
+                                 "held-out parameter grid, and wall time.")
+    ap.add_argument("--json", required=True, help="output JSON file")
+    ap.add_argument("--png", help="error-map figure (PNG)")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--scale", choices=sorted(SCALES), default="small")
+    ap.add_argument("--problems", default=",".join(PROBLEMS), help="comma-separated subset of " + ",".join(PROBLEMS))
+    args = ap.parse_args(argv)
+    problems = [p for p in args.problems.split(",") if p]
+    unknown = sorted(set(problems) - set(PROBLEMS))
+    if unknown:
+        print(f"adaptive_sampling: unknown problem(s) {', '.join(unknown)}; use {', '.join(PROBLEMS)}",
+              file=sys.stderr)
+        return 2
+    scale = SCALES[args.scale]
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {
+        "study": "adaptive_sampling", "scale": args.scale, "sizes": scale,
+        "command": "python -m benchmarks.studies.adaptive_sampling " + " ".join(argv or sys.argv[1:]),
+        "jax": jax.__version__, "python": platform.python_version(), "problems": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for prob in problems:
+            print(f"{prob}:", file=sys.stderr, flush=True)
+            r = run_problem(prob, list(range(args.seeds)), scale, tmp)
+            results["problems"][prob] = r
+            for q in ("p99_error_ratio", "mean_error_ratio", "wall_time_ratio"):
+                results[f"{prob}_{q}"] = r[q]
+    results["total_s"] = round(time.perf_counter() - t0, 1)
+    Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    if args.png:
+        figure(results, args.png)
+    for prob in problems:
+        print(f"{prob}: p99 ratio {results[f'{prob}_p99_error_ratio']:.3f}, mean ratio "
+              f"{results[f'{prob}_mean_error_ratio']:.3f}, wall-time ratio {results[f'{prob}_wall_time_ratio']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,348 @@
+"""Loss-steered parameter design (``solver.design = "adaptive"``): the training loss chooses where to simulate next.
+
+Method. A fitness-proportional kernel proposal in the unit cube of the parameter space, after the adaptive
+multiple importance sampling of Melissa's Breed (Dymchenko, Purandare & Raffin, "MelissaDL x Breed: Towards
+Data-Efficient On-line Supervised Training of Multi-parametric Surrogates with Active Learning", 2024). The
+trainer reports a running training loss per simulation; simulation ``i`` (its index ``k`` in this cursor's
+sequence) gets its parameters from
+
+- the base design (``lhs``, ``sobol`` or ``uniform``, the same point a fixed design would give it) for the first
+  ``warmup`` simulations, while no loss has been reported, and for a ``floor`` fraction of the rest, spread
+  evenly (``floor(k * floor)`` increments), so no region of the space starves;
+- otherwise a Gaussian kernel (``bandwidth``, in unit-cube coordinates, reflected at the faces) around a
+  recent simulation picked with probability proportional to ``loss ** exponent``, where ``loss`` is the kernel
+  average (std ``smooth``) of the running losses of the simulations around it: the loss of one simulation
+  also depends on its initial condition, and the average keeps the part that depends on the parameters.
+
+Working in the unit cube (``ParamSpace.from_unit``) makes log-scaled parameters steer in log space. A kernel
+mixture over the loss table is cheap and has no model to train, unlike the generative sampler of OGAS
+("Learning Where to Simulate", arXiv 2606.09949, 2026), and it keeps exploring through the floor.
+
+Bias. The simulations are no longer drawn from the base density, so the training distribution leans toward
+the high-loss regions, and the mean training loss is not an unbiased estimate of the mean error under the base
+density. The goal here is a lower worst-case (tail) error over the parameter space, which this lean serves;
+the floor bounds the density ratio base / mixture by ``1 / floor``, so no region's weight falls below
+``floor`` times its base weight. Importance weights are therefore not applied to the training loss; the
+held-out evaluation (:func:`held_out_grid`) measures the error on a grid that is not drawn from any design.
+
+The state (drawn parameters, the loss table) is plain data, saved in the checkpoint with the cursor; every
+draw is a function of the seed, the simulation id and the state at the time of the draw, so ``--resume`` on
+the local backend continues exactly (with Ray or MPI the losses arrive while workers run, so the draws depend
+on timing, as the stream itself does). The parameters of every simulation handed out are kept: ``P`` floats per
+simulation in each checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from scipy.stats import qmc
+
+from solvers import Solver, SolverError
+from solvers.params import ParamSpace
+from streaming.design import DesignCursor, Task
+from surrogates.training import LOSSES
+
+BASES = ("lhs", "sobol", "uniform")
+
+
+@dataclass(frozen=True)
+class AdaptiveOptions:
+    """The options of ``[solver.adaptive]`` (see :class:`streaming.config.AdaptiveSection`)."""
+
+    base: str = "lhs"
+    floor: float = 0.3
+    bandwidth: float = 0.05
+    smooth: float = 0.1
+    warmup: int = 16
+    exponent: float = 1.0
+    memory: int = 256
+    ema: float = 0.5
+    loss_every: int = 4
+    report_every: int = 20
+
+    def __post_init__(self) -> None:
+        if self.base not in BASES:
+            raise SolverError(f"solver.adaptive.base={self.base!r}: use one of {', '.join(BASES)}")
+        if not 0 <= self.floor <= 1:
+            raise SolverError(f"solver.adaptive.floor={self.floor}: a fraction in [0, 1]")
+        if not self.bandwidth > 0:
+            raise SolverError(f"solver.adaptive.bandwidth={self.bandwidth}: must be > 0 (unit-cube units)")
+
+
+# ---------------------------------------------------------------------------- pure pieces
+def to_unit(space: ParamSpace, params: np.ndarray) -> np.ndarray:
+    """Inverse of ``space.from_unit``: parameter vectors ``(n, P)`` to unit-cube points ``(n, P)`` (0 where a
+    parameter's range is a single value)."""
+    p = np.asarray(params, np.float64).reshape(-1, len(space))
+    out = np.zeros_like(p)
+    for j, par in enumerate(space.params):
+        lo, hi, x = (np.log10(par.low), np.log10(par.high), np.log10(p[:, j])) if par.log else (par.low, par.high,
+                                                                                               p[:, j])
+        if hi > lo:
+            out[:, j] = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    return out
+
+
+def from_base(k: int, floor: float, warmup: int) -> bool:
+    """Whether the ``k``-th simulation of a cursor comes from the base design: the first ``warmup``, then an
+    evenly spread ``floor`` fraction (exactly ``floor(n * floor)`` of ``n`` after warmup, give or take one)."""
+    if k < warmup:
+        return True
+    j = k - warmup
+    return int(np.floor((j + 1) * floor + 1e-9)) > int(np.floor(j * floor + 1e-9))
+
+
+def update_losses(table: dict[int, tuple[float, int]], sim_ids: np.ndarray, losses: np.ndarray, report: int,
+                  ema: float, memory: int) -> dict[int, tuple[float, int]]:
+    """A new loss table ``{sim_id: (running loss, report number of its last update)}``: exponential moving
+    average with weight ``ema`` on the new value, keeping the ``memory`` most recently updated simulations
+    (older entries measured an older model)."""
+    out = dict(table)
+    for i, v in zip(np.asarray(sim_ids).tolist(), np.asarray(losses, np.float64).tolist(), strict=True):
+        if not np.isfinite(v):
+            continue
+        old = out.get(int(i))
+        out[int(i)] = (v if old is None else (1 - ema) * old[0] + ema * v, report)
+    if len(out) > memory:
+        keep = sorted(out, key=lambda i: (out[i][1], i))[-memory:]
+        out = {i: out[i] for i in sorted(keep)}
+    return out
+
+
+def proposal_weights(losses: np.ndarray, exponent: float) -> np.ndarray:
+    """Selection probabilities ``(m,)`` proportional to ``loss ** exponent`` (uniform if every loss is 0)."""
+    lv = np.maximum(np.asarray(losses, np.float64), 0.0)
+    if lv.max(initial=0.0) <= 0:
+        return np.full(len(lv), 1.0 / max(len(lv), 1))
+    w = (lv / lv.max()) ** exponent
+    return w / w.sum()
+
+
+def smooth_losses(u: np.ndarray, losses: np.ndarray, width: float) -> np.ndarray:
+    """Kernel (Nadaraya-Watson) average ``(m,)`` of ``losses`` ``(m,)`` over the points ``u`` ``(m, P)`` with a
+    Gaussian of std ``width`` (unit-cube units; 0 = no smoothing): a simulation's loss also depends on its
+    initial condition, and the average over neighbours keeps the part that depends on the parameters."""
+    lv = np.asarray(losses, np.float64)
+    if width <= 0 or len(lv) < 2:
+        return lv
+    d2 = np.sum(np.square(u[:, None, :] - u[None, :, :]), axis=-1)
+    k = np.exp(-0.5 * d2 / width**2)
+    return (k @ lv) / k.sum(axis=1)
+
+
+def reflect(u: np.ndarray) -> np.ndarray:
+    """Fold points into ``[0, 1]`` by reflection at the faces (a kernel near a face keeps its mass inside)."""
+    u = np.mod(u, 2.0)
+    return np.where(u > 1.0, 2.0 - u, u)
+
+
+def draw_near(rng: np.random.Generator, centers: np.ndarray, weights: np.ndarray, bandwidth: float) -> np.ndarray:
+    """One unit-cube point ``(P,)`` from the kernel mixture ``sum_j w_j N(centers_j, bandwidth^2 I)``, reflected."""
+    j = rng.choice(len(centers), p=weights)
+    return reflect(centers[j] + bandwidth * rng.standard_normal(centers.shape[1]))
+
+
+# ---------------------------------------------------------------------------- the cursor
+class AdaptiveCursor(DesignCursor):
+    """A :class:`DesignCursor` whose next parameters follow the reported training losses (module docstring).
+
+    ``observe(sim_ids, losses)`` takes the trainer's per-simulation losses (through the dispatcher). The
+    parameters handed out are recorded (:attr:`drawn`), since they depend on the losses seen at the time.
+    """
+
+    def __init__(self, solver: Solver, n_sims: int, seed: int, sims_per_task: int, options: AdaptiveOptions,
+                 first_id: int = 0, fixed: dict[str, float] | None = None, offset: int = 0, stride: int = 1) -> None:
+        super().__init__(solver, n_sims, options.base, seed, sims_per_task, first_id=first_id, fixed=fixed,
+                         offset=offset, stride=stride)
+        self.options = options
+        self.drawn: dict[int, np.ndarray] = {}
+        self.origin: dict[int, str] = {}  # "base" or "proposal"
+        self.table: dict[int, tuple[float, int]] = {}
+        self.reports = 0
+
+    def _index(self, i: int) -> int:
+        return (i - self.first_id - self.offset) // self.stride
+
+    def _draw(self, i: int) -> tuple[np.ndarray, str]:
+        o = self.options
+        base = super().params_of(np.asarray([i]))[0]
+        centers = [j for j in sorted(self.table) if j in self.drawn]
+        if from_base(self._index(i), o.floor, o.warmup) or not centers:
+            return base, "base"
+        rng = np.random.default_rng([self.seed, 0xADA, i])
+        space = self.solver.param_space
+        u = to_unit(space, np.stack([self.drawn[j] for j in centers]))
+        w = proposal_weights(smooth_losses(u, np.asarray([self.table[j][0] for j in centers]), o.smooth), o.exponent)
+        p = space.from_unit(draw_near(rng, u, w, o.bandwidth)[None])
+        for j, v in self.fixed.items():
+            p[:, j] = v
+        p = np.clip(p, space.low, space.high)  # float round-off of the log map
+        return space.validate(p)[0], "proposal"
+
+    def params_of(self, sim_ids: np.ndarray) -> np.ndarray:
+        """Parameters ``(b, P)``: recorded ones, or drawn now (and recorded) for simulations never handed out."""
+        out = []
+        for i in np.asarray(sim_ids).tolist():
+            if i not in self.drawn:
+                self.drawn[i], self.origin[i] = self._draw(i)
+            out.append(self.drawn[i])
+        return np.stack(out) if out else np.zeros((0, len(self.solver.param_space)))
+
+    def next_task(self) -> Task | None:
+        """As :meth:`DesignCursor.next_task`, but requeued simulations go out in a task of their own: new ones
+        are drawn only when the queue is empty, so a resumed run draws them at the same point of the stream."""
+        if not self.pending:
+            return super().next_task()
+        ids, self.pending = self.pending[: self.sims_per_task], self.pending[self.sims_per_task :]
+        arr = np.asarray(ids, np.int64)
+        task = Task(arr, self.params_of(arr), self.ic_seeds_of(arr))
+        self._recent.append(task.params)
+        return task
+
+    def observe(self, sim_ids: np.ndarray, losses: np.ndarray) -> None:
+        """Take per-simulation training losses ``(n,)`` of simulations ``sim_ids`` ``(n,)``."""
+        self.reports += 1
+        mine = [k for k, i in enumerate(np.asarray(sim_ids).tolist()) if i in self.drawn]
+        self.table = update_losses(self.table, np.asarray(sim_ids)[mine], np.asarray(losses)[mine], self.reports,
+                                   self.options.ema, self.options.memory)
+
+    def state_dict(self, in_flight: list | None = None) -> dict:
+        d = super().state_dict(in_flight)
+        d["adaptive"] = {
+            "drawn": [[i, self.origin[i], *self.drawn[i].tolist()] for i in sorted(self.drawn)],
+            "losses": [[i, v, r] for i, (v, r) in sorted(self.table.items())],
+            "reports": self.reports,
+        }
+        return d
+
+    def load_state_dict(self, d: dict) -> None:
+        super().load_state_dict(d)
+        a = d.get("adaptive")
+        if a is None:
+            raise SolverError("the checkpoint's design cursor has no adaptive state: it was written with another "
+                              "solver.design; resume with the design it was run with")
+        self.drawn = {int(r[0]): np.asarray(r[2:], np.float64) for r in a["drawn"]}
+        self.origin = {int(r[0]): str(r[1]) for r in a["drawn"]}
+        self.table = {int(r[0]): (float(r[1]), int(r[2])) for r in a["losses"]}
+        self.reports = int(a["reports"])
+
+
+def make_cursor(solver: Solver, section: Any, sims_per_task: int, offset: int = 0, stride: int = 1) -> DesignCursor:
+    """The training design of a ``[solver]`` section: a :class:`DesignCursor`, or an :class:`AdaptiveCursor`
+    for ``design = "adaptive"`` with the options of ``section.adaptive``."""
+    if section.design != "adaptive":
+        return DesignCursor(solver, section.n_sims, section.design, section.seed, sims_per_task,
+                            fixed=section.fixed, offset=offset, stride=stride)
+    a = section.adaptive
+    opts = AdaptiveOptions(**(a.model_dump() if hasattr(a, "model_dump") else dict(a)))
+    return AdaptiveCursor(solver, section.n_sims, section.seed, sims_per_task, opts, fixed=section.fixed,
+                          offset=offset, stride=stride)
+
+
+# ---------------------------------------------------------------------------- losses per sample
+def make_sample_loss(model: nnx.Module, output_map: Callable | None, loss: str) -> Callable:
+    """A jitted ``f(model_state, encoded_batch) -> (B,)``: the training loss of each sample for one model call
+    (teacher forced, normalised units), with the train step's output map and loss function."""
+    graphdef = nnx.graphdef(model)
+    fn = LOSSES[loss]
+
+    @jax.jit
+    def per_sample(state: nnx.State, batch: dict) -> jax.Array:
+        m = nnx.merge(graphdef, state)
+        x, y, cond = batch.get("x"), batch["y"], batch.get("cond")
+        out = m(x, cond)
+        if output_map is not None:
+            out = output_map(x, out)
+        y = y[:, : out.shape[1]]
+        return jax.vmap(lambda p, t: fn(p[None], t[None]))(out, y)
+
+    return per_sample
+
+
+class SimLosses:
+    """The trainer's running per-simulation loss between two reports: sums and counts by simulation id."""
+
+    def __init__(self) -> None:
+        self.sum: dict[int, float] = {}
+        self.count: dict[int, int] = {}
+
+    def add(self, sim_ids: np.ndarray, losses: np.ndarray) -> None:
+        for i, v in zip(np.asarray(sim_ids).tolist(), np.asarray(losses, np.float64).tolist(), strict=True):
+            self.sum[i] = self.sum.get(i, 0.0) + v
+            self.count[i] = self.count.get(i, 0) + 1
+
+    def take(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean loss per simulation since the last take: ids ``(n,)`` int64 and losses ``(n,)`` float64."""
+        ids = sorted(self.sum)
+        out = (np.asarray(ids, np.int64), np.asarray([self.sum[i] / self.count[i] for i in ids], np.float64))
+        self.sum, self.count = {}, {}
+        return out
+
+
+# ---------------------------------------------------------------------------- held-out evaluation
+def held_out_grid(space: ParamSpace, n: int, kind: str = "grid", seed: int = 2**20 + 7,
+                  fixed: dict[str, float] | None = None) -> np.ndarray:
+    """Test parameters ``(m, P)`` covering the space, not drawn from any training design: a regular grid of
+    ``n`` cell-centred points per free parameter (``kind="grid"``, ``m = n ** free``) or ``n`` scrambled Sobol
+    points (``kind="sobol"``); parameters in ``fixed`` (or with a single-value range) are held."""
+    names = space.names
+    fixed = {names.index(k): float(v) for k, v in (fixed or {}).items()}
+    free = [j for j, p in enumerate(space.params) if j not in fixed and p.high > p.low]
+    if kind == "grid":
+        axes = np.meshgrid(*[(np.arange(n) + 0.5) / n for _ in free], indexing="ij")
+        pts = np.stack([a.ravel() for a in axes], 1) if free else np.zeros((1, 0))
+    elif kind == "sobol":
+        m = int(np.ceil(np.log2(max(n, 1))))  # a power of two keeps Sobol's balance; the first n are kept
+        pts = qmc.Sobol(d=max(len(free), 1), scramble=True, seed=seed).random_base2(m)[:n, : len(free)]
+    else:
+        raise SolverError(f"held_out_grid: kind={kind!r}; use 'grid' or 'sobol'")
+    u = np.zeros((len(pts), len(space)))
+    u[:, free] = pts
+    out = space.from_unit(u)
+    for j, v in fixed.items():
+        out[:, j] = v
+    return space.validate(out)
+
+
+def per_sim_errors(sur: Any, spec: Any, frames: np.ndarray, params: np.ndarray, rollout_steps: int) -> np.ndarray:
+    """Per-simulation rollout relative L2 error ``(S,)`` (mean over the rollout's frames, physical units) of the
+    surrogate ``sur`` on frames ``(S, T, C, *grid)`` with parameters ``(S, P)``."""
+    t_len, s = frames.shape[1], len(frames)
+    cond = params.astype(np.float32) if spec.condition_on_params else None
+
+    def rel(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+        err = np.linalg.norm((p - y).reshape(s, -1), axis=1)
+        return err / np.maximum(np.linalg.norm(y.reshape(s, -1), axis=1), 1e-12)
+
+    if spec.kind == "field":
+        pred = np.asarray(sur.rollout(None, t_len - 1, cond=cond, t0=0.0))
+        return np.mean([rel(pred[:, i], frames[:, i]) for i in range(t_len)], axis=0)
+    w = spec.window
+    n_roll = min(rollout_steps, t_len - w)
+    start = frames[:, :w]
+    roll = np.asarray(sur.rollout(start if w > 1 else start[:, 0], n_roll, cond=cond, t0=(w - 1) * spec.frame_dt))
+    truth = frames[:, w - 1 : w + n_roll]
+    return np.mean([rel(roll[:, i], truth[:, i]) for i in range(1, n_roll + 1)], axis=0)
+
+
+def region_errors(errors: np.ndarray, params: np.ndarray, space: ParamSpace, bins: int = 4,
+                  prefix: str = "val_rollout_rel_l2") -> dict[str, float]:
+    """Mean error per parameter bin: ``{f"{prefix}/{name}_bin{b}": mean}`` over ``bins`` equal bins of each
+    non-constant parameter's unit coordinate (empty bins left out)."""
+    u = to_unit(space, params)
+    out: dict[str, float] = {}
+    for j, p in enumerate(space.params):
+        if p.high <= p.low:
+            continue
+        b = np.minimum((u[:, j] * bins).astype(int), bins - 1)
+        for k in range(bins):
+            if (b == k).any():
+                out[f"{prefix}/{p.name}_bin{k}"] = float(np.mean(errors[b == k]))
+    return out
+
