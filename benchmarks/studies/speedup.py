@@ -1,37 +1,42 @@
-"""The surrogate as a fast solver: wall time of the same batched rollout by a trained surrogate and by
-our numerical solver, with the surrogate's error beside the speed-up.
+"""The surrogate as a fast solver, at equal accuracy: a trained surrogate against a ladder of solver settings.
 
-    python -m benchmarks.studies.speedup [--json FILE] [--ns2d-checkpoint RUN_OR_SURROGATE]
-        [--cavity-checkpoint RUN_OR_SURROGATE] [--batch 8] [--repeats 3] [--only ns2d cavity]
+    python -m benchmarks.studies.speedup [--only ns2d heat2d cavity dam] [--surrogate PROBLEM=RUN_OR_SURROGATE]
+        [--batch 8] [--repeats 3] [--json FILE] [--png FILE] [--quick] [--run-dir DIR]
+    python -m benchmarks.studies.speedup --replot FILE.json --png FILE.png   # the figure again, no solving
 
-Protocol (per problem). ``B`` simulations (fixed seeds, none of them a training simulation) start from
-the solver's initial conditions. The solver produces the surrogate's first input window (``W`` frames,
-``metadata.dt`` apart); from the last frame of that window both advance the same physical time
-``n_frames * metadata.dt``: the surrogate with ``n_frames`` autoregressive steps
-(:meth:`~surrogates.surrogate.Surrogate.rollout`), the solver with ``n_frames * every`` steps of its
-own ``dt``, where ``every = metadata.dt / solver.dt`` (one surrogate frame replaces ``every`` solver
-steps), returning the same ``n_frames`` frames. Both are jitted, batched over ``B`` (``vmap`` for the
-solver), run on the same device, compiled before timing (the solver ahead of time, the surrogate by a
-warm-up call), synchronised with ``block_until_ready``, best of ``--repeats``. The speed-up is
-``solver_seconds / surrogate_seconds``. The error is the per-simulation relative L2 error of the
-surrogate's frames against the solver's over the whole rollout (``rel_L2`` of
-:func:`benchmarks.metrics.field_metrics`), beside the identity baseline (the last input frame copied).
+Why: a surrogate timed against the solver at the fine time step it was trained on (the old
+``ns2d_surrogate_speedup``, kept here as ``<problem>_fixed_dt_speedup``) is a weak baseline; McGreivy & Hakim
+(Nature Machine Intelligence 2024) ask for the comparison at equal accuracy or equal cost against an efficient
+numerical method. So, per problem:
 
-Surrogates: ``--ns2d-checkpoint`` / ``--cavity-checkpoint`` take a run directory of ``pdestream train``
-(its ``config.resolved.toml`` gives the solver config and fixed parameters) or a surrogate directory
-(solver defaults). Without one, a small surrogate is trained in-process through the real engine
-(:func:`streaming.job.run_job`, local backend): ns2d from ``configs/ns2d_fno.toml`` (FNO on frames one
-time unit apart, 10 input frames) with a small budget, the cavity from :func:`cavity_job` (CFDBench's
-FNO on frames 0.1 s apart, CFDBench's cavity frame spacing). A cavity surrogate may predict either the
-solver's channels ``(u, v, p)`` or CFDBench's ``(u, v, mask)`` samples
-(:func:`solvers.cfd.resample.cfdbench_sample`); for the latter the solver's frames are resampled inside
-its timed function, and the error leaves the mask out.
+- a **reference**: the solver at a fine setting (finer grid and/or time step than the training data), the
+  "truth" every other rollout is scored against (``<problem>_reference``);
+- a **ladder** of solver settings (the training setting, larger time steps up to and past the stability limit,
+  coarser grids resampled onto the evaluation grid: spectral for the periodic ns2d, linear between nodes for
+  heat2d's walled grid, the CFD solvers' own bilinear resample for cavity and dam), each with its rollout error
+  and wall time; a rung whose frames are not all finite is recorded as unstable;
+- the **surrogate**'s error and wall time, and the identity baseline (the last input frame copied).
 
-Writes a flat JSON dict: ``<problem>_surrogate_speedup``, ``<problem>_solver_s``,
-``<problem>_surrogate_s``, ``<problem>_rel_l2``, ``<problem>_identity_rel_l2``, ``<problem>_frames``,
-``<problem>_solver_steps``, ``<problem>_every``, ``<problem>_simulated_time``, ``<problem>_batch``,
-``<problem>_surrogate`` (description), ``device``, ``cpus`` and the 1-minute load average at the start and end
-(timings on a shared machine are only as quiet as it is).
+Protocol. ``B`` simulations (fixed seeds, none a training simulation). The training setting of the solver
+gives the surrogate's first input window (``W`` frames ``metadata.dt`` apart); from its last frame everything
+advances ``n_frames`` frames: the surrogate by :meth:`~surrogates.surrogate.Surrogate.rollout`, each rung by
+``metadata.dt / dt`` steps per frame (a rung's ``dt`` must divide the frame spacing). ns2d rungs start from that
+frame resampled spectrally onto their grid; heat2d and the CFD problems start from their initial state (the
+frame at ``t = 0``, set by the parameters alone), so their surrogates must read one frame. All are jitted,
+batched over ``B``, on the same device, compiled before timing, synchronised with ``block_until_ready``, and the
+resampling onto the evaluation grid is inside the timed function; the best of ``--repeats`` runs is kept (a rung
+whose runs add up past ``REPEAT_BUDGET_S`` stops repeating). The error is the per-simulation relative L2 over
+all frames and channels (:func:`benchmarks.ladder.rollout_rel_l2`); in the dam, cells inside the obstacle are
+left out. The reference is timed once and never picked as a rung (its error is 0 by construction).
+
+Keys per problem: ``<p>_equal_accuracy_speedup`` (cheapest rung with error <= the surrogate's, its seconds over
+the surrogate's; null if no rung is that accurate, then ``<p>_finest_rung`` holds the most accurate rung),
+``<p>_equal_cost_error_ratio`` (error of the most accurate rung costing <= the surrogate, over the surrogate's
+error; null if none is that cheap), ``<p>_surrogate_rollout_rel_l2``, ``<p>_identity_rollout_rel_l2``,
+``<p>_surrogate_s``, ``<p>_ladder`` (label, setting, seconds, error, stable, runs), ``<p>_reference``,
+``<p>_training_setting``, ``<p>_fixed_dt_speedup`` (the training setting's seconds over the surrogate's),
+``<p>_batch``, ``<p>_frames``, ``<p>_frame_dt``, ``<p>_surrogate`` (how it was trained), with ``device``,
+``cpus`` and the 1-minute load average at the start and end.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,190 +57,46 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.evaluate import cond_from_params, load_surrogate
-from benchmarks.metrics import field_metrics
+from benchmarks.ladder import (
+    Rung,
+    equal_accuracy,
+    equal_cost,
+    node_resample,
+    plot_pareto,
+    rollout_rel_l2,
+    spectral_resample,
+)
 from solvers import Solver, get_solver
-from solvers.cfd.resample import cfdbench_sample
+from solvers.cfd.resample import resize as cell_resample
 from surrogates.surrogate import Surrogate
 
 ROOT = Path(__file__).resolve().parents[2]
-CFDBENCH_CHANNELS = ("u", "v", "mask")
 BENCH_SEED = 20261123  # initial-condition keys and parameters of the timed simulations (not a training seed)
 DT_RTOL = 1e-6
-# problem -> surrogate frames rolled out (ns2d: 10 time units = 10,000 solver steps of dt 1e-3; cavity: CFDBench's
-# 20-step autoregressive horizon, Luo et al. 2023, Fig. 8, = 2 s)
-DEFAULT_FRAMES = {"ns2d": 10, "cavity": 20}
+REPEAT_BUDGET_S = 20.0  # a timing stops repeating once its runs add up to this (the slow rungs run once)
+LIVE = "live solvers streamed through the engine (local backend); no dataset written"
 
 
 class SpeedupError(ValueError):
-    """A surrogate and a solver that cannot be compared (time step, grid or channels); the message says the fix."""
+    """A surrogate, solver setting or option that cannot be compared; the message says the fix."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Matching a surrogate's frames to solver steps
+# Problems
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def solver_steps_per_frame(sur: Surrogate, solver: Solver) -> int:
-    """``every``: solver steps per surrogate frame, ``metadata.dt / solver.dt``, which must be a whole number."""
-    ratio = sur.dt / solver.dt
-    every = round(ratio)
-    if every < 1 or not math.isclose(ratio, every, rel_tol=DT_RTOL):
-        raise SpeedupError(
-            f"the surrogate's frames are {sur.dt:g} apart, {ratio:g} steps of the solver's dt={solver.dt:g}; "
-            f"use a solver config whose dt divides {sur.dt:g} (the run's solver.config)"
-        )
-    return every
+@dataclass(frozen=True)
+class Problem:
+    """A problem's reference and ladder (solver config overrides over the training setting), the frames rolled
+    out, how rungs are resampled (``spectral``, ``nodes`` or ``cells``) and its in-process training job."""
 
-
-def observer(sur: Surrogate, solver: Solver, params: np.ndarray) -> Callable[[jax.Array], jax.Array]:
-    """A jit-able map from solver frames ``(B, T, C, *grid)`` to the surrogate's channels ``(B, T, C', *grid')``.
-
-    The identity when the surrogate predicts the solver's channels on its grid; CFDBench's ``(u, v, mask)``
-    resampling for a CFD solver and a surrogate with those channels (the obstacle mask of each simulation is
-    computed here, on the host, from ``params`` ``(B, P)``).
-    """
-    m = sur.metadata
-    if tuple(m.channels) == tuple(solver.channels):
-        if tuple(m.grid) != tuple(solver.grid):
-            raise SpeedupError(
-                f"the surrogate predicts on grid {m.grid} but the {solver.name} solver's grid is {solver.grid}; "
-                "use the solver config the surrogate was trained with (the run directory's)"
-            )
-        return lambda frames: frames
-    if tuple(m.channels) == CFDBENCH_CHANNELS and hasattr(solver, "mask"):
-        masks = jnp.asarray(np.stack([solver.mask(row) for row in np.asarray(params)]), solver.dtype)
-        return lambda frames: cfdbench_sample(frames, masks, tuple(m.grid))
-    raise SpeedupError(
-        f"the surrogate predicts the channels {list(m.channels)} but the {solver.name} solver gives "
-        f"{list(solver.channels)}; compare a surrogate of this solver (or a CFD one of {list(CFDBENCH_CHANNELS)})"
-    )
-
-
-def advance_fn(solver: Solver, every: int, n_frames: int,
-               observe: Callable[[jax.Array], jax.Array] = lambda f: f) -> Callable:
-    """``(states, params) -> (states', frames)``: a batch of solver states advanced ``n_frames * every`` steps.
-
-    ``frames`` ``(B, n_frames, C, *grid)`` (after ``observe``) are the fields every ``every`` steps, the start
-    excluded, as :meth:`Solver.rollout` computes them (a ``fori_loop`` of ``every`` steps inside a ``scan``).
-    """
-
-    def single(state: Any, params: jax.Array) -> tuple[Any, jax.Array]:
-        def frame(s: Any, _: None) -> tuple[Any, jax.Array]:
-            s = jax.lax.fori_loop(0, every, lambda i, x: solver.step(x, params), s)
-            return s, solver.fields(s)
-
-        return jax.lax.scan(frame, state, None, length=n_frames)
-
-    def run(states: Any, params: jax.Array) -> tuple[Any, jax.Array]:
-        states, frames = jax.vmap(single)(states, params)
-        return states, observe(frames)
-
-    return run
-
-
-def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """Best wall time (s) of ``repeats`` synchronised calls of ``fn`` (already compiled), and the first output."""
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        result = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-        out = result if out is None else out
-    return min(times), out
-
-
-def _physical(frames: np.ndarray, channels: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
-    keep = [i for i, c in enumerate(channels) if c != "mask"]
-    return frames[:, :, keep], [channels[i] for i in keep]
-
-
-def measure_speedup(sur: Surrogate, solver: Solver, params: Any, keys: jax.Array, n_frames: int,
-                    repeats: int = 3, name: str = "ns2d") -> dict[str, Any]:
-    """Time the same batched rollout by ``sur`` and ``solver`` and score the surrogate against the solver.
-
-    Args:
-        sur: a ``next_step`` or ``bundle`` surrogate of ``solver`` (frames ``every`` solver steps apart).
-        solver: the numerical solver, configured as for the surrogate's training data.
-        params: ``(B, P)`` parameter vectors of the ``B`` simulations; keys: ``(B,)`` initial-condition keys.
-        n_frames: surrogate frames rolled out (``n_frames * every`` solver steps).
-        repeats: timed runs per side (the best is kept).
-        name: the key prefix.
-
-    Returns:
-        ``{name}_surrogate_speedup`` (solver seconds / surrogate seconds), ``{name}_solver_s``,
-        ``{name}_surrogate_s``, ``{name}_rel_l2``, ``{name}_identity_rel_l2``, ``{name}_frames``,
-        ``{name}_solver_steps`` (per simulation), ``{name}_every``, ``{name}_simulated_time`` (the solver's time
-        unit), ``{name}_batch``.
-    """
-    m = sur.metadata
-    if m.kind not in ("next_step", "bundle"):
-        raise SpeedupError(f"the surrogate is of kind {m.kind!r}; the speed-up compares autoregressive "
-                           "(next_step or bundle) surrogates with the solver")
-    if n_frames < 1 or repeats < 1:
-        raise SpeedupError(f"n_frames={n_frames} and repeats={repeats} must both be >= 1")
-    params = solver.param_space.validate(params)  # float64, checked against the space
-    if params.ndim != 2 or len(keys) != len(params):
-        raise SpeedupError(f"give (B, P) parameters and B keys; got parameters {params.shape} and {len(keys)} keys")
-    if hasattr(solver, "check_cfl"):
-        solver.check_cfl(params)
-    every = solver_steps_per_frame(sur, solver)
-    observe = observer(sur, solver, params)
-    w = m.window
-    p = jnp.asarray(params, solver.dtype)
-
-    # The surrogate's first window: the solver's frames 0 .. W-1, and the solver state at frame W-1.
-    states0 = jax.jit(jax.vmap(solver.initial_state))(keys, p)
-    first = observe(jax.vmap(solver.fields)(states0)[:, None])
-    if w > 1:
-        states, head = jax.jit(advance_fn(solver, every, w - 1, observe))(states0, p)
-        window0 = jnp.concatenate([first, head], axis=1)
-    else:
-        states, window0 = states0, first
-    window0 = jax.block_until_ready(window0)
-
-    # The solver: n_frames * every steps from frame W-1, compiled ahead of time.
-    solve = jax.jit(advance_fn(solver, every, n_frames, observe)).lower(states, p).compile()
-    t_solver, (_, truth) = best_of(lambda: solve(states, p), repeats)
-
-    # The surrogate: n_frames autoregressive steps from the same window (compiled by the warm-up call).
-    cond = cond_from_params(sur, params, solver.param_space.names, f"the {solver.name} solver")
-    cond = None if cond is None else jnp.asarray(cond)
-    t0 = jnp.full((len(params),), (w - 1) * sur.dt, jnp.float32)
-    win = window0[:, 0] if w == 1 else window0  # (B, C, *grid) for one input frame, else (B, W, C, *grid)
-    roll = lambda: sur.rollout(win, n_frames, cond=cond, t0=t0)  # noqa: E731
-    jax.block_until_ready(roll())
-    t_sur, pred = best_of(roll, repeats)
-
-    truth_np, channels = _physical(np.asarray(truth, np.float32), tuple(m.channels))
-    pred_np, _ = _physical(np.asarray(pred, np.float32)[:, 1:], tuple(m.channels))
-    last = np.repeat(_physical(np.asarray(window0, np.float32)[:, -1:], tuple(m.channels))[0], n_frames, axis=1)
-    nd = len(m.grid)
-    steps = n_frames * every
-    return {
-        f"{name}_surrogate_speedup": t_solver / t_sur,
-        f"{name}_solver_s": t_solver,
-        f"{name}_surrogate_s": t_sur,
-        f"{name}_rel_l2": field_metrics(pred_np, truth_np, spatial_dims=nd, channels=channels)["rel_L2"],
-        f"{name}_identity_rel_l2": field_metrics(last, truth_np, spatial_dims=nd, channels=channels)["rel_L2"],
-        f"{name}_frames": n_frames,
-        f"{name}_solver_steps": steps,
-        f"{name}_every": every,
-        f"{name}_simulated_time": steps * solver.dt,
-        f"{name}_batch": len(params),
-    }
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Surrogates: a checkpoint, or a small one trained in-process through the engine
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _common_overrides(run_dir: str, name: str, train_steps: int) -> dict[str, Any]:
-    return {"workers": {"backend": "local", "device": "cpu"},
-            "optim": {"steps": train_steps},
-            "validation": {"interval": train_steps},  # one validation at the end writes surrogate/
-            "checkpoint": {"interval": 10 * train_steps},
-            "logging": {"run_dir": run_dir, "name": name, "tensorboard": False, "progress": False}}
+    name: str
+    reference: Mapping[str, Any]
+    ladder: tuple[Mapping[str, Any], ...]
+    frames: int
+    resample: str
+    job: Callable[[str, bool], tuple[Any, dict]] = field(repr=False)
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -244,70 +106,396 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def ns2d_job(run_dir: str, train_steps: int = 400, n_sims: int = 8) -> Any:
-    """``configs/ns2d_fno.toml`` (FNO, 10 input frames one time unit apart) with a small budget, local workers."""
+def _engine(run_dir: str, name: str, steps: int) -> dict[str, Any]:
+    """Overrides every in-process job takes: local workers, the step budget, one validation at the end."""
+    return {"workers": {"backend": "local", "device": "cpu", "count": 1},
+            "optim": {"steps": steps},
+            "validation": {"interval": max(steps // 2, 1), "select": "rollout"},
+            "checkpoint": {"interval": 10 * steps},
+            "logging": {"run_dir": run_dir, "name": name, "tensorboard": False, "progress": False}}
+
+
+def _job(name: str, config: str | None, base: dict, small: dict, run_dir: str, steps: int) -> tuple[Any, dict]:
     import tomllib
 
     from streaming.config import JobConfig
 
-    data = tomllib.loads((ROOT / "configs/ns2d_fno.toml").read_text())
-    small = {"solver": {"steps": 20_000, "n_sims": n_sims},  # 21 frames a simulation -> 11 samples
+    data = tomllib.loads((ROOT / config).read_text()) if config else {}
+    overrides = _merge(small, {"optim": {"steps": steps}})
+    cfg = JobConfig.model_validate(_merge(_merge(_merge(data, base), overrides), _engine(run_dir, name, steps)))
+    return cfg, {"config": config or "built in benchmarks/studies/speedup.py", "base": base,
+                 "overrides": overrides, "steps": steps, "training_data": LIVE}
+
+
+def ns2d_job(run_dir: str, quick: bool = False) -> tuple[Any, dict]:
+    """``configs/ns2d_fno.toml`` (FNO, 10 frames one time unit apart, nu = 1e-3) with a small CPU budget."""
+    if quick:
+        small = {"solver": {"config": {"n": 16, "dt": 1e-2}, "steps": 1000, "every": 100, "n_sims": 2},
+                 "sample": {"window": 2}, "model": {"hparams": {"modes": 4, "width": 8, "depth": 2}},
+                 "workers": {"sims_per_task": 2, "chunk_frames": 11}, "optim": {"batch_size": 4},
+                 "buffer": {"capacity": 64, "watermark": 4}, "validation": {"n_sims": 1, "rollout_steps": 2}}
+        return _job("ns2d", "configs/ns2d_fno.toml", {}, small, run_dir, 4)
+    small = {"solver": {"steps": 20_000, "n_sims": 8},  # 21 frames a simulation -> 11 ten-frame windows
              "workers": {"sims_per_task": 4, "chunk_frames": 21},
              "optim": {"batch_size": 8, "lr": 2e-3},
              "buffer": {"capacity": 1024, "watermark": 16},
              "validation": {"n_sims": 2, "rollout_steps": 5}}
-    return JobConfig.model_validate(_merge(_merge(data, small), _common_overrides(run_dir, "ns2d", train_steps)))
+    return _job("ns2d", "configs/ns2d_fno.toml", {}, small, run_dir, 400)
 
 
-def cavity_job(run_dir: str, train_steps: int = 400, n_sims: int = 8) -> Any:
-    """A small cavity job: frames 0.1 s apart (CFDBench's cavity spacing, 50 steps of dt 2e-3 s) over 2 s,
-    next-step with the parameters as conditioning, CFDBench's FNO (depth 4, width 32, 12 modes)."""
-    from streaming.config import JobConfig
+def heat2d_job(run_dir: str, quick: bool = False) -> tuple[Any, dict]:
+    """The quickstart (``configs/quickstart.toml``: FNO, 32 x 32, one frame = one step of dt 2e-3) on local
+    workers, predicting increments, trained through two autoregressive calls."""
+    if quick:
+        small = {"solver": {"config": {"n": 6, "dt": 2e-3}, "steps": 6, "n_sims": 4},
+                 "model": {"hparams": {"modes": 3, "width": 8, "depth": 2}, "predict": "increment"},
+                 "workers": {"sims_per_task": 4, "chunk_frames": 6}, "optim": {"batch_size": 4},
+                 "buffer": {"capacity": 64, "watermark": 8, "ingest_ratio": None},
+                 "validation": {"n_sims": 1, "rollout_steps": 2}}
+        return _job("heat2d", "configs/quickstart.toml", {}, small, run_dir, 4)
+    small = {"model": {"predict": "increment"},
+             "optim": {"unroll": {"start": 1, "end": 2, "ramp_steps": 200}},
+             "workers": {"sims_per_task": 16, "chunk_frames": 40}}
+    return _job("heat2d", "configs/quickstart.toml", {}, small, run_dir, 400)
 
-    data = {"solver": {"name": "cavity", "config": {"nx": 64, "ny": 64, "dt": 2e-3}, "steps": 1000, "every": 50,
-                       "n_sims": n_sims, "design": "lhs"},
+
+def cavity_job(run_dir: str, quick: bool = False) -> tuple[Any, dict]:
+    """The cavity on 64 x 64 with frames 0.1 s apart (CFDBench's cavity spacing, 50 steps of dt 2e-3 s) over
+    2 s, conditioned on the parameters, the FNO of ``configs/cfd_cavity.toml`` (depth 4, 12 modes, width 20),
+    predicting increments."""
+    base = {"solver": {"name": "cavity", "config": {"nx": 64, "ny": 64, "dt": 2e-3}, "steps": 1000, "every": 50,
+                       "design": "lhs"},
             "sample": {"kind": "next_step", "window": 1, "condition_on_params": True},
-            "model": {"name": "fno", "hparams": {"modes": 12, "width": 32, "depth": 4}},
-            "optim": {"optimizer": "adam", "lr": 2e-3, "schedule": "cosine", "batch_size": 16},
+            "model": {"name": "fno", "hparams": {"modes": 12, "width": 20, "depth": 4, "proj_width": 32},
+                      "predict": "increment"},
+            "optim": {"optimizer": "adam", "lr": 2e-3, "schedule": "cosine", "batch_size": 8, "clip_norm": 1.0,
+                      "unroll": {"start": 1, "end": 2, "ramp_steps": 150}},
             "buffer": {"kind": "reservoir", "capacity": 1024, "watermark": 32},
             "workers": {"sims_per_task": 4, "chunk_frames": 21},
             "validation": {"n_sims": 2, "rollout_steps": 10}}
-    return JobConfig.model_validate(_merge(data, _common_overrides(run_dir, "cavity", train_steps)))
+    if quick:
+        small = {"solver": {"config": {"nx": 8, "ny": 8, "dt": 5e-3}, "steps": 40, "every": 10, "n_sims": 2},
+                 "model": {"hparams": {"modes": 3, "width": 8, "depth": 2}}, "optim": {"batch_size": 4,
+                 "unroll": {"end": 1, "ramp_steps": 0}}, "buffer": {"watermark": 4},
+                 "validation": {"rollout_steps": 2}}
+        return _job("cavity", None, base, small, run_dir, 4)
+    return _job("cavity", None, base, {"solver": {"n_sims": 12}}, run_dir, 300)
 
 
-def train_small(cfg: Any) -> tuple[Surrogate, Any]:
-    """Train ``cfg`` with :func:`streaming.job.run_job`; the run's best surrogate and its config."""
+def dam_job(run_dir: str, quick: bool = False) -> tuple[Any, dict]:
+    """``configs/cfd_dam.toml`` (U-Net, 64 x 64, frames 0.05 s apart) with 1 s simulations, predicting increments."""
+    if quick:
+        small = {"solver": {"config": {"nx": 16, "ny": 8, "dt": 5e-3}, "steps": 40, "every": 10, "n_sims": 2},
+                 "model": {"hparams": {"width": 4, "depth": 2, "groups": 2}}, "optim": {"batch_size": 4},
+                 "buffer": {"capacity": 64, "watermark": 4}, "validation": {"n_sims": 1, "rollout_steps": 2}}
+        return _job("dam", "configs/cfd_dam.toml", {}, small, run_dir, 4)
+    small = {"solver": {"steps": 500, "n_sims": 12},
+             "model": {"predict": "increment"},
+             "optim": {"batch_size": 8, "unroll": {"start": 1, "end": 2, "ramp_steps": 150}},
+             "buffer": {"capacity": 1024, "watermark": 32},
+             "workers": {"sims_per_task": 4, "chunk_frames": 21},
+             "validation": {"n_sims": 2, "rollout_steps": 10}}
+    return _job("dam", "configs/cfd_dam.toml", {}, small, run_dir, 300)
+
+
+def problems(quick: bool = False) -> dict[str, Problem]:
+    """The four problems. Ladder entries override the training setting's solver config; their time steps divide
+    the frame spacing. Stability limits: ns2d's ETDRK4 is RK4 for the advection (``|dt u k_max| < 2.8``,
+    :mod:`solvers.ns2d`); heat2d's schemes are unconditionally stable; the CFD solvers' RK3 advection needs
+    ``dt U (1/dx + 1/dy) <= sqrt(3)`` (:mod:`solvers.cfd.cfl`), and the rungs past it are there on purpose."""
+    if quick:
+        return {
+            "ns2d": Problem("ns2d", {"n": 32, "dt": 5e-3}, ({"dt": 1e-2}, {"dt": 5e-2}), 2, "spectral", ns2d_job),
+            "heat2d": Problem("heat2d", {"n": 13, "scheme": "exponential"},
+                              ({"dt": 2e-3}, {"n": 2, "scheme": "exponential"}), 3, "nodes", heat2d_job),
+            "cavity": Problem("cavity", {"nx": 16, "ny": 16, "dt": 2.5e-3}, ({"dt": 5e-3}, {"dt": 1e-2}), 2, "cells",
+                              cavity_job),
+            "dam": Problem("dam", {"nx": 32, "ny": 8, "dt": 2.5e-3}, ({"dt": 5e-3}, {"dt": 1e-2}), 2, "cells",
+                           dam_job),
+        }
+    return {
+        # training setting n = 64, dt = 1e-3; reference twice as many points per axis (ETDRK4's time error at
+        # dt = 5e-3 is far below the spatial one; |dt u k_max| stays under RK4's 2.8)
+        "ns2d": Problem("ns2d", {"n": 128, "dt": 5e-3},
+                        ({"dt": 1e-3}, {"dt": 5e-3}, {"dt": 2e-2}, {"dt": 5e-2},
+                         {"n": 32, "dt": 1e-2}, {"n": 32, "dt": 5e-2}, {"n": 32, "dt": 1e-1},
+                         {"n": 16, "dt": 5e-2}, {"n": 16, "dt": 1e-1}, {"n": 16, "dt": 2e-1}),
+                        10, "spectral", ns2d_job),
+        # training setting n = 30 (32 x 32 nodes), implicit Euler, dt = 2e-3 = the frame spacing;
+        # reference: 63 x 63 nodes (every other one on the evaluation grid), exact in time
+        "heat2d": Problem("heat2d", {"n": 61, "scheme": "exponential"},
+                          ({"dt": 2e-3}, {"dt": 1e-3}, {"dt": 5e-4}, {"scheme": "exponential"},
+                           {"n": 14, "dt": 2e-3}, {"n": 14, "scheme": "exponential"},
+                           {"n": 6, "scheme": "exponential"}, {"n": 6, "dt": 2e-3}),
+                          40, "nodes", heat2d_job),
+        # training setting 64 x 64, dt = 2e-3, frames 0.1 s apart
+        "cavity": Problem("cavity", {"nx": 128, "ny": 128, "dt": 1e-3},
+                          ({"dt": 2e-3}, {"dt": 4e-3}, {"dt": 5e-3},
+                           {"nx": 32, "ny": 32, "dt": 4e-3}, {"nx": 32, "ny": 32, "dt": 1e-2},
+                           {"nx": 16, "ny": 16, "dt": 1e-2}, {"nx": 16, "ny": 16, "dt": 2e-2}),
+                          20, "cells", cavity_job),
+        # training setting 64 x 64, dt = 2e-3, frames 0.05 s apart
+        "dam": Problem("dam", {"nx": 128, "ny": 64, "dt": 1e-3},
+                       ({"dt": 2e-3}, {"dt": 2.5e-3}, {"dt": 5e-3},
+                        {"nx": 32, "ny": 32, "dt": 5e-3}, {"nx": 32, "ny": 32, "dt": 1e-2},
+                        {"nx": 16, "ny": 16, "dt": 1e-2}, {"nx": 16, "ny": 16, "dt": 2.5e-2}),
+                       20, "cells", dam_job),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def label(setting: Mapping[str, Any]) -> str:
+    """A short label of a solver setting, e.g. ``"n=32, dt=0.01"``."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items())
+
+
+def steps_per_frame(frame_dt: float, solver: Solver) -> int:
+    """Solver steps per frame, ``frame_dt / solver.dt``, which must be a whole number >= 1."""
+    ratio = frame_dt / solver.dt
+    every = round(ratio)
+    if every < 1 or not math.isclose(ratio, every, rel_tol=DT_RTOL):
+        raise SpeedupError(f"frames are {frame_dt:g} apart, {ratio:g} steps of dt={solver.dt:g}; "
+                           f"use a dt that divides {frame_dt:g}")
+    return every
+
+
+def advance_fn(solver: Solver, every: int, n_frames: int, observe: Callable[[jax.Array], jax.Array]) -> Callable:
+    """``(states, params) -> frames``: ``(B, n_frames, C, *grid')``, the fields every ``every`` steps (the start
+    excluded) mapped by ``observe`` onto the evaluation grid."""
+
+    def single(state: Any, params: jax.Array) -> jax.Array:
+        def frame(s: Any, _: None) -> tuple[Any, jax.Array]:
+            s = jax.lax.fori_loop(0, every, lambda i, x: solver.step(x, params), s)
+            return s, solver.fields(s)
+
+        return jax.lax.scan(frame, state, None, length=n_frames)[1]
+
+    return lambda states, params: observe(jax.vmap(single)(states, params))
+
+
+def best_of(fn: Callable[[], Any], repeats: int, budget_s: float = REPEAT_BUDGET_S) -> tuple[float, Any, int]:
+    """Best wall time (s) of up to ``repeats`` synchronised calls of ``fn`` (compiled), stopping once they add up
+    to ``budget_s``; the first output and the number of calls."""
+    times: list[float] = []
+    out = None
+    while len(times) < repeats and (not times or sum(times) < budget_s):
+        t = time.perf_counter()
+        result = jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+        out = result if out is None else out
+    return min(times), out, len(times)
+
+
+def resampler(kind: str, grid: tuple[int, ...]) -> Callable[[jax.Array], jax.Array]:
+    """``(..., *grid_rung) -> (..., *grid)``: ``spectral`` (periodic), ``nodes`` (walls on the grid) or ``cells``."""
+    if kind == "spectral":
+        return lambda f: spectral_resample(f, tuple(grid))
+    if kind == "nodes":
+        return lambda f: node_resample(f, tuple(grid))
+    if kind == "cells":
+        return lambda f: f if f.shape[-2:] == tuple(grid) else cell_resample(f, tuple(grid))
+    raise SpeedupError(f"unknown resampling {kind!r}; use spectral, nodes or cells")
+
+
+def start_states(solver: Solver, frame: jax.Array, params: jax.Array, keys: jax.Array, window: int) -> Any:
+    """Solver states ``(B, ...)`` at the surrogate's last input frame ``frame`` ``(B, C, *grid)``.
+
+    ns2d: the vorticity resampled spectrally onto the solver's grid. Others: the initial state (the frame at
+    ``t = 0`` is set by the parameters alone), which needs a one-frame window.
+    """
+    if solver.name == "ns2d":
+        n = solver.config.n
+        if solver.grid != (n, n):
+            raise SpeedupError("ns2d rungs must output on their solve grid (out=0); drop 'out' from the setting")
+        w = spectral_resample(frame[:, 0], (n, n))
+        return jax.vmap(solver.state_from_vorticity)(w, params)
+    if window != 1:
+        raise SpeedupError(f"a {solver.name} surrogate reading {window} frames cannot be compared here: the rungs "
+                           "start from the initial state, so use a surrogate with sample.window = 1")
+    return jax.vmap(solver.initial_state)(keys, params)
+
+
+def fluid_weights(solver: Solver, params: np.ndarray) -> np.ndarray | None:
+    """``(B, 1, 1, *grid)`` 1 in the fluid, 0 in obstacles, for problems with an obstacle mask; else None."""
+    if solver.name not in ("dam", "cylinder"):
+        return None
+    masks = np.stack([solver.mask(row) for row in np.asarray(params)])
+    return masks[:, None, None].astype(np.float64)
+
+
+def measure_ladder(sur: Surrogate, base: Mapping[str, Any], problem: Problem, params: np.ndarray, keys: jax.Array,
+                   n_frames: int, repeats: int = 3) -> dict[str, Any]:
+    """Time and score the surrogate, the reference and every rung of ``problem`` on the same frames.
+
+    Args:
+        sur: a ``next_step`` or ``bundle`` surrogate of ``problem.name`` on the training setting's grid.
+        base: the training setting's solver config; rungs and the reference override it.
+        params: ``(B, P)`` parameters; keys: ``(B,)`` initial-condition keys.
+        n_frames: frames rolled out from the last input frame (``n_frames * metadata.dt`` in time).
+        repeats: timed runs of each side (best kept).
+
+    Returns:
+        ``reference`` (setting, label, seconds), ``rungs`` (:class:`Rung` list), ``surrogate_s``,
+        ``surrogate_error``, ``identity_error``, ``frame_dt``, ``grid``.
+    """
+    m = sur.metadata
+    if m.kind not in ("next_step", "bundle"):
+        raise SpeedupError(f"the surrogate is of kind {m.kind!r}; compare an autoregressive (next_step or bundle) "
+                           "surrogate with the solver")
+    if n_frames < 1 or repeats < 1:
+        raise SpeedupError(f"n_frames={n_frames} and repeats={repeats} must both be >= 1")
+    train = get_solver(problem.name, **dict(base))
+    if tuple(m.channels) != tuple(train.channels) or tuple(m.grid) != tuple(train.grid):
+        raise SpeedupError(f"the surrogate predicts {list(m.channels)} on {tuple(m.grid)} but the {problem.name} "
+                           f"training setting gives {list(train.channels)} on {train.grid}; pass the run directory "
+                           "(its config.resolved.toml holds the solver config)")
+    params = train.param_space.validate(params)
+    if params.ndim != 2 or len(keys) != len(params):
+        raise SpeedupError(f"give (B, P) parameters and B keys; got parameters {params.shape} and {len(keys)} keys")
+    grid = tuple(m.grid)
+    observe = resampler(problem.resample, grid)
+    w = m.window
+
+    # The surrogate's first window: the training setting's frames 0 .. W-1.
+    p_train = jnp.asarray(params, train.dtype)
+    every_train = steps_per_frame(m.dt, train)
+    s0 = jax.vmap(train.initial_state)(keys, p_train)
+    first = jax.vmap(train.fields)(s0)[:, None]
+    if w > 1:
+        head = jax.jit(advance_fn(train, every_train, w - 1, lambda f: f))(s0, p_train)
+        window0 = jnp.concatenate([first, head], axis=1)
+    else:
+        window0 = first
+    window0 = jax.block_until_ready(window0)
+    weights = fluid_weights(train, params)
+
+    def score(frames: np.ndarray, truth: np.ndarray) -> float | None:
+        f = np.asarray(frames, np.float64)
+        t = np.asarray(truth, np.float64)
+        if weights is not None:
+            f, t = f * weights, t * weights
+        return rollout_rel_l2(f, t, len(grid))
+
+    def solve(setting: Mapping[str, Any]) -> tuple[float, np.ndarray, int]:
+        solver = get_solver(problem.name, **{**dict(base), **dict(setting)})
+        every = steps_per_frame(m.dt, solver)
+        p = jnp.asarray(params, solver.dtype)
+        states = jax.block_until_ready(start_states(solver, window0[:, -1], p, keys, w))
+        fn = jax.jit(advance_fn(solver, every, n_frames, observe)).lower(states, p).compile()
+        seconds, frames, runs = best_of(lambda: fn(states, p), repeats if setting is not problem.reference else 1)
+        return seconds, np.asarray(frames), runs
+
+    t_ref, truth, _ = solve(problem.reference)
+    if not np.all(np.isfinite(truth)):
+        raise SpeedupError(f"the {problem.name} reference {label(problem.reference)} blew up; pick a finer setting")
+    rungs = []
+    for setting in problem.ladder:
+        seconds, frames, runs = solve(setting)
+        err = score(frames, truth)
+        same = get_solver(problem.name, **{**dict(base), **dict(setting)}).config == train.config
+        rungs.append(Rung(label(setting), dict(setting), seconds, err, err is not None,
+                          {"runs": runs, "training_setting": same}))
+        print(f"  {problem.name} rung {label(setting)}: {seconds:.4f} s, error "
+              f"{'unstable' if err is None else f'{err:.3g}'}", flush=True)
+
+    # The surrogate: n_frames autoregressive steps from the same window (compiled by the warm-up call).
+    cond = cond_from_params(sur, params, train.param_space.names, f"the {problem.name} solver")
+    cond = None if cond is None else jnp.asarray(cond)
+    t0 = jnp.full((len(params),), (w - 1) * m.dt, jnp.float32)
+    win = window0[:, 0] if w == 1 else window0
+    roll = lambda: sur.rollout(win, n_frames, cond=cond, t0=t0)  # noqa: E731
+    jax.block_until_ready(roll())
+    t_sur, pred, _ = best_of(roll, repeats)
+    sur_err = score(np.asarray(pred)[:, 1:], truth)
+    last = np.repeat(np.asarray(window0)[:, -1:], n_frames, axis=1)
+    return {"reference": {"setting": dict(problem.reference), "label": label(problem.reference), "seconds": t_ref,
+                          "runs": 1},
+            "rungs": rungs, "surrogate_s": t_sur, "surrogate_error": sur_err, "identity_error": score(last, truth),
+            "frame_dt": m.dt, "grid": list(grid)}
+
+
+def summarise(name: str, r: Mapping[str, Any], base: Mapping[str, Any], batch: int, n_frames: int) -> dict[str, Any]:
+    """The flat ``<name>_*`` keys of one problem from :func:`measure_ladder`'s result."""
+    rungs: list[Rung] = r["rungs"]
+    sur_err, sur_s = r["surrogate_error"], r["surrogate_s"]
+    ident = r["identity_error"]
+    out: dict[str, Any] = {f"{name}_surrogate_rollout_rel_l2": sur_err, f"{name}_identity_rollout_rel_l2": ident,
+                           f"{name}_surrogate_beats_identity": sur_err is not None and ident is not None
+                           and sur_err < ident, f"{name}_surrogate_s": sur_s}
+    if sur_err is None:  # the surrogate blew up: no comparison at its accuracy
+        out.update({f"{name}_equal_accuracy_speedup": None, f"{name}_equal_accuracy_rung": None,
+                    f"{name}_equal_cost_error_ratio": None, f"{name}_equal_cost_rung": None})
+    else:
+        acc = equal_accuracy(rungs, sur_err, sur_s)
+        cost = equal_cost(rungs, sur_err, sur_s)
+        out.update({f"{name}_equal_accuracy_speedup": acc["speedup"], f"{name}_equal_accuracy_rung": acc["rung"],
+                    f"{name}_equal_cost_error_ratio": cost["error_ratio"], f"{name}_equal_cost_rung": cost["rung"]})
+        if acc["speedup"] is None:
+            out[f"{name}_finest_rung"] = acc["finest"]
+    train_rung = next((g for g in rungs if g.extra.get("training_setting")), None)
+    out[f"{name}_fixed_dt_speedup"] = train_rung.seconds / sur_s if train_rung is not None else None
+    out.update({f"{name}_ladder": [g.as_dict() for g in rungs], f"{name}_reference": r["reference"],
+                f"{name}_training_setting": dict(base), f"{name}_batch": batch, f"{name}_frames": n_frames,
+                f"{name}_frame_dt": r["frame_dt"], f"{name}_simulated_time": n_frames * r["frame_dt"],
+                f"{name}_eval_grid": r["grid"]})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Surrogates: a checkpoint, or a small one trained in-process through the engine
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def train_here(problem: Problem, run_dir: str, quick: bool) -> tuple[Surrogate, dict, dict, dict]:
+    """Train ``problem``'s job with :func:`streaming.job.run_job`; the best surrogate, the solver config, the fixed
+    parameters and the description (config, overrides, steps, training data, wall time)."""
     from streaming.job import run_job
 
+    cfg, desc = problem.job(run_dir, quick)
+    t = time.perf_counter()
     summary = run_job(cfg)
-    return load_surrogate(summary["run_dir"]), cfg
+    desc = {**desc, "train_wall_s": time.perf_counter() - t, "model": dict(cfg.model.model_dump())}
+    return load_surrogate(summary["run_dir"]), dict(cfg.solver.config), dict(cfg.solver.fixed), desc
 
 
-def from_checkpoint(path: str) -> tuple[Surrogate, Any]:
-    """A surrogate from a run or surrogate directory, with the run's config (None for a bare surrogate)."""
+def from_checkpoint(path: str) -> tuple[Surrogate, dict, dict, dict]:
+    """A surrogate from a run or surrogate directory; the run's solver config and fixed parameters (solver
+    defaults and none for a bare surrogate) and a description."""
     from streaming.config import load_config
 
     sur = load_surrogate(path)
     toml = Path(path) / "config.resolved.toml"
-    return sur, (load_config(toml) if toml.is_file() else None)
+    cfg = load_config(toml) if toml.is_file() else None
+    base = dict(cfg.solver.config) if cfg is not None else {}
+    fixed = dict(cfg.solver.fixed) if cfg is not None else {}
+    return sur, base, fixed, {"checkpoint": Path(path).name, "model": dict(sur.model_config),
+                       "training_data": "as recorded in the run directory"}
 
 
-def bench_setup(sur: Surrogate, cfg: Any, batch: int) -> tuple[Solver, np.ndarray, jax.Array]:
-    """The solver (the run's config, else defaults), ``(B, P)`` parameters (the run's fixed ones kept) and keys."""
-    name = sur.metadata.solver
-    solver = get_solver(name, **(dict(cfg.solver.config) if cfg is not None else {}))
+def bench_params(solver: Solver, batch: int, fixed: Mapping[str, float]) -> tuple[np.ndarray, jax.Array]:
+    """``(B, P)`` parameters from the bench seed (``fixed`` ones held) and ``(B,)`` initial-condition keys."""
     key_p, key_ic = jax.random.split(jax.random.key(BENCH_SEED))
     params = np.array(solver.sample_params(key_p, batch), np.float64)
     names = solver.param_space.names
-    for k, v in (cfg.solver.fixed if cfg is not None else {}).items():
+    for k, v in fixed.items():
         params[:, names.index(k)] = v
-    return solver, params, jax.random.split(key_ic, batch)
+    return params, jax.random.split(key_ic, batch)
 
 
-def describe(sur: Surrogate, trained: bool) -> str:
-    c = sur.model_config
-    hp = ", ".join(f"{k}={v}" for k, v in c.items() if k in ("modes", "width", "depth", "hidden", "layers"))
-    return f"{c.get('name')}({hp}), window {sur.metadata.window}, {'trained here' if trained else 'checkpoint'}"
+def parse_surrogates(items: list[str] | None, known: list[str]) -> dict[str, str]:
+    """``["PROBLEM=DIR", ...]`` -> ``{problem: dir}``."""
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not path or name not in known:
+            raise SpeedupError(f"--surrogate {item!r}: write PROBLEM=RUN_OR_SURROGATE_DIR with PROBLEM one of "
+                               f"{', '.join(known)}")
+        out[name] = path
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -315,55 +503,137 @@ def describe(sur: Surrogate, trained: bool) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def format_table(results: dict[str, Any], problems: list[str]) -> str:
-    """A markdown table of the results."""
-    lines = ["| problem | batch | frames (solver steps) | simulated time | solver s | surrogate s | speed-up "
-             "| surrogate rel L2 | identity rel L2 | surrogate |", "|" + "---|" * 10]
-    for p in problems:
-        r = {k.removeprefix(p + "_"): v for k, v in results.items() if k.startswith(p + "_")}
-        lines.append(f"| {p} | {r['batch']} | {r['frames']} ({r['solver_steps']:,} = {r['frames']} x {r['every']}) "
-                     f"| {r['simulated_time']:g} | {r['solver_s']:.3f} | {r['surrogate_s']:.4f} "
-                     f"| **{r['surrogate_speedup']:.1f}x** | {r['rel_l2']:.3f} | {r['identity_rel_l2']:.3f} "
-                     f"| {r['surrogate']} |")
+def _fmt(x: float | None, spec: str) -> str:
+    return "null" if x is None else format(x, spec)
+
+
+def format_table(results: Mapping[str, Any], name: str) -> str:
+    """A markdown table of one problem's ladder, reference and surrogate, and its verdict in words."""
+    lines = [f"### {name}: {results[f'{name}_frames']} frames of {results[f'{name}_frame_dt']:g}, batch "
+             f"{results[f'{name}_batch']}, reference {results[f'{name}_reference']['label']} "
+             f"({results[f'{name}_reference']['seconds']:.3f} s)",
+             "| method | seconds | rollout rel L2 | stable |", "|---|---|---|---|"]
+    for g in results[f"{name}_ladder"]:
+        lines.append(f"| solver {g['label']} | {g['seconds']:.4f} | {_fmt(g['error'], '.3g')} | "
+                     f"{'yes' if g['stable'] else 'no'} |")
+    lines.append(f"| **surrogate** | {results[f'{name}_surrogate_s']:.4f} | "
+                 f"{_fmt(results[f'{name}_surrogate_rollout_rel_l2'], '.3g')} | |")
+    lines.append(f"| identity | | {_fmt(results[f'{name}_identity_rollout_rel_l2'], '.3g')} | |")
+    lines.append("")
+    lines.append(verdict(results, name))
     return "\n".join(lines)
 
 
-def main() -> None:
+def verdict(results: Mapping[str, Any], name: str) -> str:
+    """The equal-accuracy and equal-cost figures of one problem in words."""
+    s = results[f"{name}_equal_accuracy_speedup"]
+    if results[f"{name}_surrogate_rollout_rel_l2"] is None:
+        return f"{name}: the surrogate's rollout blew up; no comparison."
+    if s is None:
+        f = results.get(f"{name}_finest_rung")
+        acc = (f"no rung reaches the surrogate's error (equal-accuracy speed-up null); the finest rung, "
+               f"{f['label']}, has error {f['error']:.3g} in {f['seconds']:.4f} s" if f else
+               "no rung is stable (equal-accuracy speed-up null)")
+    elif s >= 1:
+        acc = (f"equal-accuracy speed-up {s:.2f}x: the surrogate is faster than the cheapest rung as accurate "
+               f"({results[f'{name}_equal_accuracy_rung']})")
+    else:
+        acc = (f"equal-accuracy speed-up {s:.3f} (below 1): the solver wins, the rung "
+               f"{results[f'{name}_equal_accuracy_rung']} is as accurate in {1 / s:.1f}x less time")
+    c = results[f"{name}_equal_cost_error_ratio"]
+    if c is None:
+        cost = "no rung is as cheap as the surrogate (equal-cost error ratio null)"
+    else:
+        cost = (f"equal-cost error ratio {c:.3g} (rung {results[f'{name}_equal_cost_rung']}): at the surrogate's "
+                f"cost the solver is {'more' if c < 1 else 'less'} accurate")
+    note = "" if results[f"{name}_surrogate_beats_identity"] else (
+        " The surrogate is no better than copying the last frame, so its speed-up means little.")
+    return f"{name}: {acc}; {cost}.{note}"
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--ns2d-checkpoint", help="run or surrogate directory of an ns2d surrogate")
-    parser.add_argument("--cavity-checkpoint", help="run or surrogate directory of a cavity surrogate")
-    parser.add_argument("--only", nargs="*", choices=list(DEFAULT_FRAMES), help="problems to run (default: all)")
+    parser.add_argument("--only", nargs="*", choices=list(problems()), help="problems to run (default: all)")
+    parser.add_argument("--surrogate", action="append", metavar="PROBLEM=DIR",
+                        help="a run or surrogate directory to use for PROBLEM instead of training one here")
     parser.add_argument("--batch", type=int, default=8, help="simulations rolled out together")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (best kept)")
-    parser.add_argument("--ns2d-frames", type=int, default=DEFAULT_FRAMES["ns2d"])
-    parser.add_argument("--cavity-frames", type=int, default=DEFAULT_FRAMES["cavity"])
-    parser.add_argument("--train-steps", type=int, default=400, help="gradient steps of an in-process surrogate")
-    parser.add_argument("--train-sims", type=int, default=8, help="training simulations of an in-process surrogate")
-    parser.add_argument("--run-dir", help="keep the in-process training runs here (default: a temporary directory); "
-                        "pass RUN_DIR/ns2d to --ns2d-checkpoint later to time again without training")
-    args = parser.parse_args()
-    problems = args.only or list(DEFAULT_FRAMES)
+    parser.add_argument("--frames", type=int, help="frames rolled out (default: per problem)")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--png", help="write the Pareto figure (error against wall time) here")
+    parser.add_argument("--quick", action="store_true", help="tiny grids, ladders and training (for tests)")
+    parser.add_argument("--run-dir", help="keep the in-process training runs here (default: a temporary "
+                        "directory); pass RUN_DIR/NAME to --surrogate later to time again without training")
+    parser.add_argument("--replot", metavar="JSON", help="only draw --png from a JSON this script wrote (no solving)")
+    args = parser.parse_args(argv)
+    try:
+        if args.replot:
+            if not args.png:
+                raise SpeedupError("--replot draws a figure: give --png FILE too")
+            plot_pareto(panels_from_json(json.loads(Path(args.replot).read_text())), args.png)
+        else:
+            run(args)
+    except SpeedupError as e:
+        parser.exit(2, f"speedup: {e}\n")
+
+
+def panel(results: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """One problem's panel of the Pareto figure from the flat results."""
+    err = results[f"{name}_surrogate_rollout_rel_l2"]
+    return {"name": name, "rungs": results[f"{name}_ladder"], "reference": results[f"{name}_reference"]["label"],
+            "surrogate": {"seconds": results[f"{name}_surrogate_s"], "error": math.nan if err is None else err},
+            "identity": results[f"{name}_identity_rollout_rel_l2"]}
+
+
+def panels_from_json(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The panels of every problem in a results dict written by :func:`run`."""
+    names = [k.removesuffix("_ladder") for k in results if k.endswith("_ladder")]
+    if not names:
+        raise SpeedupError("the JSON holds no <problem>_ladder; pass a file written by this script's --json")
+    return [panel(results, n) for n in names]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark for parsed arguments; returns the results (also written/printed as asked)."""
+    table = problems(args.quick)
+    names = args.only or list(table)
+    given = parse_surrogates(args.surrogate, list(table))
+    if args.batch < 1 or args.repeats < 1 or (args.frames is not None and args.frames < 1):
+        raise SpeedupError(f"--batch {args.batch}, --repeats {args.repeats} and --frames {args.frames} must be >= 1")
     results: dict[str, Any] = {"device": str(jax.devices()[0]), "cpus": os.cpu_count() or 0,
-                               "load_average_1min_start": os.getloadavg()[0]}
-    jobs = {"ns2d": ns2d_job, "cavity": cavity_job}
+                               "load_average_1min_start": os.getloadavg()[0], "quick": bool(args.quick)}
+    panels = []
     with tempfile.TemporaryDirectory(prefix="speedup-") as scratch:
-        tmp = args.run_dir or scratch
-        for p in problems:
-            ckpt = getattr(args, f"{p}_checkpoint")
-            sur, cfg = from_checkpoint(ckpt) if ckpt else train_small(jobs[p](tmp, args.train_steps, args.train_sims))
-            if sur.metadata.solver != p:
-                raise SpeedupError(f"--{p}-checkpoint holds a {sur.metadata.solver} surrogate; pass a {p} one")
-            solver, params, keys = bench_setup(sur, cfg, args.batch)
-            results.update(measure_speedup(sur, solver, params, keys, getattr(args, f"{p}_frames"), args.repeats, p))
-            results[f"{p}_surrogate"] = describe(sur, ckpt is None)
-            print(f"{p}: {results[f'{p}_surrogate_speedup']:.1f}x, rel L2 {results[f'{p}_rel_l2']:.3f}", flush=True)
+        for name in names:
+            problem = table[name]
+            if name in given:
+                sur, base, fixed, desc = from_checkpoint(given[name])
+            else:
+                print(f"{name}: training a surrogate through the engine", flush=True)
+                sur, base, fixed, desc = train_here(problem, args.run_dir or scratch, args.quick)
+            if sur.metadata.solver != name:
+                raise SpeedupError(f"--surrogate {name}=... holds a {sur.metadata.solver} surrogate; pass a {name} one")
+            params, keys = bench_params(get_solver(name, **base), args.batch, fixed)
+            n_frames = args.frames or problem.frames
+            print(f"{name}: reference {label(problem.reference)} and {len(problem.ladder)} rungs", flush=True)
+            r = measure_ladder(sur, base, problem, params, keys, n_frames, args.repeats)
+            out = summarise(name, r, base, args.batch, n_frames)
+            out[f"{name}_surrogate"] = desc
+            out[f"{name}_fixed_params"] = fixed
+            results.update(out)
+            print(format_table(results, name), flush=True)
+            panels.append(panel(results, name))
     results["load_average_1min_end"] = os.getloadavg()[0]
     print(f"device: {results['device']}, {results['cpus']} CPUs, load average {results['load_average_1min_start']:.1f}"
           f" at the start and {results['load_average_1min_end']:.1f} at the end")
-    print(format_table(results, problems))
+    for name in names:
+        print(verdict(results, name))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2, default=float) + "\n")
+    if args.png:
+        plot_pareto(panels, args.png)
+    return results
 
 
 if __name__ == "__main__":
