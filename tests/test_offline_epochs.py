@@ -113,6 +113,10 @@ def test_offline_config_sizes_an_epoch_buffer():
 
     with pytest.raises(ConfigError, match="fewer than optim.batch_size"):
         offline_config(cfg, msgs[:0])
+    unrolled = load_config("configs/quickstart.toml", {"solver.config": "{ n = 14 }", "solver.steps": "10",
+                                                         "optim.batch_size": "8", "workers.chunk_frames": "10",
+                                                         "optim.unroll": "{ start = 1, end = 3 }"})
+    assert offline_config(unrolled, msgs).buffer.watermark == 3 * 8  # a sample spans 1 input + 3 targets: 8 of 11
 
 
 def test_train_offline_sees_every_sample_once_per_epoch(tmp_path):

@@ -20,8 +20,11 @@ are validated on the job's validation set (curves in the PNG) and scored at the 
 held-out test set generated once with its own seed (``TEST_SEED``). The score is the test
 relative L2 of the exported surrogate (the best by validation, the same rule for both runs):
 ``test_rel_l2`` = one-step (next frame / next bundle / field) relative L2, mean over samples;
-``test_rollout_rel_l2`` = autoregressive rollout error. ``improvement_<pair>`` = (offline -
-online) / offline of ``test_rel_l2``: positive when online is better.
+``test_rollout_rel_l2`` = autoregressive rollout error over ``test_rollout_steps`` frames. MP-PDE is
+rolled out over the whole trajectory after its first window (``rollout_steps=None``): each call's K
+output frames become the next call's input window, so the error covers several bundles
+(``test_rollout_calls``), not one step. ``improvement_<pair>`` = (offline - online) / offline of
+``test_rel_l2``: positive when online is better.
 
 Sizes (steps x batch; N offline simulations; online reservoir capacity / watermark):
 
@@ -79,7 +82,7 @@ class PairSize:
     n_test: int
     online_capacity: int
     online_watermark: int
-    rollout_steps: int = 10
+    rollout_steps: int | None = 10  # None: every frame after the first window (validation and test)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,9 +109,8 @@ SIZES: dict[str, dict[str, PairSize]] = {
                                        model__hparams="{ hidden = 16, num_layers = 1, neighbors = 2, periodic = true, "
                                                       "domain_length = 16.0, dt = 0.016 }",
                                        optim__steps=6, optim__batch_size=4, validation__n_sims=2,
-                                       validation__interval=3, validation__rollout_steps=2,
-                                       workers__sims_per_task=2, workers__chunk_frames=21),
-                                    n_offline=1, n_test=2, online_capacity=64, online_watermark=8, rollout_steps=2),
+                                       validation__interval=3, workers__sims_per_task=2, workers__chunk_frames=21),
+                                    n_offline=1, n_test=2, online_capacity=64, online_watermark=8, rollout_steps=None),
     },
     "small": {
         "mlp_heat2d": PairSize(_o(optim__steps=2000, optim__batch_size=32, validation__n_sims=8,
@@ -122,10 +124,9 @@ SIZES: dict[str, dict[str, PairSize]] = {
         "mppde_burgers1d": PairSize(_o(model__hparams="{ hidden = 64, num_layers = 4, neighbors = 3, periodic = true, "
                                                       "domain_length = 16.0, dt = 0.016 }",
                                        optim__steps=200, optim__batch_size=16, validation__n_sims=4,
-                                       validation__interval=50, validation__rollout_steps=4,
-                                       workers__sims_per_task=8, workers__chunk_frames=251),
+                                       validation__interval=50, workers__sims_per_task=8, workers__chunk_frames=251),
                                     n_offline=2, n_test=8, online_capacity=2000, online_watermark=400,
-                                    rollout_steps=4),
+                                    rollout_steps=None),
     },
     "full": {
         "mlp_heat2d": PairSize(_o(optim__steps=20000, optim__batch_size=64, validation__n_sims=16,
@@ -137,19 +138,34 @@ SIZES: dict[str, dict[str, PairSize]] = {
                                 workers__chunk_frames=51),
                              n_offline=100, n_test=32, online_capacity=20000, online_watermark=2000, rollout_steps=40),
         "mppde_burgers1d": PairSize(_o(optim__steps=20000, optim__batch_size=16, validation__n_sims=16,
-                                       validation__interval=1000, validation__rollout_steps=8,
-                                       workers__sims_per_task=16, workers__chunk_frames=251),
+                                       validation__interval=1000, workers__sims_per_task=16,
+                                       workers__chunk_frames=251),
                                     n_offline=32, n_test=32, online_capacity=20000, online_watermark=2000,
-                                    rollout_steps=8),
+                                    rollout_steps=None),
     },
 }
 
 
+def full_rollout_steps(cfg: JobConfig) -> int:
+    """Frames of a simulation after the first input window: the longest rollout the trajectories score."""
+    return cfg.solver.steps // cfg.solver.every + 1 - (0 if cfg.sample.kind == "field" else cfg.sample.window)
+
+
+def rollout_steps(pair: str, scale: str, cfg: JobConfig) -> int:
+    """The pair's rollout length at ``scale`` (``PairSize.rollout_steps``, None: the full trajectory)."""
+    steps = SIZES[scale][pair].rollout_steps
+    return full_rollout_steps(cfg) if steps is None else steps
+
+
 def pair_config(pair: str, scale: str, run_dir: str | Path) -> JobConfig:
-    """The shared config of a pair at a scale (the TOML, the scale's overrides, runs under ``run_dir``)."""
+    """The shared config of a pair at a scale (the TOML, the scale's overrides, runs under ``run_dir``).
+
+    A pair rolled out over its full trajectories validates over them too (``validation.rollout_steps``)."""
     size = SIZES[scale][pair]
-    return load_config(ROOT / "configs" / PAIRS[pair],
-                       {**COMMON, **size.overrides, "logging.run_dir": str(run_dir)})
+    cfg = load_config(ROOT / "configs" / PAIRS[pair], {**COMMON, **size.overrides, "logging.run_dir": str(run_dir)})
+    if size.rollout_steps is None:
+        cfg = with_updates(cfg, validation={"rollout_steps": full_rollout_steps(cfg)})
+    return cfg
 
 
 def with_updates(cfg: JobConfig, **sections: dict[str, Any]) -> JobConfig:
@@ -194,6 +210,15 @@ def score(run_dir: str | Path, test: Validation, cfg: JobConfig) -> dict[str, fl
     return {"test_rel_l2": s["val_one_step_rel_l2"], "test_rollout_rel_l2": s["val_rollout_rel_l2"]}
 
 
+def rollout_extent(test: Validation, cfg: JobConfig) -> dict[str, int]:
+    """Frames the test rollout scores and the autoregressive model calls (bundles of K frames) it takes."""
+    if cfg.sample.kind == "field":
+        return {"test_rollout_steps": test.frames.shape[1] - 1, "test_rollout_calls": 0}
+    steps = min(test.rollout_steps, test.frames.shape[1] - cfg.sample.window)
+    per_call = cfg.sample.horizon if cfg.sample.kind == "bundle" else 1
+    return {"test_rollout_steps": steps, "test_rollout_calls": -(-steps // per_call)}
+
+
 def val_curve(run_dir: str | Path) -> tuple[list[int], list[float]]:
     """(steps, validation one-step relative L2) from the run's ``metrics.jsonl``."""
     recs = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if "val_one_step_rel_l2" in r]
@@ -224,7 +249,7 @@ def run_pair(pair: str, scale: str, out: Path) -> dict[str, Any]:
     for name in (f"{pair}-offline", f"{pair}-online"):
         shutil.rmtree(runs / name, ignore_errors=True)
     t0 = time.time()
-    test = test_set(cfg, size.n_test, size.rollout_steps)
+    test = test_set(cfg, size.n_test, rollout_steps(pair, scale, cfg))
     test_s = time.time() - t0
     t0 = time.time()
     off = run_offline(cfg, size.n_offline, out / "data", f"{pair}-offline")
@@ -238,6 +263,7 @@ def run_pair(pair: str, scale: str, out: Path) -> dict[str, Any]:
         "offline": {**rec_off, "n_sims": size.n_offline, "generate_seconds": off["generate_seconds"]},
         "online": {**rec_on, "reservoir_capacity": size.online_capacity},
         "batch_size": cfg.optim.batch_size, "n_test_sims": len(test.frames), "test_seconds": round(test_s, 1),
+        **rollout_extent(test, cfg),
         "improvement": improvement(rec_off["test_rel_l2"], rec_on["test_rel_l2"]),
         "improvement_rollout": improvement(rec_off["test_rollout_rel_l2"], rec_on["test_rollout_rel_l2"]),
         "curves": {"offline": val_curve(off["run_dir"]), "online": val_curve(on["run_dir"])},
@@ -272,13 +298,14 @@ def plot_curves(pair: str, rec: dict[str, Any], path: Path) -> Path:
 def format_table(results: dict[str, Any]) -> str:
     """A markdown table of the study."""
     head = ("| pair | offline N sims (epochs) | online fresh sims | steps x batch | test rel. L2 offline | "
-            "online | improvement | rollout offline | rollout online |")
-    lines = [head, "|" + "---|" * 9]
+            "online | improvement | rollout frames (model calls) | rollout offline | rollout online |")
+    lines = [head, "|" + "---|" * 10]
     for pair, r in results["pairs"].items():
         off, on = r["offline"], r["online"]
         lines.append(f"| {pair} | {off['n_sims']} ({off['epochs']:.1f}) | {on['sims_trained_on']} | "
                      f"{off['steps']} x {r['batch_size']} | {off['test_rel_l2']:.4g} | {on['test_rel_l2']:.4g} | "
-                     f"{r['improvement']:+.1%} | {off['test_rollout_rel_l2']:.4g} | {on['test_rollout_rel_l2']:.4g} |")
+                     f"{r['improvement']:+.1%} | {r['test_rollout_steps']} ({r['test_rollout_calls']}) | "
+                     f"{off['test_rollout_rel_l2']:.4g} | {on['test_rollout_rel_l2']:.4g} |")
     return "\n".join(lines)
 
 
