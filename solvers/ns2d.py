@@ -10,7 +10,10 @@ see ``initial_conditions.gaussian_random_field``). Parameter: the viscosity ``nu
 
 Discretisation: Fourier pseudo-spectral on ``n x n`` points ``x_i = i / n`` (axis 0 is x, axis 1
 is y). The velocity comes from the stream function, ``-Laplacian psi = w``, ``u = dpsi/dy``,
-``v = -dpsi/dx`` (:func:`velocity_from_vorticity`). The advection term is computed on the grid and
+``v = -dpsi/dx`` (:func:`velocity_from_vorticity`). The advection term is computed on the grid from
+the velocity alone: for a divergence-free ``u``, ``u . grad(w) = curl div(u u^T)
+= (d_xx - d_yy)(u v) + d_xy (v^2 - u^2)`` (the trace-free products of Basdevant 1983, J. Comput. Phys.
+50:209), so a stage costs two inverse and two forward FFTs instead of four and one. It is
 dealiased with the 2/3 rule: only modes with ``3 |k_x| < n`` and ``3 |k_y| < n`` are kept, which
 makes the quadratic term alias-free (the scheme is then the Galerkin truncation, which conserves
 energy and enstrophy). The initial vorticity is projected onto those modes too, and the mean
@@ -203,6 +206,13 @@ class NS2D(Solver):
         xx, yy = np.meshgrid(x, x, indexing="ij")
         f = c.forcing * (np.sin(2 * np.pi * (xx + yy)) + np.cos(2 * np.pi * (xx + yy)))
         self._forcing_hat = (self._mask * jnp.fft.rfft2(jnp.asarray(f, self.dtype))).astype(cdtype)
+        # Spectral multipliers, dealiased (no mean or Nyquist mode): w_hat -> (u_hat, v_hat) ``(2, n, n // 2 + 1)``,
+        # and the real symbols of d_yy - d_xx and d_xy that turn the spectra of (u v, u^2 - v^2) into u . grad(w).
+        inv_k2 = jnp.where(self._k2 > 0, 1.0 / jnp.where(self._k2 > 0, self._k2, 1.0), 0.0)
+        to_velocity = jnp.broadcast_arrays(1j * self._dy * inv_k2, -1j * self._dx * inv_k2)
+        self._to_velocity = (jnp.stack(to_velocity) * self._mask).astype(cdtype)
+        advection = jnp.broadcast_arrays(self._dy**2 - self._dx**2, self._dx * self._dy)
+        self._advection = jnp.stack(advection) * self._mask
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -236,11 +246,10 @@ class NS2D(Solver):
     def nonlinear(self, w_hat: jax.Array) -> jax.Array:
         """``-u . grad(w) + f`` as a dealiased spectrum ``(n, n // 2 + 1)``."""
         n = self.config.n
-        u_hat, v_hat = velocity_from_vorticity(w_hat)
-        spectra = jnp.stack([u_hat, v_hat, 1j * self._dx * w_hat, 1j * self._dy * w_hat])
-        u, v, wx, wy = jnp.fft.irfft2(spectra, s=(n, n))
-        adv_hat = jnp.fft.rfft2(u * wx + v * wy)
-        return (self._forcing_hat - self._mask * adv_hat).astype(self._cdtype)
+        u, v = jnp.fft.irfft2(self._to_velocity * w_hat, s=(n, n))
+        uv_hat, uu_vv_hat = jnp.fft.rfft2(jnp.stack([u * v, u * u - v * v]))
+        adv_hat = self._advection[0] * uv_hat + self._advection[1] * uu_vv_hat
+        return (self._forcing_hat - adv_hat).astype(self._cdtype)
 
     def step(self, state: dict[str, jax.Array], params: jax.Array) -> dict[str, jax.Array]:
         """One ETDRK4 step; ``nu`` enters through the coefficients in ``state`` (``params`` is not read)."""

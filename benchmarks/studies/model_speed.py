@@ -15,6 +15,8 @@ The FNO comparison (key `fno_train_step_speed_ratio_vs_neuraloperator`, ours / t
 better) uses :mod:`benchmarks.studies.fno_vs_neuraloperator` (matched model, see its docstring) and needs
 the `bench` extra (CPU `torch`, `neuraloperator`). The two sides are timed in alternation,
 `--rounds` times each, and each keeps its best, so a change of machine load hits both alike.
+neuraloperator is timed eagerly and with its model under `torch.compile` (inductor, compiled once before
+the rounds; key `..._vs_neuraloperator_compiled`); `--no-torch-compile` skips the latter.
 """
 
 from __future__ import annotations
@@ -90,21 +92,52 @@ def measure_fitting(name: str, grid: int, batch: int, iters: int, repeats: int, 
             batch //= 2
 
 
-def fno_vs_neuraloperator(batch: int, grid: int, iters: int, rounds: int) -> dict[str, Any]:
-    """Our FNO and neuraloperator's matched FNO, train steps timed in alternation (best of `rounds` each)."""
+def neuralop_compiled_step(batch: int, grid: int) -> tuple[Any, float]:
+    """neuraloperator's matched FNO train step with the model under ``torch.compile`` (default inductor
+    backend), compiled by a first call: (step, compile seconds)."""
+    import torch
+    from neuralop.models import FNO as TorchFNO
+
+    from benchmarks.studies.fno_vs_neuraloperator import _data, neuralop_kwargs
+
+    torch.manual_seed(0)
+    model = TorchFNO(**neuralop_kwargs(True))
+    compiled = torch.compile(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.MSELoss()
+    x, y = (torch.from_numpy(a) for a in _data(batch, grid))
+
+    def step() -> Any:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(compiled(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    t0 = time.perf_counter()
+    step().item()
+    return step, time.perf_counter() - t0
+
+
+def fno_vs_neuraloperator(batch: int, grid: int, iters: int, rounds: int, compiled: bool = True) -> dict[str, Any]:
+    """Our FNO and neuraloperator's matched FNO (eager, and with ``compiled`` also under ``torch.compile``),
+    train steps timed in alternation (best of `rounds` each); compilation is excluded on every side."""
     import neuralop
     import torch
 
-    from benchmarks.studies.fno_vs_neuraloperator import measure_neuralop, measure_ours
+    from benchmarks.studies.fno_vs_neuraloperator import _best_rate, measure_neuralop, measure_ours
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    ours, theirs = [], []
+    step_c, compile_s = neuralop_compiled_step(batch, grid) if compiled else (None, 0.0)
+    ours, theirs, theirs_c = [], [], []
     for _ in range(rounds):
         ours.append(measure_ours(batch, grid, 3, iters, 1))
         theirs.append(measure_neuralop(True, batch, grid, 3, iters, 1))
+        if step_c is not None:
+            theirs_c.append(_best_rate(step_c, batch, 1, iters, 1, lambda loss: loss.item()))
     best_ours = max(r["samples_per_s"] for r in ours)
     best_theirs = max(r["samples_per_s"] for r in theirs)
-    return {
+    out = {
         "fno_train_step_speed_ratio_vs_neuraloperator": best_ours / best_theirs,
         "ours_train_samples_per_s": best_ours,
         "neuraloperator_train_samples_per_s": best_theirs,
@@ -115,6 +148,13 @@ def fno_vs_neuraloperator(batch: int, grid: int, iters: int, rounds: int) -> dic
         "torch_threads": torch.get_num_threads(),
         "rounds": rounds,
     }
+    if theirs_c:
+        out.update({
+            "fno_train_step_speed_ratio_vs_neuraloperator_compiled": best_ours / max(theirs_c),
+            "neuraloperator_compiled_train_samples_per_s": max(theirs_c),
+            "neuraloperator_compile_s": compile_s,
+        })
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating FNO-vs-neuraloperator rounds, default 3")
     parser.add_argument("--models", nargs="*", default=None, help="model names (default: all registered)")
     parser.add_argument("--no-neuraloperator", action="store_true", help="skip the FNO vs neuraloperator rows")
+    parser.add_argument("--no-torch-compile", action="store_true",
+                        help="time neuraloperator eagerly only (torch.compile takes minutes on 2 cores)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
@@ -136,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     versus: dict[str, Any] = {"skipped": "--no-neuraloperator"}
     if not args.no_neuraloperator:
         try:
-            versus = fno_vs_neuraloperator(args.batch, args.grid, args.iters, args.rounds)
+            versus = fno_vs_neuraloperator(args.batch, args.grid, args.iters, args.rounds,
+                                           compiled=not args.no_torch_compile)
         except ImportError as e:
             versus = {"skipped": f"{e}; install the `bench` extra (CPU torch, neuraloperator)"}
     _write(args, rows, versus)
@@ -162,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{versus['ours_train_samples_per_s']:.1f}, neuraloperator {versus['neuraloperator_version']} "
               f"{versus['neuraloperator_train_samples_per_s']:.1f} -> ratio "
               f"{versus['fno_train_step_speed_ratio_vs_neuraloperator']:.2f}")
+        if "neuraloperator_compiled_train_samples_per_s" in versus:
+            print(f"neuraloperator under torch.compile {versus['neuraloperator_compiled_train_samples_per_s']:.1f} "
+                  f"(compiled in {versus['neuraloperator_compile_s']:.0f} s) -> ratio "
+                  f"{versus['fno_train_step_speed_ratio_vs_neuraloperator_compiled']:.2f}")
     return 0
 
 
@@ -179,9 +226,10 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], versus: dict[st
         "results": rows,
         "fno_vs_neuraloperator": versus,
     }
-    key = "fno_train_step_speed_ratio_vs_neuraloperator"
-    if key in versus:
-        report[key] = versus[key]
+    base = "fno_train_step_speed_ratio_vs_neuraloperator"
+    for key in (base, base + "_compiled"):
+        if key in versus:
+            report[key] = versus[key]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
 
