@@ -101,27 +101,35 @@ def neuralop_kwargs(matched: bool) -> dict[str, Any]:
     }
 
 
-def measure_neuralop(
-    matched: bool, batch: int, grid: int, warmup: int, iters: int, repeats: int
-) -> dict[str, Any]:
-    """neuraloperator FNO's train-step rate (PyTorch, CPU): {"samples_per_s", "params"}."""
+def neuralop_step(matched: bool, batch: int, grid: int, compile: bool = False) -> tuple[Any, int]:
+    """neuraloperator FNO's train step (Adam, MSE, fixed random batch) and its parameter count; with ``compile``
+    the model runs under ``torch.compile`` (default inductor backend, compiled by the first call)."""
     import torch
     from neuralop.models import FNO as TorchFNO
 
     torch.manual_seed(0)
     model = TorchFNO(**neuralop_kwargs(matched))
     n_params = sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())
+    forward = torch.compile(model) if compile else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.MSELoss()
     x, y = (torch.from_numpy(a) for a in _data(batch, grid))
 
     def step() -> Any:
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(forward(x), y)
         loss.backward()
         opt.step()
         return loss
 
+    return step, n_params
+
+
+def measure_neuralop(
+    matched: bool, batch: int, grid: int, warmup: int, iters: int, repeats: int
+) -> dict[str, Any]:
+    """neuraloperator FNO's train-step rate (PyTorch, CPU): {"samples_per_s", "params"}."""
+    step, n_params = neuralop_step(matched, batch, grid)
     rate = _best_rate(step, batch, warmup, iters, repeats, lambda loss: loss.item())
     return {"samples_per_s": rate, "params": n_params}
 

@@ -95,25 +95,9 @@ def measure_fitting(name: str, grid: int, batch: int, iters: int, repeats: int, 
 def neuralop_compiled_step(batch: int, grid: int) -> tuple[Any, float]:
     """neuraloperator's matched FNO train step with the model under ``torch.compile`` (default inductor
     backend), compiled by a first call: (step, compile seconds)."""
-    import torch
-    from neuralop.models import FNO as TorchFNO
+    from benchmarks.studies.fno_vs_neuraloperator import neuralop_step
 
-    from benchmarks.studies.fno_vs_neuraloperator import _data, neuralop_kwargs
-
-    torch.manual_seed(0)
-    model = TorchFNO(**neuralop_kwargs(True))
-    compiled = torch.compile(model)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.MSELoss()
-    x, y = (torch.from_numpy(a) for a in _data(batch, grid))
-
-    def step() -> Any:
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(compiled(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
+    step, _ = neuralop_step(True, batch, grid, compile=True)
     t0 = time.perf_counter()
     step().item()
     return step, time.perf_counter() - t0
