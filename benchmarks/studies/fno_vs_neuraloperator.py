@@ -63,33 +63,34 @@ def _best_rate(step, batch: int, warmup: int, iters: int, repeats: int, sync) ->
     return batch * iters / best
 
 
-def _data(batch: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+def _data(batch: int, grid: int, ndim: int = 2) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
-    shape = (batch, 1, grid, grid)
+    shape = (batch, 1, *(grid,) * ndim)
     return rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
 
 
-def measure_ours(batch: int, grid: int, warmup: int, iters: int, repeats: int) -> dict[str, Any]:
-    """Our FNO's train-step rate: {"samples_per_s", "params"}."""
+def measure_ours(batch: int, grid: int, warmup: int, iters: int, repeats: int, ndim: int = 2) -> dict[str, Any]:
+    """Our FNO's train-step rate (``ndim``-D grid): {"samples_per_s", "params"}."""
     model = get_model(
-        "fno", in_channels=1, out_channels=1, ndim=2, modes=MODES, width=WIDTH, depth=DEPTH, rngs=nnx.Rngs(0)
+        "fno", in_channels=1, out_channels=1, ndim=ndim, modes=MODES, width=WIDTH, depth=DEPTH, rngs=nnx.Rngs(0)
     )
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     step = make_train_step(model, nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param))
-    x, y = (jnp.asarray(a) for a in _data(batch, grid))
+    x, y = (jnp.asarray(a) for a in _data(batch, grid, ndim))
     data = {"x": x, "y": y}
     rate = _best_rate(lambda: step(data), batch, warmup, iters, repeats, jax.block_until_ready)
     return {"samples_per_s": rate, "params": n_params}
 
 
-def neuralop_kwargs(matched: bool) -> dict[str, Any]:
-    """Constructor arguments of `neuralop.models.FNO`: matched to ours, or the library defaults."""
+def neuralop_kwargs(matched: bool, ndim: int = 2) -> dict[str, Any]:
+    """Constructor arguments of `neuralop.models.FNO` (``ndim``-D): matched to ours, or the library defaults."""
     kw: dict[str, Any] = {"in_channels": 1, "out_channels": 1, "hidden_channels": WIDTH, "n_layers": DEPTH}
     if not matched:
-        return {**kw, "n_modes": (MODES, MODES)}
+        return {**kw, "n_modes": (MODES,) * ndim}
     return {
         **kw,
-        "n_modes": (2 * MODES, 2 * MODES - 1),  # -> frequencies [-12, 12) x [0, 12), see module doc
+        # -> frequencies [-12, 12) on every axis but the last, [0, 12) on the last (rfft), see module doc
+        "n_modes": (2 * MODES,) * (ndim - 1) + (2 * MODES - 1,),
         "lifting_channel_ratio": 0,  # single Linear lifting
         "projection_channel_ratio": PROJ / WIDTH,  # hidden 128
         "positional_embedding": "grid",
@@ -101,19 +102,19 @@ def neuralop_kwargs(matched: bool) -> dict[str, Any]:
     }
 
 
-def neuralop_step(matched: bool, batch: int, grid: int, compile: bool = False) -> tuple[Any, int]:
+def neuralop_step(matched: bool, batch: int, grid: int, compile: bool = False, ndim: int = 2) -> tuple[Any, int]:
     """neuraloperator FNO's train step (Adam, MSE, fixed random batch) and its parameter count; with ``compile``
     the model runs under ``torch.compile`` (default inductor backend, compiled by the first call)."""
     import torch
     from neuralop.models import FNO as TorchFNO
 
     torch.manual_seed(0)
-    model = TorchFNO(**neuralop_kwargs(matched))
+    model = TorchFNO(**neuralop_kwargs(matched, ndim))
     n_params = sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())
     forward = torch.compile(model) if compile else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.MSELoss()
-    x, y = (torch.from_numpy(a) for a in _data(batch, grid))
+    x, y = (torch.from_numpy(a) for a in _data(batch, grid, ndim))
 
     def step() -> Any:
         opt.zero_grad(set_to_none=True)
@@ -126,10 +127,10 @@ def neuralop_step(matched: bool, batch: int, grid: int, compile: bool = False) -
 
 
 def measure_neuralop(
-    matched: bool, batch: int, grid: int, warmup: int, iters: int, repeats: int
+    matched: bool, batch: int, grid: int, warmup: int, iters: int, repeats: int, ndim: int = 2
 ) -> dict[str, Any]:
-    """neuraloperator FNO's train-step rate (PyTorch, CPU): {"samples_per_s", "params"}."""
-    step, n_params = neuralop_step(matched, batch, grid)
+    """neuraloperator FNO's train-step rate (PyTorch, CPU, ``ndim``-D grid): {"samples_per_s", "params"}."""
+    step, n_params = neuralop_step(matched, batch, grid, ndim=ndim)
     rate = _best_rate(step, batch, warmup, iters, repeats, lambda loss: loss.item())
     return {"samples_per_s": rate, "params": n_params}
 

@@ -16,7 +16,9 @@ better) uses :mod:`benchmarks.studies.fno_vs_neuraloperator` (matched model, see
 the `bench` extra (CPU `torch`, `neuraloperator`). The two sides are timed in alternation,
 `--rounds` times each, and each keeps its best, so a change of machine load hits both alike.
 neuraloperator is timed eagerly and with its model under `torch.compile` (inductor, compiled once before
-the rounds; key `..._vs_neuraloperator_compiled`); `--no-torch-compile` skips the latter.
+the rounds; key `..._vs_neuraloperator_compiled`); `--no-torch-compile` skips the latter. The same pair
+runs again on a 1D grid of `--grid-1d` points (keys ending in `_1d`). neuraloperator has no plain U-Net
+(its U-shaped model, UNO, is a neural operator of another design), so the U-Net has no peer row.
 """
 
 from __future__ import annotations
@@ -92,31 +94,33 @@ def measure_fitting(name: str, grid: int, batch: int, iters: int, repeats: int, 
             batch //= 2
 
 
-def neuralop_compiled_step(batch: int, grid: int) -> tuple[Any, float]:
+def neuralop_compiled_step(batch: int, grid: int, ndim: int = 2) -> tuple[Any, float]:
     """neuraloperator's matched FNO train step with the model under ``torch.compile`` (default inductor
     backend), compiled by a first call: (step, compile seconds)."""
     from benchmarks.studies.fno_vs_neuraloperator import neuralop_step
 
-    step, _ = neuralop_step(True, batch, grid, compile=True)
+    step, _ = neuralop_step(True, batch, grid, compile=True, ndim=ndim)
     t0 = time.perf_counter()
     step().item()
     return step, time.perf_counter() - t0
 
 
-def fno_vs_neuraloperator(batch: int, grid: int, iters: int, rounds: int, compiled: bool = True) -> dict[str, Any]:
-    """Our FNO and neuraloperator's matched FNO (eager, and with ``compiled`` also under ``torch.compile``),
-    train steps timed in alternation (best of `rounds` each); compilation is excluded on every side."""
+def fno_vs_neuraloperator(batch: int, grid: int, iters: int, rounds: int, compiled: bool = True,
+                          ndim: int = 2) -> dict[str, Any]:
+    """Our FNO and neuraloperator's matched FNO on an ``ndim``-D grid (eager, and with ``compiled`` also under
+    ``torch.compile``), train steps timed in alternation (best of `rounds` each); compilation is excluded on
+    every side. Keys of a 1D run end in ``_1d``."""
     import neuralop
     import torch
 
     from benchmarks.studies.fno_vs_neuraloperator import _best_rate, measure_neuralop, measure_ours
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    step_c, compile_s = neuralop_compiled_step(batch, grid) if compiled else (None, 0.0)
+    step_c, compile_s = neuralop_compiled_step(batch, grid, ndim) if compiled else (None, 0.0)
     ours, theirs, theirs_c = [], [], []
     for _ in range(rounds):
-        ours.append(measure_ours(batch, grid, 3, iters, 1))
-        theirs.append(measure_neuralop(True, batch, grid, 3, iters, 1))
+        ours.append(measure_ours(batch, grid, 3, iters, 1, ndim))
+        theirs.append(measure_neuralop(True, batch, grid, 3, iters, 1, ndim))
         if step_c is not None:
             theirs_c.append(_best_rate(step_c, batch, 1, iters, 1, lambda loss: loss.item()))
     best_ours = max(r["samples_per_s"] for r in ours)
@@ -144,7 +148,8 @@ def fno_vs_neuraloperator(batch: int, grid: int, iters: int, rounds: int, compil
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Forward/train-step throughput of the registered surrogate models.")
     parser.add_argument("--grid", type=int, default=64, help="grid points per axis (2D), default 64")
-    parser.add_argument("--grid-1d", type=int, default=100, help="1D grid of the MP-PDE row, default 100")
+    parser.add_argument("--grid-1d", type=int, default=100,
+                        help="1D grid of the MP-PDE row and the 1D FNO vs neuraloperator rows, default 100")
     parser.add_argument("--batch", type=int, default=16, help="batch size, default 16")
     parser.add_argument("--iters", type=int, default=20, help="calls per timed run, default 20")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (best is kept), default 3")
@@ -164,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             versus = fno_vs_neuraloperator(args.batch, args.grid, args.iters, args.rounds,
                                            compiled=not args.no_torch_compile)
+            one_d = fno_vs_neuraloperator(args.batch, args.grid_1d, args.iters, args.rounds,
+                                          compiled=not args.no_torch_compile, ndim=1)
+            versus.update({f"{k}_1d": v for k, v in one_d.items()})
         except ImportError as e:
             versus = {"skipped": f"{e}; install the `bench` extra (CPU torch, neuraloperator)"}
     _write(args, rows, versus)
@@ -193,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"neuraloperator under torch.compile {versus['neuraloperator_compiled_train_samples_per_s']:.1f} "
                   f"(compiled in {versus['neuraloperator_compile_s']:.0f} s) -> ratio "
                   f"{versus['fno_train_step_speed_ratio_vs_neuraloperator_compiled']:.2f}")
+        print(f"1D FNO ({args.grid_1d} points): ours {versus['ours_train_samples_per_s_1d']:.1f}, neuraloperator "
+              f"{versus['neuraloperator_train_samples_per_s_1d']:.1f} -> ratio "
+              f"{versus['fno_train_step_speed_ratio_vs_neuraloperator_1d']:.2f}"
+              + (f", compiled {versus['fno_train_step_speed_ratio_vs_neuraloperator_compiled_1d']:.2f}"
+                 if "fno_train_step_speed_ratio_vs_neuraloperator_compiled_1d" in versus else ""))
     return 0
 
 
@@ -211,7 +224,7 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], versus: dict[st
         "fno_vs_neuraloperator": versus,
     }
     base = "fno_train_step_speed_ratio_vs_neuraloperator"
-    for key in (base, base + "_compiled"):
+    for key in (base, base + "_compiled", base + "_1d", base + "_compiled_1d"):
         if key in versus:
             report[key] = versus[key]
     args.json.parent.mkdir(parents=True, exist_ok=True)
