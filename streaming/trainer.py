@@ -571,9 +571,11 @@ class Trainer:
 
     def validate_exported(self) -> dict[str, Any] | None:
         """The exported surrogate (``run_dir/surrogate``) over the full validation rollout, per channel, beside the
-        identity baseline (:meth:`Validation.rollout_full`); None where this process exports nothing."""
+        identity baseline (:meth:`Validation.rollout_full`); None where this process exports nothing, and with
+        several trainer processes, where an Orbax load by process 0 alone would wait at Orbax's multi-process
+        barrier (``pdestream eval RUN`` scores the exported surrogate afterwards)."""
         path = self.run_dir / "surrogate"
-        if self.validation is None or not self.is_main or not path.exists():
+        if self.validation is None or not self.is_main or self.parallel is not None or not path.exists():
             return None
         return self.validation.rollout_full(Surrogate.load(path), self.spec)
 
