@@ -17,16 +17,20 @@ from surrogates.surrogate import SurrogateMetadata
 
 
 def sample_spec(cfg: JobConfig, solver: Solver) -> SampleSpec:
+    """The job's training sample: ``[sample]`` with the values its kind fixes (window 0 for "field", horizon 1
+    for "next_step" and "field") and the targets of every model call a sample spans (:func:`model_calls`)."""
     s = cfg.sample
-    return SampleSpec(s.kind, s.window, s.horizon, s.condition_on_params, solver.dt * cfg.solver.every)
+    window = 0 if s.kind == "field" else s.window
+    horizon = s.horizon if s.kind == "bundle" else 1
+    return SampleSpec(s.kind, window, horizon, s.condition_on_params, solver.dt * cfg.solver.every, model_calls(cfg))
 
 
 def worker_args(cfg: JobConfig, spec: SampleSpec) -> dict[str, Any]:
     """Constructor arguments of :class:`SolverWorker` for this job (the same on every backend). Chunks carry
-    the frames of every model call a training sample spans (``optim.pushforward`` + ``optim.unroll.end``)."""
+    the ``window`` frames before a sample's first target and its ``targets`` frames (every model call's)."""
     return {"name": cfg.solver.name, "config": dict(cfg.solver.config), "steps": cfg.solver.steps,
-            "every": cfg.solver.every, "chunk_frames": cfg.workers.chunk_frames, "lookback": spec.lookback,
-            "lookahead": spec.lookahead * model_calls(cfg)}
+            "every": cfg.solver.every, "chunk_frames": cfg.workers.chunk_frames, "window": spec.window,
+            "targets": spec.targets}
 
 
 def model_calls(cfg: JobConfig) -> int:
@@ -47,7 +51,7 @@ def build_model(cfg: JobConfig, solver: Solver, spec: SampleSpec) -> tuple[nnx.M
     cond_names = solver.param_space.names if spec.condition_on_params else ()
     meta = SurrogateMetadata(kind=spec.kind, solver=solver.name, grid=solver.grid, dt=spec.frame_dt,
                              channels=solver.channels, cond_names=cond_names, time_in_cond=spec.time_in_cond,
-                             window=spec.window if spec.kind != "field" else 1, horizon=spec.lookahead,
+                             window=max(spec.window, 1), horizon=spec.horizon,  # the metadata counts 1 for "field"
                              frozen_border=0 if spec.kind == "field" else solver.frozen_border,
                              predict=cfg.model.predict)
     hparams = dict(cfg.model.hparams)

@@ -3,7 +3,9 @@
 A chunk holds
 
 - ``sim_id``: the simulation's id (int >= 0), unique within a run;
-- ``steps``: int64 ``(n_steps,)``, the solver time-step index of each frame, strictly increasing;
+- ``steps``: int64 ``(n_steps,)``, the frame index of each frame (its position among the simulation's saved
+  frames, 0 = the initial condition; the solver step of frame ``j`` is ``j * solver.every``, its time
+  ``j * solver.dt * solver.every``), strictly increasing (the name is historical: these are not solver steps);
 - ``fields``: float32 C-contiguous ``(n_steps, C, *grid)``, the frames (``grid`` may be empty for
   ODE systems);
 - ``params``: float32 ``(P,)``, the simulation's parameter vector (``P`` may be 0);
@@ -16,7 +18,7 @@ Every transport (Ray pickles the dataclass; MPI sends a header and a raw buffer)
 ``header, array = chunk.to_wire()`` and ``Chunk.from_wire(header, array)``. The header holds only
 plain Python types (JSON-serialisable); the array is the float32 fields, unchanged.
 
-De-duplication keys are ``(sim_id, step)`` pairs (:meth:`Chunk.sample_keys`).
+De-duplication keys are ``(sim_id, frame index)`` pairs (:meth:`Chunk.sample_keys`).
 """
 
 from __future__ import annotations
@@ -170,7 +172,7 @@ class Chunk:
         return bool(np.isfinite(self.fields).all() and np.isfinite(self.params).all())
 
     def sample_keys(self) -> np.ndarray:
-        """De-duplication keys: int64 ``(n_steps, 2)``, row ``i`` is ``(sim_id, steps[i])``."""
+        """De-duplication keys: int64 ``(n_steps, 2)``, row ``i`` is ``(sim_id, steps[i])`` (a frame index)."""
         keys = np.empty((self.n_steps, 2), dtype=np.int64)
         keys[:, 0] = self.sim_id
         keys[:, 1] = self.steps

@@ -66,10 +66,9 @@ def file_messages(path: str | Path, cfg: JobConfig) -> list[Message]:
 def offline_config(cfg: JobConfig, messages: list[Message]) -> JobConfig:
     """``cfg`` with an ``epoch`` buffer that holds every sample of ``messages`` (watermark = the number
     of samples), so training sees the fixed dataset one shuffled epoch after another."""
-    from streaming.assembly import build_solver, model_calls, sample_spec
+    from streaming.assembly import build_solver, sample_spec
 
-    spec = sample_spec(cfg, build_solver(cfg))
-    span = spec.lookback + spec.lookahead * model_calls(cfg)  # frames one sample needs (every unrolled call's targets)
+    span = sample_spec(cfg, build_solver(cfg)).span  # frames one sample needs (every unrolled call's targets)
     n = sum(max(m.n_steps - span + 1, 0) for m in messages if isinstance(m, Chunk))
     if n < cfg.optim.batch_size:
         raise ConfigError(f"the offline dataset holds {n} samples, fewer than optim.batch_size="

@@ -1,15 +1,19 @@
-"""What a training sample is, and how chunks are cut into samples (numpy, no JAX).
+"""What a training sample is, and how chunks are cut into samples (numpy, no JAX): the one place that defines
+the layout the buffer stores and the trainer hands to :meth:`surrogates.Surrogate.encode_batch` unchanged.
 
-Kinds (``[sample]`` in the job config), for target frame ``j`` of a simulation with frames ``u``:
+Kinds (``[sample]`` in the job config), for first target frame ``j`` (frame index: position in the simulation's
+saved frames) of a simulation with frames ``u``, ``W = window`` input frames, ``K = horizon`` output frames per
+model call and ``S = calls`` model calls whose targets one sample holds (``optim.unroll.end`` +
+``optim.pushforward``):
 
-- ``next_step``: ``x = u[j-w:j]`` stacked on channels ``(w C, *grid)``, ``y = u[j]`` ``(C, *grid)``;
-- ``bundle``:    ``x = u[j-w:j]`` ``(w C, *grid)``, ``y = u[j:j+K]`` ``(K C, *grid)`` (MP-PDE's temporal bundling);
-- ``field``:     ``y = u[j]`` ``(C, *grid)`` from ``cond = (params, t_j)`` alone (Melissa's MLP).
+- ``next_step``: ``x = u[j-W:j]`` ``(W, C, *grid)``, ``y = u[j:j+S]`` ``(S, C, *grid)`` (K = 1);
+- ``bundle``:    ``x = u[j-W:j]`` ``(W, C, *grid)``, ``y = u[j:j+S*K]`` ``(S*K, C, *grid)`` (MP-PDE's bundling);
+- ``field``:     ``y = u[j:j+1]`` ``(1, C, *grid)`` from ``cond = (params, t_j)`` alone (Melissa's MLP; W = 0,
+  K = S = 1).
 
 ``cond`` holds the PDE parameters (``condition_on_params``) and ``t`` the time of the last input
-frame (``next_step``, ``bundle``) or of the target (``field``), as :class:`surrogates.Surrogate`'s
-``encode_batch`` expects. Keys are ``(sim_id, j)``; chunks overlap so that every target is cut from some chunk, and the
-buffer drops the repeats.
+frame (``next_step``, ``bundle``: ``(j - 1) * frame_dt``) or of the target (``field``: ``j * frame_dt``). Keys
+are ``(sim_id, j)``; chunks overlap so that every target is cut from some chunk, and the buffer drops the repeats.
 """
 
 from __future__ import annotations
@@ -24,27 +28,46 @@ from streaming.chunk import Chunk
 
 @dataclass(frozen=True)
 class SampleSpec:
-    """``kind`` with ``window`` input frames and ``horizon`` output frames; ``frame_dt`` is time per frame."""
+    """A sample of ``kind``: ``window`` input frames W (0 for "field", which reads none), ``horizon`` output frames
+    K per model call (1 for "next_step" and "field"), the targets of ``calls`` consecutive model calls S (1 for
+    "field"); ``frame_dt`` is the time between frames (solver dt * every)."""
 
     kind: str
     window: int
     horizon: int
     condition_on_params: bool
     frame_dt: float
+    calls: int = 1
+
+    def __post_init__(self) -> None:
+        fixed = {"field": {"window": 0, "horizon": 1, "calls": 1}, "next_step": {"horizon": 1}}.get(self.kind, {})
+        for name, value in fixed.items():
+            if getattr(self, name) != value:
+                raise ValueError(f"SampleSpec({self.kind!r}): {name}={getattr(self, name)}, must be {value} for kind "
+                                 f"{self.kind!r}")
+        if (self.kind != "field" and self.window < 1) or self.horizon < 1 or self.calls < 1:
+            raise ValueError(f"SampleSpec: window={self.window}, horizon={self.horizon}, calls={self.calls}; "
+                             "need window >= 1 (except for 'field'), horizon >= 1 and calls >= 1")
 
     @property
-    def lookback(self) -> int:
-        return 0 if self.kind == "field" else self.window
+    def targets(self) -> int:
+        """Target frames one sample holds, ``S*K``."""
+        return self.calls * self.horizon
 
     @property
-    def lookahead(self) -> int:
-        return self.horizon if self.kind == "bundle" else 1
+    def span(self) -> int:
+        """Consecutive frames one sample is cut from, ``W + S*K``."""
+        return self.window + self.targets
 
     def channels(self, n_fields: int) -> tuple[int, int]:
-        """(model input channels, model output channels) for ``n_fields`` solver channels."""
-        if self.kind == "field":
-            return 0, n_fields
-        return self.window * n_fields, self.lookahead * n_fields
+        """(model input channels, model output channels) for ``n_fields`` solver channels: ``(W*C, K*C)``."""
+        return self.window * n_fields, self.horizon * n_fields
+
+    def frame_shapes(self, n_fields: int, grid: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """Per-sample shapes of the frame arrays :func:`cut` returns: ``"x"`` ``(W, C, *grid)`` (not for "field")
+        and ``"y"`` ``(S*K, C, *grid)``."""
+        shapes = {} if self.kind == "field" else {"x": (self.window, n_fields, *grid)}
+        return {**shapes, "y": (self.targets, n_fields, *grid)}
 
     @property
     def time_in_cond(self) -> bool:
@@ -53,27 +76,23 @@ class SampleSpec:
 
 
 def cut(chunk: Chunk, spec: SampleSpec) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """All samples of ``chunk``: keys int64 ``(n, 2)`` and a dict of ``(n, ...)`` float32 arrays
-    (read-only views into the chunk where possible: copy before writing to them)."""
+    """All samples of ``chunk``: keys int64 ``(n, 2)`` and a dict of ``(n, ...)`` float32 arrays, ``"x"``
+    ``(n, W, C, *grid)``, ``"y"`` ``(n, S*K, C, *grid)`` (:meth:`SampleSpec.frame_shapes`), ``"cond"`` ``(n, P)``,
+    ``"t"`` ``(n,)``. The frame arrays are read-only views into the chunk: copy before writing to them."""
     u = chunk.fields  # (T, C, *grid)
-    t_len = u.shape[0]
-    lb, la = spec.lookback, spec.lookahead
-    n = t_len - lb - la + 1
+    w, span = spec.window, spec.span
+    n = u.shape[0] - span + 1
     if n <= 0:
         return np.zeros((0, 2), np.int64), {}
-    targets = chunk.steps[lb : lb + n]
+    targets = chunk.steps[w : w + n]  # frame index of each sample's first target
     keys = np.stack([np.full(n, chunk.sim_id, np.int64), targets], axis=1)
-    grid = u.shape[2:]
+    # Views into the chunk (frame t+1 follows frame t): the buffer copies only the samples it keeps, so a full
+    # reservoir that rejects most of a chunk costs little.
+    win = np.moveaxis(sliding_window_view(u, span, axis=0), -1, 1)  # (n, W + S*K, C, *grid)
     samples: dict[str, np.ndarray] = {}
-    if spec.kind == "field":
-        samples["y"] = u[:n]
-    else:
-        win = sliding_window_view(u, lb + la, axis=0)  # (n, C, *grid, lb+la)
-        win = np.moveaxis(win, -1, 1)  # (n, lb+la, C, *grid)
-        # Views into the chunk when u is contiguous (frame t+1 follows frame t): the buffer copies
-        # only the samples it keeps, so a full reservoir that rejects most of a chunk costs little.
-        samples["x"] = win[:, :lb].reshape(n, -1, *grid)
-        samples["y"] = win[:, lb:].reshape(n, -1, *grid)
+    if w:
+        samples["x"] = win[:, :w]
+    samples["y"] = win[:, w:]
     if spec.condition_on_params:
         samples["cond"] = np.ascontiguousarray(np.broadcast_to(chunk.params, (n, chunk.params.size)))
     last_input = targets if spec.kind == "field" else targets - 1

@@ -17,40 +17,44 @@ from streaming.chunk import Chunk, SimReport
 from streaming.design import Task
 
 
-def chunk_bounds(n_frames: int, chunk_frames: int, lookback: int, lookahead: int) -> list[tuple[int, int, int]]:
-    """Frame ranges ``(lo, hi, first_owned)`` of the chunks of one simulation.
+def chunk_bounds(n_frames: int, chunk_frames: int, window: int, targets: int) -> list[tuple[int, int, int]]:
+    """Frame ranges ``(lo, hi, first_owned)`` (frame indices) of the chunks of one simulation.
 
-    A sample with target frame ``j`` needs frames ``[j - lookback, j + lookahead)``. Chunk ``c`` owns
-    the targets ``j`` in ``[c k, (c + 1) k)`` and carries the frames they need, so consecutive chunks
-    overlap by ``lookback + lookahead - 1`` frames and every target is owned by exactly one chunk.
+    A sample whose first target is frame ``j`` needs frames ``[j - window, j + targets)``. Chunk ``c`` owns
+    the first targets ``j`` in ``[window + c k, window + (c + 1) k)`` (``k = chunk_frames``) and carries the
+    frames they need, so consecutive chunks overlap by ``window + targets - 1`` frames and every
+    target is owned by exactly one chunk.
     """
     out = []
-    first = lookback
-    last = n_frames - lookahead  # last valid target
+    first = window
+    last = n_frames - targets  # last valid first target
     for start in range(first, last + 1, chunk_frames):
         stop = min(start + chunk_frames, last + 1)
-        out.append((start - lookback, stop - 1 + lookahead, start))
+        out.append((start - window, stop - 1 + targets, start))
     return out
 
 
 class SolverWorker:
-    """Runs tasks of the solver ``name`` with config ``config`` for ``steps`` steps (frames every ``every``)."""
+    """Runs tasks of the solver ``name`` with config ``config`` for ``steps`` solver steps, saving a frame every
+    ``every`` solver steps (frame ``k`` is solver step ``k * every``); chunks carry the ``window`` frames before
+    and the ``targets`` frames from each sample's first target (:func:`chunk_bounds`). ``Chunk.steps`` holds
+    frame indices."""
 
     def __init__(
-        self, name: str, config: dict, steps: int, every: int, chunk_frames: int, lookback: int, lookahead: int
+        self, name: str, config: dict, steps: int, every: int, chunk_frames: int, window: int, targets: int
     ) -> None:
         self.solver = get_solver(name, **config)
         self.steps, self.every = steps, every
-        self.chunk_frames, self.lookback, self.lookahead = chunk_frames, lookback, lookahead
+        self.chunk_frames, self.window, self.targets = chunk_frames, window, targets
 
     def simulate(self, task: Task) -> np.ndarray:
-        """Frames ``(b, n_frames, C, *grid)`` of the task's simulations."""
+        """Frames ``(b, n_frames, C, *grid)`` of the task's simulations, ``n_frames = steps // every + 1``."""
         keys = jax.vmap(jax.random.key)(np.asarray(task.ic_seeds, np.uint32))
         return np.asarray(self.solver.rollout(keys, task.params, self.steps, self.every), np.float32)
 
     def run(self, task: Task) -> Iterator[Chunk | SimReport]:
         frames = self.simulate(task)
-        bounds = chunk_bounds(frames.shape[1], self.chunk_frames, self.lookback, self.lookahead)
+        bounds = chunk_bounds(frames.shape[1], self.chunk_frames, self.window, self.targets)
         for b, sim_id in enumerate(task.sim_ids.tolist()):
             sim = frames[b]
             if not np.isfinite(sim).all():
@@ -62,7 +66,7 @@ class SolverWorker:
             for lo, hi, _ in bounds:
                 yield Chunk(
                     sim_id=sim_id,
-                    steps=np.arange(lo, hi, dtype=np.int64),
+                    steps=np.arange(lo, hi, dtype=np.int64),  # frame indices, not solver steps (x every)
                     fields=np.ascontiguousarray(sim[lo:hi]),
                     params=task.params[b].astype(np.float32),
                     solver=self.solver.name,

@@ -34,7 +34,7 @@ def test_ray_exactly_once_with_a_killed_worker(ray_cluster):
     solver = get_solver("heat2d", n=6)
     n_sims, steps = 6, 12
     cursor = DesignCursor(solver, n_sims=n_sims, design="lhs", seed=0, sims_per_task=2)
-    args = dict(name="heat2d", config={"n": 6}, steps=steps, every=1, chunk_frames=3, lookback=1, lookahead=1)
+    args = dict(name="heat2d", config={"n": 6}, steps=steps, every=1, chunk_frames=3, window=1, targets=1)
     # one chunk per Ray object (bundle_bytes=1): the kill must land while the task is half delivered
     source = RaySource(cursor, args, count=2, max_inflight=2, max_failures=2, bundle_bytes=1)
     spec = SampleSpec("next_step", 1, 1, True, solver.dt)

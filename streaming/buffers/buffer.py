@@ -362,6 +362,32 @@ class Buffer:
                 setattr(self, name, int(d[name]))
             self._cond.notify_all()
 
+    def reshape_samples(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Give the stored leaves named in ``shapes`` (a dict sample's keys) those per-sample shapes when only the
+        shape differs: the same number of values per sample, read in C order (no copy). A buffer restored from a
+        checkpoint written with another layout of the same values (e.g. frames stacked on the channel axis) then
+        takes the samples of today's layout. Leaves not stored are skipped; an empty buffer has nothing to do.
+
+        Raises:
+          BufferStateError: a leaf holds a different number of values per sample than its new shape.
+        """
+        with self._cond:
+            layout = self._store.layout
+            if layout is None or layout.kind != "dict":
+                return
+            for i, name in enumerate(layout.names):
+                if name not in shapes or tuple(layout.shapes[i]) == tuple(shapes[name]):
+                    continue
+                new = tuple(int(d) for d in shapes[name])
+                if int(np.prod(new)) != int(np.prod(layout.shapes[i])):
+                    raise BufferStateError(
+                        f"buffer sample {name!r}: stored shape {tuple(layout.shapes[i])} cannot be read as {new} "
+                        "(a different number of values); resume with the sample settings the checkpoint was "
+                        "written with"
+                    )
+                self._store.data[i] = self._store.data[i].reshape(self.capacity, *new)
+                layout.shapes[i] = new
+
     def __repr__(self) -> str:
         return (
             f"Buffer({self.kind!r}, capacity={self.capacity}, watermark={self.watermark}, "
