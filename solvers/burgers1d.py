@@ -15,6 +15,11 @@ alpha in ``[0, 6]``; we follow the paper). ``alpha`` is the nonlinear (shock) co
 - ``E2``: alpha = 1, beta in [0, 0.2], gamma = 0, t in [0, 4];
 - ``E3``: alpha in [0, 3], beta in [0.1, 0.4], gamma in [0, 1], t in [0, 2].
 
+``E2log`` is our own variant of E2 (not in the paper): alpha = 1, gamma = 0 and beta log-uniform in
+[0.01, 1], two decades from resolved fronts to a strongly damped, nearly linear forced response, so the
+difficulty of the problem varies across the space (the lower end is not 0, since a log scale needs low > 0;
+the upper end is above the ``all`` box's 0.4).
+
 ``Burgers1D(family="E2")`` restricts the instance's ``param_space`` (and so ``sample_params``) to
 that family; the default ``family="all"`` is the whole box alpha in [0, 3], beta in [0, 0.4],
 gamma in [0, 1]. The paper's output cadence is 250 frames over the horizon (0.016 for E1/E2,
@@ -74,6 +79,11 @@ FAMILIES = {
         Param("beta", 0.0, 0.2, "length^2 / time", _BOX[1].doc),
         Param("gamma", 0.0, 0.0, "length^3 / time", _BOX[2].doc),
     ),
+    "E2log": (
+        Param("alpha", 1.0, 1.0, "1", _BOX[0].doc),
+        Param("beta", 0.01, 1.0, "length^2 / time", _BOX[1].doc, log=True),
+        Param("gamma", 0.0, 0.0, "length^3 / time", _BOX[2].doc),
+    ),
     "E3": (
         Param("alpha", 0.0, 3.0, "1", _BOX[0].doc),
         Param("beta", 0.1, 0.4, "length^2 / time", _BOX[1].doc),
@@ -85,7 +95,7 @@ FAMILIES = {
 @dataclass(frozen=True)
 class Burgers1DConfig:
     """nx: solver points; nx_out: output points (divides nx); dt: time step; length: domain L;
-    family: parameter preset ("all", "E1", "E2", "E3"); forcing: add delta(t, x) (else only the IC).
+    family: parameter preset ("all", "E1", "E2", "E2log", "E3"); forcing: add delta(t, x) (else only the IC).
 
     ``nx = 512`` resolves the E3 corner (alpha = 3, beta = 0.1, gamma = 0) to ~1e-3 relative L2
     against ``nx = 2048`` at t <= 4; for the paper's 100-point output use ``nx=400, nx_out=100``

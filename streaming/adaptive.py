@@ -3,8 +3,9 @@
 Method. A fitness-proportional kernel proposal in the unit cube of the parameter space, after the adaptive
 multiple importance sampling of Melissa's Breed (Dymchenko, Purandare & Raffin, "MelissaDL x Breed: Towards
 Data-Efficient On-line Supervised Training of Multi-parametric Surrogates with Active Learning", 2024). The
-trainer reports a running training loss per simulation; simulation ``i`` (its index ``k`` in this cursor's
-sequence) gets its parameters from
+trainer reports a running training loss per simulation (:func:`make_sample_loss`: rolled out through the
+autoregressive calls a sample carries targets for, ``optim.unroll.end``, optionally ``relative``); simulation ``i``
+(its index ``k`` in this cursor's sequence) gets its parameters from
 
 - the base design (``lhs``, ``sobol`` or ``uniform``, the same point a fixed design would give it) for the first
   ``warmup`` simulations, while no loss has been reported, and for a ``floor`` fraction of the rest, spread
@@ -35,44 +36,19 @@ simulation in each checkpoint.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from scipy.stats import qmc
 
 from solvers import Solver, SolverError
 from solvers.params import ParamSpace
+from streaming.config import AdaptiveSection
 from streaming.design import DesignCursor, Task
 from surrogates.training import LOSSES
-
-BASES = ("lhs", "sobol", "uniform")
-
-
-@dataclass(frozen=True)
-class AdaptiveOptions:
-    """The options of ``[solver.adaptive]`` (see :class:`streaming.config.AdaptiveSection`)."""
-
-    base: str = "lhs"
-    floor: float = 0.3
-    bandwidth: float = 0.05
-    smooth: float = 0.1
-    warmup: int = 16
-    exponent: float = 1.0
-    memory: int = 256
-    ema: float = 0.5
-    loss_every: int = 4
-    report_every: int = 20
-
-    def __post_init__(self) -> None:
-        if self.base not in BASES:
-            raise SolverError(f"solver.adaptive.base={self.base!r}: use one of {', '.join(BASES)}")
-        if not 0 <= self.floor <= 1:
-            raise SolverError(f"solver.adaptive.floor={self.floor}: a fraction in [0, 1]")
-        if not self.bandwidth > 0:
-            raise SolverError(f"solver.adaptive.bandwidth={self.bandwidth}: must be > 0 (unit-cube units)")
 
 
 # ---------------------------------------------------------------------------- pure pieces
@@ -156,7 +132,7 @@ class AdaptiveCursor(DesignCursor):
     parameters handed out are recorded (:attr:`drawn`), since they depend on the losses seen at the time.
     """
 
-    def __init__(self, solver: Solver, n_sims: int, seed: int, sims_per_task: int, options: AdaptiveOptions,
+    def __init__(self, solver: Solver, n_sims: int, seed: int, sims_per_task: int, options: AdaptiveSection,
                  first_id: int = 0, fixed: dict[str, float] | None = None, offset: int = 0, stride: int = 1) -> None:
         super().__init__(solver, n_sims, options.base, seed, sims_per_task, first_id=first_id, fixed=fixed,
                          offset=offset, stride=stride)
@@ -239,28 +215,40 @@ def make_cursor(solver: Solver, section: Any, sims_per_task: int, offset: int = 
     if section.design != "adaptive":
         return DesignCursor(solver, section.n_sims, section.design, section.seed, sims_per_task,
                             fixed=section.fixed, offset=offset, stride=stride)
-    a = section.adaptive
-    opts = AdaptiveOptions(**(a.model_dump() if hasattr(a, "model_dump") else dict(a)))
-    return AdaptiveCursor(solver, section.n_sims, section.seed, sims_per_task, opts, fixed=section.fixed,
+    return AdaptiveCursor(solver, section.n_sims, section.seed, sims_per_task, section.adaptive, fixed=section.fixed,
                           offset=offset, stride=stride)
 
 
 # ---------------------------------------------------------------------------- losses per sample
-def make_sample_loss(model: nnx.Module, output_map: Callable | None, loss: str) -> Callable:
-    """A jitted ``f(model_state, encoded_batch) -> (B,)``: the training loss of each sample for one model call
-    (teacher forced, normalised units), with the train step's output map and loss function."""
+def make_sample_loss(model: nnx.Module, output_map: Callable | None, loss: str, relative: bool = False) -> Callable:
+    """A jitted ``f(model_state, encoded_batch) -> (B,)``: the loss of each sample (normalised units, the train
+    step's output map and loss function), rolled out through as many autoregressive model calls as the sample
+    carries targets for (``optim.unroll.end``; one call, teacher forced, without unrolling) and averaged over
+    the calls, so the per-simulation loss follows the rollout error the surrogate is judged by. ``relative``:
+    each call's loss divided by the loss of predicting zero (for ``mse`` the squared relative L2 error)."""
     graphdef = nnx.graphdef(model)
     fn = LOSSES[loss]
+    group = getattr(model, "out_channels", None)
 
     @jax.jit
     def per_sample(state: nnx.State, batch: dict) -> jax.Array:
         m = nnx.merge(graphdef, state)
         x, y, cond = batch.get("x"), batch["y"], batch.get("cond")
-        out = m(x, cond)
-        if output_map is not None:
-            out = output_map(x, out)
-        y = y[:, : out.shape[1]]
-        return jax.vmap(lambda p, t: fn(p[None], t[None]))(out, y)
+        g = int(group or y.shape[1])
+        calls = 1 if x is None else max(y.shape[1] // g, 1)
+        u, total = x, 0.0
+        for i in range(calls):
+            out = m(u, cond)
+            if output_map is not None:
+                out = output_map(u, out)
+            t = y[:, i * g : (i + 1) * g]
+            li = jax.vmap(lambda p, t: fn(p[None], t[None]))(out, t)
+            if relative:
+                li = li / jnp.maximum(jax.vmap(lambda t: fn(jnp.zeros_like(t)[None], t[None]))(t), 1e-12)
+            total = total + li
+            if i + 1 < calls:
+                u = jnp.concatenate([u, out], axis=1)[:, -u.shape[1] :]  # the last W frames, as the train step
+        return total / calls
 
     return per_sample
 

@@ -29,7 +29,8 @@ class _Section(BaseModel):
 
 
 class AdaptiveSection(_Section):
-    """Options of ``solver.design = "adaptive"`` (the loss-steered design, :mod:`streaming.adaptive`)."""
+    """Options of ``solver.design = "adaptive"`` (the loss-steered design; :class:`streaming.adaptive.AdaptiveCursor`
+    takes this section as its options)."""
 
     base: Literal["lhs", "sobol", "uniform"] = Field("lhs", description="the design the floor fraction and the "
                                                      "warmup draw from")
@@ -44,8 +45,10 @@ class AdaptiveSection(_Section):
                             "proportional to loss ** exponent (0: uniform over recent simulations)")
     memory: int = Field(256, ge=1, description="the most recently reported simulations the proposal uses")
     ema: float = Field(0.5, gt=0, le=1, description="weight of a new report in a simulation's running loss")
-    loss_every: int = Field(4, ge=1, description="gradient steps between per-sample loss evaluations (one "
-                            "forward pass on the step's batch)")
+    relative: bool = Field(False, description="report each sample's loss divided by the loss of predicting zero "
+                           "(mse: the squared relative L2 error, the scale the rollout error is judged on)")
+    loss_every: int = Field(4, ge=1, description="gradient steps between per-sample loss evaluations (on the "
+                            "step's batch: one forward pass per model call of optim.unroll.end)")
     report_every: int = Field(20, ge=1, description="gradient steps between loss reports to the design")
 
 

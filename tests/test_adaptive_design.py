@@ -11,16 +11,16 @@ from scipy.stats import binomtest
 from solvers import get_solver
 from streaming.adaptive import (
     AdaptiveCursor,
-    AdaptiveOptions,
     from_base,
     held_out_grid,
+    make_sample_loss,
     region_errors,
     smooth_losses,
     to_unit,
     update_losses,
 )
 from streaming.chunk import SimReport
-from streaming.config import ConfigError, load_config
+from streaming.config import AdaptiveSection, ConfigError, load_config
 from streaming.design import DesignCursor
 from streaming.job import run_job
 from streaming.transport.dispatcher import Dispatcher
@@ -30,7 +30,7 @@ FALSE_ALARM = 1e-6  # the binomial tests below reject "the draws ignore the loss
 
 def _cursor(floor=0.3, warmup=16, n_sims=0, **kw):
     solver = get_solver("heat2d", n=6)  # 5 parameters in [100, 500] K
-    opts = AdaptiveOptions(floor=floor, warmup=warmup, bandwidth=0.05, **kw)
+    opts = AdaptiveSection(floor=floor, warmup=warmup, bandwidth=0.05, **kw)
     return AdaptiveCursor(solver, n_sims, seed=3, sims_per_task=4, options=opts)
 
 
@@ -200,3 +200,45 @@ def test_validation_on_a_held_out_grid_or_sobol_set(kind, n):
         np.testing.assert_allclose(u, (np.arange(4) + 0.5) / 4)
     with pytest.raises(ConfigError, match="validation.design='lhs'"):
         load_config(None, {"validation.design": "lhs"})
+
+
+@pytest.mark.parametrize("calls", [1, 3])
+def test_per_sample_loss_rolls_out_through_the_targets_a_sample_carries(calls):
+    import optax
+    from flax import nnx
+
+    from surrogates.models.fno import FNO, FNOHparams
+    from surrogates.training import make_train_step
+
+    model = FNO(in_channels=2, out_channels=1, ndim=1, cond_dim=1, hparams=FNOHparams(modes=4, width=8, depth=1),
+                rngs=nnx.Rngs(0))
+    def incr(x, out):
+        return x[:, -1:] + out  # predict the increment over the last of the W = 2 input frames
+
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.standard_normal((6, 2, 16)).astype(np.float32),
+             "y": rng.standard_normal((6, calls, 16)).astype(np.float32),
+             "cond": rng.standard_normal((6, 1)).astype(np.float32)}
+    batch["y"][3] *= 10  # one sample far off: its loss stands out
+    per_sample = np.asarray(make_sample_loss(model, incr, "mse")(nnx.state(model), batch))
+    assert per_sample.shape == (6,) and per_sample.argmax() == 3
+    # by hand: the mean over the calls of each call's MSE, the window advancing by the predicted frame
+    u, want = batch["x"], np.zeros(6)
+    for i in range(calls):
+        out = np.asarray(incr(u, model(u, batch["cond"])))
+        want += np.mean((out - batch["y"][:, i : i + 1]) ** 2, axis=(1, 2)) / calls
+        u = np.concatenate([u, out], axis=1)[:, -2:]
+    np.testing.assert_allclose(per_sample, want, rtol=1e-4)
+    # and its batch mean is the loss the train step reports for the same unroll, before its update
+    # relative: each call's loss over that of predicting zero (for mse the squared relative L2 error)
+    rel = np.asarray(make_sample_loss(model, incr, "mse", relative=True)(nnx.state(model), batch))
+    u, want_rel = batch["x"], np.zeros(6)
+    for i in range(calls):
+        out = np.asarray(incr(u, model(u, batch["cond"])))
+        t = batch["y"][:, i : i + 1]
+        want_rel += np.sum((out - t) ** 2, axis=(1, 2)) / np.sum(t**2, axis=(1, 2)) / calls
+        u = np.concatenate([u, out], axis=1)[:, -2:]
+    np.testing.assert_allclose(rel, want_rel, rtol=1e-4)
+    assert rel[3] < per_sample[3] / 10  # scaled by its own size (targets 10x larger)
+    step = make_train_step(model, nnx.Optimizer(model, optax.sgd(0.0), wrt=nnx.Param), output_map=incr)
+    np.testing.assert_allclose(float(step(batch, calls)), per_sample.mean(), rtol=1e-4)

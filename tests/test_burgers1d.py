@@ -174,3 +174,17 @@ def test_families_restrict_the_parameter_space():
 def test_bad_config_is_named(kwargs, match):
     with pytest.raises(SolverError, match=match):
         get_solver("burgers1d", **kwargs)
+
+
+def test_e2log_family_draws_viscosity_on_a_log_scale():
+    space = get_solver("burgers1d", family="E2log").param_space
+    assert list(space.low) == [1.0, 0.01, 0.0] and list(space.high) == [1.0, 1.0, 0.0]
+    assert [p.log for p in space.params] == [False, True, False]
+    beta = get_solver("burgers1d", family="E2log").sample_params(KEY, 4000, "uniform")[:, 1]
+    # log-uniform on [0.01, 1]: a third of the draws per third of the decades, median 0.1 (uniform: median 0.505)
+    assert abs(np.mean(beta < 10 ** (-4 / 3)) - 1 / 3) < 0.03 and 0.09 < np.median(beta) < 0.11
+    solver = get_solver("burgers1d", family="E2log", nx=64, nx_out=32, dt=0.01)
+    with pytest.raises(SolverError, match="beta"):
+        solver.rollout(KEY, np.array([1.0, 0.0, 0.0]), 1)  # beta = 0 is outside the log range
+    u = solver.rollout(jax.random.split(KEY, 2), np.array([[1.0, 0.01, 0.0], [1.0, 1.0, 0.0]]), 100, every=50)
+    assert np.isfinite(u).all() and np.abs(u).max() < 10
