@@ -15,10 +15,10 @@ listening address (``workers.backend = "external"``) and sends its fields step b
   solver.every`` of its config, and cuts training samples from consecutive frames.
 - The client buffers the channels of a step and ships ``batch_steps`` complete steps per message
   (a :class:`~streaming.chunk.Chunk`); never one message per field. By default a message holds
-  about 4 MiB (at most 32 frames, at least one).
-- Flow control: the job acknowledges a message once the trainer has taken it; with ``max_inflight``
-  messages unacknowledged, ``send`` blocks (backpressure), so a slow trainer slows the solver down
-  instead of filling memory.
+  about 4 MiB (at most 256 frames, at least one).
+- Flow control: the job acknowledges messages once the trainer has taken them (in batches, and always
+  when it holds no other message of this client); with ``max_inflight`` messages unacknowledged,
+  ``send`` blocks (backpressure), so a slow trainer slows the solver down instead of filling memory.
 - ``close()`` flushes and tells the job the simulation is complete (it then counts as done).
 - Token: a job listening beyond the loopback interface (or one given ``workers.token``) accepts only
   clients that present its token: ``token=``, the address form ``TOKEN@host:port``, or the
@@ -36,8 +36,9 @@ frame is a 16-byte prefix
 ``!4sIQ`` (magic ``b"PDS1"``, header bytes, payload bytes), a UTF-8 JSON header and a raw payload.
 Client to job: ``hello`` (simulation metadata and the token), ``chunk`` (header ``wire`` = ``Chunk.to_wire()``'s
 header, payload = the float32 fields), ``end``. Job to client: ``welcome`` (its ``max_inflight``),
-``ack`` (``n`` messages taken), ``dropped`` (the simulation produced NaN/Inf), ``error`` (the job
-rejected this simulation's data), ``bye`` (answer to ``end``), ``stop`` (the job is shutting down).
+``ack`` (``n`` more messages taken), ``dropped`` (the simulation produced NaN/Inf), ``error`` (the job
+rejected this simulation's data), ``bye`` (answer to ``end`` once everything was taken; it acknowledges the
+rest), ``stop`` (the job is shutting down).
 A frame of a simulation is complete when every channel of its step arrived; only complete frames
 travel (several consecutive frames per ``chunk``). The C and Fortran clients (``streaming/clib``)
 speak the same protocol.
@@ -62,7 +63,7 @@ from streaming.chunk import Chunk
 from streaming.transport.wire import PROTOCOL, recv_frame, send_frame
 
 AUTO_BATCH_BYTES = 4 << 20  # default message size: per-message costs (~0.3 ms) vanish next to the data ...
-MAX_AUTO_BATCH = 32  # ... while many clients' in-flight messages stay small in the trainer's memory
+MAX_AUTO_BATCH = 256  # ... and its step list stays a few KiB (in flight: max_inflight x 4 MiB per client)
 DEFAULT_PORT = 47011
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 ADDRESS_ENV = "PDESTREAM_ADDRESS"
@@ -405,7 +406,7 @@ def connect(address: str | None = None, *, sim_id: int, params: Any, fields: Seq
     - fields: the channel names, in the job's channel order; grid: the global grid shape;
     - offset: the first index of this process's slab along each grid axis (None: it sends the whole
       grid); ranks: how many processes send slabs of this simulation (the MPI communicator's size);
-    - solver: a name for the logs; batch_steps: frames per message (None: about 4 MiB, at most 32);
+    - solver: a name for the logs; batch_steps: frames per message (None: about 4 MiB, at most 256);
     - max_inflight: unacknowledged messages before ``send`` blocks (default and upper bound: the
       job's ``workers.max_inflight``);
     - timeout: seconds to wait for the job to accept the connection, retried while nothing listens

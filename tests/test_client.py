@@ -3,6 +3,7 @@
 import functools
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -344,3 +345,69 @@ def test_token_from_the_address_or_the_environment(monkeypatch):
         consumer.join()
     assert [(r.sim_id, r.status) for r in consumer.reports()] == [(0, "done"), (1, "done")]
     assert src.external_report()["rejected_connections"] == {"token": 1}
+
+
+def test_large_messages_reach_the_trainer_as_chunk_frames_views_with_their_overlap():
+    frames = np.random.default_rng(4).standard_normal((23, 1, 4, 5)).astype(np.float32)
+    with ClientSource("127.0.0.1:0", expected_sims=1, max_inflight=2, overlap=2, chunk_frames=5) as src:
+        consumer = Consumer(src)
+        with connect(src.address, sim_id=0, params=[1.0], fields=["u"], grid=(4, 5), batch_steps=12) as client:
+            send_all(client, frames, fields=("u",))
+        consumer.join()
+    chunks = consumer.chunks()
+    # messages of frames 0-11 and 12-22; each cut into chunks of 5 new frames with the 2 frames before them (the
+    # second message is read behind frames 10-11 of the first)
+    assert [c.steps.tolist() for c in chunks] == [list(range(0, 5)), list(range(3, 10)), [8, 9, 10, 11],
+                                                  list(range(10, 17)), list(range(15, 22)), [20, 21, 22]]
+    # views of one array per message: the repeated frames are the same memory, not copies
+    assert all(np.shares_memory(chunks[i].fields, chunks[i + 1].fields) for i in (0, 1, 3, 4))
+    fr = frames_by_step(chunks)  # repeated frames are checked equal there
+    np.testing.assert_array_equal(np.stack([fr[s] for s in range(23)]), frames)
+
+
+def test_acknowledgements_come_in_batches_and_a_smaller_client_window_never_stalls():
+    from streaming.transport.wire import PROTOCOL, recv_frame, send_frame
+
+    # a client whose own window (1) is below the job's (4): each message is acknowledged once the job holds no
+    # other message of it, so it never waits for an acknowledgement the job would keep for a batch
+    frames = np.arange(8 * 16, dtype=np.float32).reshape(8, 1, 4, 4)
+    with ClientSource("127.0.0.1:0", expected_sims=1, max_inflight=4) as src:
+        consumer = Consumer(src)
+        with connect(src.address, sim_id=0, params=[1.0], fields=["u"], grid=(4, 4), batch_steps=1,
+                     max_inflight=1) as client:
+            send_all(client, frames, fields=("u",))
+        consumer.join()
+    assert sorted(frames_by_step(consumer.chunks())) == list(range(8))
+    # a raw client that sends its whole window before the trainer takes any: two acknowledgements of 2, then "bye"
+    with ClientSource("127.0.0.1:0", expected_sims=1, max_inflight=4) as src:
+        consumer = Consumer(src, start=False)
+        host, port = src.address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=WAIT) as s:
+            send_frame(s, {"type": "hello", "protocol": PROTOCOL, "sim_id": 0, "params": [1.0], "fields": ["u"],
+                           "grid": [4, 4], "offset": None, "ranks": 1, "solver": "raw"})
+            assert recv_frame(s)[0]["type"] == "welcome"
+            for k in range(4):
+                header, data = Chunk(0, [k], frames[k:k + 1], np.ones(1, np.float32), "raw").to_wire()
+                send_frame(s, {"type": "chunk", "wire": header}, data)
+            deadline = time.monotonic() + WAIT
+            while sum(c.read_msgs for c in list(src._conns)) < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            consumer.thread.start()
+            acks = [recv_frame(s)[0] for _ in range(2)]
+            send_frame(s, {"type": "end"})
+            assert recv_frame(s)[0]["type"] == "bye"
+        consumer.join()
+    assert acks == [{"type": "ack", "n": 2}, {"type": "ack", "n": 2}]
+
+
+def test_reader_threads_serve_one_connection_after_the_other():
+    n = 12
+    with ClientSource("127.0.0.1:0", expected_sims=n, max_inflight=2) as src:
+        consumer = Consumer(src)
+        for sim in range(n):
+            with connect(src.address, sim_id=sim, params=[1.0], fields=["u"], grid=(3,)) as client:
+                client.send("u", np.zeros(3), 0)
+        consumer.join()
+        readers = [t for t in threading.enumerate() if t.name == "client-source-reader"]
+        assert 1 <= len(readers) < n  # idle threads wait for the next connection instead of one thread each
+    assert [r.status for r in consumer.reports()] == ["done"] * n

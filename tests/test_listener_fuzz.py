@@ -175,7 +175,8 @@ def test_a_live_job_survives_a_thousand_bad_frames_and_counts_them(tmp_path):
         "workers.backend": "external", "workers.listen": f"127.0.0.1:{port}", "workers.client_timeout": "3.0",
         "solver.n_sims": str(GOOD_SIMS + opened), "optim.steps": "100000", "optim.batch_size": "8",
         "model.hparams": "{ modes = 4, width = 8, depth = 1 }", "buffer.capacity": "1024", "buffer.watermark": "64",
-        "buffer.kind": "fifo", "buffer.ingest_ratio": "none", "validation.n_sims": "2", "validation.interval": "50",
+        "buffer.kind": "fifo", "buffer.ingest_ratio": "none", "optim.unroll": "{ start = 1, end = 1 }",
+        "validation.n_sims": "2", "validation.interval": "50",
         "validation.rollout_steps": "5", "checkpoint.interval": "100000", "logging.run_dir": str(tmp_path),
         "logging.name": "fuzz", "logging.tensorboard": "false", "logging.progress": "false"})
     result: dict = {}

@@ -4,10 +4,13 @@ from chunks already in memory.
 
     python -m benchmarks.studies.throughput [--json FILE] [--seconds 20] [--workers 1 2 4] [--steps 300] [--rounds 2]
                                     [--backends ray mpi] [--variants unmatched ratio_1 live_solvers]
+                                    [--external-clients 4] [--no-live] [--ingest-rounds 3] [--skip-efficiency]
 
 (a) runs the trainer's ingest path (receive, cut into next-step samples, put into a reservoir of
 20,000 samples) with no training, on 64 x 64 float32 heat2d fields (exponential scheme), and counts
-fields received per second once the reservoir is full (steady state). Two rows per worker count:
+new fields received per second once the reservoir is full (steady state): a frame counts once per
+simulation; the frames a chunk repeats from the one before it (``window + targets - 1``, so that
+every sample is cut from one chunk) count only under ``delivered_fields_per_s_*``. Two rows per worker count:
 the ingest ceiling, where each worker solves one task and then resends those frames (the same
 messages, no solver cost: what the transport and the trainer's ingest can take; keys
 ``ingest_fields_per_s_<backend>_<n>w``), and live workers that solve every task (keys
@@ -67,9 +70,10 @@ class ReplayWorker(SolverWorker):
         return np.concatenate([self._frames] * -(-n // len(self._frames)))[:n]
 
 
-def ingest_rate(backend: str, n_workers: int, seconds: float, replay: bool) -> float:
-    """Fields per second received by one process from ``n_workers`` workers (Ray, or MPI via mpiexec);
-    ``replay`` workers resend solved frames (transport ceiling), live ones solve every task."""
+def ingest_rate(backend: str, n_workers: int, seconds: float, replay: bool) -> tuple[float, float]:
+    """(New, delivered) fields per second received by one process from ``n_workers`` workers (Ray, or MPI via
+    mpiexec; see :func:`_count`); ``replay`` workers resend solved frames (transport ceiling), live ones solve
+    every task."""
     worker_cls = ReplayWorker if replay else SolverWorker
     if backend == "mpi":
         bin_dir = Path(sys.executable).parent
@@ -79,7 +83,8 @@ def ingest_rate(backend: str, n_workers: int, seconds: float, replay: bool) -> f
                              timeout=seconds * 10 + 300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
         if out.returncode:
             raise RuntimeError(f"mpiexec exit status {out.returncode}: {(out.stdout + out.stderr)[-2000:]}")
-        return float(out.stdout.strip().splitlines()[-1])
+        new, delivered = out.stdout.strip().splitlines()[-1].split()
+        return float(new), float(delivered)
     from streaming.assembly import build_solver, sample_spec, worker_args
     from streaming.config import load_config
     from streaming.design import DesignCursor
@@ -128,8 +133,9 @@ int main(int argc, char **argv) {
 """
 
 
-def external_ingest_rate(n_clients: int, seconds: float, frames_per_sim: int = 50) -> float:
-    """Fields per second received by the trainer's ingest path from ``n_clients`` C programs through the
+def external_ingest_rate(n_clients: int, seconds: float, frames_per_sim: int = 50) -> tuple[float, float]:
+    """(New, delivered) fields per second (:func:`_count`) taken by the trainer's ingest path from ``n_clients`` C
+    programs through the
     ``external`` listener (built from the job config, as ``pdestream train`` builds it); each program sends
     simulations of ``frames_per_sim`` frames, one connection per simulation."""
     import shlex
@@ -165,26 +171,34 @@ def external_ingest_rate(n_clients: int, seconds: float, frames_per_sim: int = 5
                 raise RuntimeError(f"C senders exited with {bad}")
 
 
-def _count(source: object, spec: object, cfg: object, seconds: float) -> float:
+def _count(source: object, spec: object, cfg: object, seconds: float) -> tuple[float, float]:
+    """Run ``source`` through the trainer's ingest path (cut into samples, put into a reservoir) for ``seconds``
+    once the reservoir is full; returns (new frames/s, delivered frames/s). A new frame is one of a simulation
+    not received before: the ``overlap`` frames a chunk repeats from the one before count only as delivered."""
     from streaming.buffers import make_buffer
     from streaming.chunk import Chunk
     from streaming.samples import cut
 
     buf = make_buffer("reservoir", capacity=cfg.buffer.capacity, watermark=1)
-    fields, t0 = 0, None
+    fields = delivered = 0
+    t0 = None
+    last: dict[int, int] = {}  # simulation -> last frame counted
     for msg in source:
         if not isinstance(msg, Chunk):
             continue
         keys, samples = cut(msg, spec)
         buf.put_many(keys, samples)
+        seen, last[msg.sim_id] = last.get(msg.sim_id, -1), int(msg.steps[-1])
         if t0 is None:  # start the clock once the buffer is full (compiles, start-up, first-touch page faults)
             if len(buf) == buf.capacity:
                 t0 = time.perf_counter()
             continue
-        fields += msg.n_steps
+        fields += int(np.count_nonzero(msg.steps > seen))
+        delivered += msg.n_steps
         if time.perf_counter() - t0 >= seconds:
             break
-    return fields / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    return fields / elapsed, delivered / elapsed
 
 
 def _mpi_main(seconds: float, replay: bool) -> None:
@@ -204,9 +218,9 @@ def _mpi_main(seconds: float, replay: bool) -> None:
         finish(comm)
     source = MPISource(DesignCursor(solver, 0, "uniform", 0, cfg.workers.sims_per_task), comm,
                        cfg.workers.max_inflight)
-    rate = _count(source, spec, cfg, seconds)
+    new, delivered = _count(source, spec, cfg, seconds)
     source.close()
-    print(rate, flush=True)
+    print(new, delivered, flush=True)
     finish(comm)
 
 
@@ -330,6 +344,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="training steps for the efficiency runs")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the efficiency runs (see efficiency())")
     parser.add_argument("--skip-efficiency", action="store_true")
+    parser.add_argument("--no-live", action="store_true", help="skip the live-solver ingest rows (ceilings only)")
+    parser.add_argument("--ingest-rounds", type=int, default=1,
+                        help="repeat the ingest rows this many times, alternating backends (medians reported)")
     parser.add_argument("--variants", nargs="*", choices=VARIANTS, default=list(VARIANTS),
                         help="efficiency runs besides the quickstart as shipped (none: the headline alone)")
     parser.add_argument("--_mpi-rank", action="store_true", help=argparse.SUPPRESS)
@@ -341,20 +358,32 @@ def main() -> None:
     import jax
 
     results: dict[str, float | str | list[float]] = {"device": str(jax.devices()[0]), "cpus": os.cpu_count() or 0}
-    print("| backend | workers | ingest ceiling, fields/s (replayed chunks) | live heat2d solvers, fields/s |\n"
-          "|---|---|---|---|")
-    for backend in args.backends:
-        for w in args.workers:
-            ceiling = ingest_rate(backend, w, args.seconds, replay=True)
-            live = ingest_rate(backend, w, args.seconds, replay=False)
-            results[f"ingest_fields_per_s_{backend}_{w}w"] = ceiling
-            results[f"live_solver_fields_per_s_{backend}_{w}w"] = live
-            print(f"| {backend} | {w} | {ceiling:,.0f} | {live:,.0f} |", flush=True)
-    if args.external_clients:
-        n = args.external_clients
-        rate = external_ingest_rate(n, args.seconds)
-        results[f"ingest_fields_per_s_external_{n}c"] = rate
-        print(f"| external (C clients) | {n} | {rate:,.0f} | - |", flush=True)
+    print("| round | backend | workers | ingest ceiling, new fields/s (replayed chunks) | delivered incl. overlap "
+          "repeats | live heat2d solvers, new fields/s | load average |\n|---|---|---|---|---|---|---|")
+    rounds: dict[str, list[float]] = {}
+
+    def row(r: int, key: str, label: str, n: int, rate: tuple[float, float], live: float | None = None) -> None:
+        rounds.setdefault(f"ingest_fields_per_s_{key}", []).append(rate[0])
+        rounds.setdefault(f"delivered_fields_per_s_{key}", []).append(rate[1])
+        if live is not None:
+            rounds.setdefault(f"live_solver_fields_per_s_{key}", []).append(live)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"| {r} | {label} | {n} | {rate[0]:,.0f} | {rate[1]:,.0f} | "
+              f"{'-' if live is None else f'{live:,.0f}'} | {load:.1f} |", flush=True)
+
+    for r in range(1, args.ingest_rounds + 1):
+        for backend in args.backends:
+            for w in args.workers:
+                ceiling = ingest_rate(backend, w, args.seconds, replay=True)
+                live = None if args.no_live else ingest_rate(backend, w, args.seconds, replay=False)[0]
+                row(r, f"{backend}_{w}w", backend, w, ceiling, live)
+        if args.external_clients:
+            n = args.external_clients
+            row(r, f"external_{n}c", "external (C clients)", n, external_ingest_rate(n, args.seconds))
+    for key, values in rounds.items():
+        results[key] = float(np.median(values))
+        if args.ingest_rounds > 1:
+            results[f"{key}_rounds"] = values
     if not args.skip_efficiency:
         import ray
 

@@ -33,7 +33,7 @@
 #define PDS_DEFAULT_ADDRESS "127.0.0.1:47011"
 #define PDS_MAX_REPLY_HEADER (1L << 20)
 #define PDS_AUTO_BATCH_BYTES (4L << 20)
-#define PDS_MAX_AUTO_BATCH 32
+#define PDS_MAX_AUTO_BATCH 256 /* frames: a 64 x 64 float32 field reaches the 4 MiB first */
 
 static _Thread_local char g_err[1024];
 static _Thread_local int g_code;

@@ -23,7 +23,7 @@
  *   float32 for pds_send, float64 for pds_send_f64 (sent as float32).
  * - A frame (time index `frame` = 0, 1, 2, ...) is complete once every field of it was sent; send all
  *   fields of a frame before the next frame, frames in increasing order. Complete frames are shipped
- *   several per message (about 4 MiB, at most 32 frames; $PDESTREAM_BATCH_STEPS overrides).
+ *   several per message (about 4 MiB, at most 256 frames; $PDESTREAM_BATCH_STEPS overrides).
  * - Backpressure: pds_send blocks while the job's max_inflight messages wait for the trainer.
  * - pds_close flushes, marks the simulation complete, waits until the trainer took all of it, and
  *   frees the client whatever it returns. A program that exits without pds_close has its

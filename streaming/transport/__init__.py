@@ -36,8 +36,9 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
             "MPI ranks under mpiexec: the first ranks train, the others solve; credit-based flow control", True),
     Backend("local", "streaming.transport.in_process:from_config",
             "one solver worker inside the trainer's process, deterministic (tests, debugging, exact resume)", True),
-    Backend("external", "streaming.transport.listener:from_config",
-            "a TCP listener that external solver programs stream to through streaming.client", False),
+    Backend("external", "streaming.transport.launcher:from_config",
+            "a TCP listener that external solver programs stream to (C, Fortran, Python clients); with "
+            "[solver.external] command, the launcher starts one program per simulation", False),
 )}
 
 

@@ -9,7 +9,7 @@ launcher adds what the listener lacks, the design:
   (``workers.sims_per_task`` simulations) and run its simulations one after the other, one process each;
   at most ``workers.count`` processes run at a time, each with ``workers.max_inflight`` messages
   unacknowledged (the listener's flow control);
-- where processes run is ``workers.backend``: ``local`` (subprocesses of the trainer's process) or
+- where processes run is ``workers.backend``: ``local`` or ``external`` (subprocesses of the trainer's process) or
   ``ray`` (a subprocess inside a Ray actor per slot, on any node; the data still comes over TCP, so set
   ``workers.listen`` to an address the nodes reach);
 - a run succeeds when the program exits 0 after closing its connection with all ``frames`` frames sent.
@@ -26,10 +26,11 @@ launcher adds what the listener lacks, the design:
 MPI solvers: put ``mpiexec -n R ...`` in the command; each rank connects with the slab API and the
 listener assembles the slabs (the launcher sees one process group).
 
-Not a registered transport: the data always travel over the listener, and ``workers.backend`` only
-says where the programs start, so :func:`from_config` is chosen by the solver (``run_job`` calls it for
-``solver.name = "external"``). The launcher owns the job's one dispatcher; the listener under it has
-none, as with hand-started clients.
+Not a transport of its own: the data always travel over the listener, and ``workers.backend`` only
+says where the programs start. ``run_job`` calls :func:`from_config` for ``solver.name = "external"``; it
+also serves backend ``external`` without a command (the bare listener), so it can stand as that backend's
+factory. The launcher owns the job's one dispatcher; the listener under it has none, as with hand-started
+clients.
 """
 
 from __future__ import annotations
@@ -559,33 +560,34 @@ def make_listener(cfg: JobConfig, solver: ExternalSolver, overlap: int, listen: 
     w = cfg.workers
     return ClientSource(listen or w.listen, None, w.max_inflight, overlap=overlap, channels=solver.channels,
                         grid=solver.grid, n_params=len(solver.param_space), token=w.token,
-                        client_timeout=w.client_timeout, max_message_bytes=int(w.max_message_mb * 2**20))
+                        client_timeout=w.client_timeout, max_message_bytes=int(w.max_message_mb * 2**20),
+                        chunk_frames=w.chunk_frames)
 
 
 def make_runner(cfg: JobConfig, keep_ray: bool = False) -> LocalRunner | RayRunner:
+    """Where the command's runs start: subprocesses here (``workers.backend`` ``local`` or ``external``) or Ray
+    actors (``ray``)."""
     w = cfg.workers
-    if w.backend == "local":
+    if w.backend in ("local", "external"):
         return LocalRunner(w.nice)
     if w.backend == "ray":
         return RayRunner(w.count, w.address, w.nice, keep_ray)
-    raise LauncherError(f"workers.backend={w.backend!r} cannot launch solver.external.command; use 'local' "
-                        "(subprocesses here) or 'ray' (inside Ray actors), or 'external' without a command to start "
-                        "the clients by hand")
+    raise LauncherError(f"workers.backend={w.backend!r} cannot launch solver.external.command; use 'local' or "
+                        "'external' (subprocesses here) or 'ray' (inside Ray actors), or 'external' without a command "
+                        "to start the clients by hand")
 
 
 def from_config(cfg: JobConfig, cursor: DesignCursor, worker_args: dict[str, Any], **_: Any) -> Any:
-    """The source of a job whose solver is external: the launcher (a command is set) or, with workers.backend =
-    'external' and no command, the bare listener that hand-started clients stream to."""
-    solver = ExternalSolver(cfg.solver.external)
-    overlap = worker_args["lookback"] + worker_args["lookahead"] - 1
-    if cfg.workers.backend == "external":
-        if solver.config.command:
-            raise LauncherError("solver.external.command is set but workers.backend = 'external' only listens for "
-                                "clients started by hand; use workers.backend = 'local' or 'ray' to launch the "
-                                "command, or remove it")
+    """The source of a job whose solver is external, and of backend ``external``: the launcher when
+    ``solver.external.command`` is set (its runs start here for backend ``local`` or ``external``, in Ray actors
+    for ``ray``), else, with ``workers.backend = 'external'``, the bare listener that hand-started clients
+    stream to."""
+    if cfg.workers.backend == "external" and (cfg.solver.external is None or not cfg.solver.external.command):
         from streaming.transport.listener import from_config as listener_from_config
 
         return listener_from_config(cfg, cursor, worker_args)
+    solver = ExternalSolver(cfg.solver.external)
+    overlap = worker_args["window"] + worker_args["targets"] - 1
     runner = make_runner(cfg)
     try:
         listener = make_listener(cfg, solver, overlap)

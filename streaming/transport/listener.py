@@ -13,7 +13,7 @@ yields what they send, as every source does: :class:`~streaming.chunk.Chunk` s a
   raises :class:`~streaming.client.ClientError` with the same message).
 - Overlap between messages: the last ``overlap`` frames of a simulation's previous chunk are
   prepended to the next chunk when the steps follow on, so that every sample needing ``overlap + 1``
-  consecutive frames is cut from some chunk (pass ``lookback + lookahead - 1`` of the sample spec).
+  consecutive frames is cut from some chunk (pass ``window + targets - 1`` of the sample spec).
 - NaN/Inf in a message drops the simulation: ``SimReport(sim_id, "nan")``; its later data are
   ignored (chunks delivered before stay in the buffer: they were finite). A client that disconnects
   without ``close()`` drops its simulation with status ``"error"``.
@@ -33,8 +33,12 @@ yields what they send, as every source does: :class:`~streaming.chunk.Chunk` s a
   generated with :mod:`secrets`), a hello without the right ``token`` is refused (constant-time
   compare).
 
-Threads: one accepts connections, one per connection reads frames (decoding and the NaN check run
-there); the iterating thread assembles, yields and acknowledges.
+Threads: one accepts connections; a reader thread per open connection reads frames (decoding, stitching
+and the NaN check run there; threads are reused from one connection to the next; headers and small frames
+come through a read-ahead buffer, payloads straight into their array: each system call is a wait for the
+GIL, which the iterating thread mostly holds); the iterating thread
+assembles slabs, yields and acknowledges (in batches: half the window, or whenever the job holds nothing
+else of the connection; the "bye" that answers "end" acknowledges the rest).
 """
 
 from __future__ import annotations
@@ -75,9 +79,12 @@ from streaming.transport.wire import (
 )
 
 _POLL_S = 0.1  # how often a waiting thread checks for close()
+_READER_IDLE_S = 5.0  # a reader thread without a connection for this long ends
 MAX_CONNECTIONS = 1024  # open client connections (one reader thread each); more are refused
 _MAX_ID = 2**62  # simulation ids and steps stay well inside int64 (de-duplication keys)
 _MAX_FRAMES_IN_MESSAGES = 16  # a full frame assembled from slabs may be this many messages large
+_WAITALL = getattr(socket, "MSG_WAITALL", 0)
+_READ_AHEAD = 1 << 16  # bytes: reads shorter than this go through a read-ahead buffer
 DTYPES = ("<f4", "<f8")  # payload dtypes a chunk may carry (float64 is cast to float32)
 log = logging.getLogger(__name__)
 
@@ -127,11 +134,19 @@ class _Conn:
     offset: tuple[int, ...] = ()
     read_step: int = -1  # last step read (reader thread)
     seen_step: int = -1  # last step processed (iterating thread)
-    unacked: int = 0
+    unacked: int = 0  # messages received and not yet taken by the trainer (iterating thread)
     ended: bool = False
     read_msgs: int = 0  # chunk messages read (reader thread) ...
     acked: int = 0  # ... and acknowledged (iterating thread): the difference is bounded by max_inflight
-    last_ack: float = 0.0  # monotonic time of the last acknowledgement (idle clock)
+    taken: int = 0  # messages taken (or let go) by the iterating thread; acknowledged in batches
+    owed: int = 0  # taken but not acknowledged yet
+    end_read: bool = False  # the reader read "end": the "bye" acknowledges whatever is owed
+    last_take: float = 0.0  # monotonic time the trainer last took one of its messages (idle clock)
+    ahead: memoryview | None = None  # bytes read ahead of the current frame (reader thread) ...
+    ahead_pos: int = 0  # ... the next unread one ...
+    ahead_end: int = 0  # ... and the end of what was read
+    tail_steps: np.ndarray | None = None  # one-rank simulation: last `overlap` frames read (reader thread)
+    tail_fields: np.ndarray | None = None
 
     def send(self, header: dict[str, Any]) -> None:
         """Best effort: a connection that went away, or that does not read (its socket buffer stays full past
@@ -212,14 +227,15 @@ class ClientSource:
     token: the shared secret clients present (None: none on loopback, a generated one elsewhere; see
     :attr:`token`). client_timeout: seconds a connection may stay silent while the job holds none of
     its messages, or stay stuck mid-frame. max_message_bytes / max_header: bounds on a frame's payload
-    and JSON header.
+    and JSON header. chunk_frames: new frames per chunk handed on (a one-rank simulation's larger messages
+    are cut into views; None: one chunk per message), as ``workers.chunk_frames`` sizes every transport's.
     """
 
     def __init__(self, listen: str, expected_sims: int | None = None, max_inflight: int = 4, *, overlap: int = 1,
                  channels: Sequence[str] | None = None, grid: Sequence[int] | None = None,
                  n_params: int | None = None, token: str | None = None, client_timeout: float = 3600.0,
                  max_message_bytes: int = MAX_PAYLOAD, max_header: int = MAX_HEADER,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS, chunk_frames: int | None = None) -> None:
         if expected_sims is not None and expected_sims < 0:
             raise ClientSourceError(f"expected_sims={expected_sims}: must be >= 0 (None: stream until closed)")
         if max_inflight < 1:
@@ -228,6 +244,8 @@ class ClientSource:
             raise ClientSourceError(f"overlap={overlap}: must be >= 0")
         if not client_timeout > 0:
             raise ClientSourceError(f"client_timeout={client_timeout}: must be > 0 seconds")
+        if chunk_frames is not None and chunk_frames < 1:
+            raise ClientSourceError(f"chunk_frames={chunk_frames}: must be >= 1 (None: one chunk per message)")
         if max_message_bytes < 1 or max_header < 64 or max_connections < 1:
             raise ClientSourceError(f"max_message_bytes={max_message_bytes}, max_header={max_header}, "
                                     f"max_connections={max_connections}: must be >= 1, >= 64 and >= 1")
@@ -241,15 +259,19 @@ class ClientSource:
         self.rejected: Counter[str] = Counter()  # connections closed or refused, by reason
         self.dropped: Counter[str] = Counter()  # simulations dropped, by reason
         self.expected_sims, self.max_inflight, self.overlap = expected_sims, max_inflight, overlap
+        self.chunk_frames = chunk_frames
         self.channels = None if channels is None else tuple(channels)
         self.grid = None if grid is None else tuple(int(g) for g in grid)
         self.n_params = n_params
         self.cursor = self.dispatcher = None  # no design cursor: the clients choose their simulations
         self.bytes_received = 0
         self.sims_finished = 0
+        self._ack_batch = max(1, (max_inflight + 1) // 2)  # acknowledgements go out in batches of this many
         self._lock = threading.Lock()
         self._sims: dict[int, _Sim] = {}
-        self._conns: dict[_Conn, threading.Thread] = {}  # open connections and their reader threads
+        self._conns: dict[_Conn, threading.Thread | None] = {}  # open connections and their reader threads
+        self._handoff: queue.SimpleQueue = queue.SimpleQueue()  # accepted connections for idle reader threads
+        self._idle_readers = 0  # reader threads waiting on _handoff and not yet handed a connection
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._listener = _bind(listen)
@@ -308,23 +330,25 @@ class ClientSource:
         if not self._closed:
             self._drain()
 
-    def _on_chunk(self, conn: _Conn, chunk: Chunk, finite: bool) -> list[tuple[Message, list[_Msg]]]:
+    def _on_chunk(self, conn: _Conn, pieces: list[Chunk], finite: bool,
+                  nbytes: int) -> list[tuple[Message, list[_Msg]]]:
         sim = conn.sim
         assert sim is not None
+        chunk = pieces[0]
         msg = _Msg(conn)
         conn.unacked += 1
-        self.bytes_received += chunk.fields.nbytes
+        self.bytes_received += nbytes
         if sim.status != "open":
             self._ack(conn)
             return []
         if not finite:
-            steps = chunk.steps.tolist()
+            steps = [int(chunk.steps[0]), int(pieces[-1].steps[-1])]
             return self._drop(sim, "nan", f"simulation {sim.sim_id} sent NaN/Inf (steps {steps[0]}..{steps[-1]}"
                               f"{' from ' + conn.label if sim.ranks > 1 else ''}); dropped", [msg], reason="nan")
-        conn.seen_step = int(chunk.steps[-1])
-        if sim.ranks == 1 and not chunk.is_slab:  # the whole grid from one process: no assembly
-            msg.remaining = 1
-            return [(self._stitch(sim, chunk.steps, chunk.fields), [msg])]
+        conn.seen_step = int(pieces[-1].steps[-1])
+        if sim.ranks == 1 and not chunk.is_slab:  # the whole grid from one process: stitched by its reader already
+            msg.remaining = len(pieces)
+            return [(p, [msg]) for p in pieces]
         return self._assemble(sim, conn, chunk, msg)
 
     def _assemble(self, sim: _Sim, conn: _Conn, chunk: Chunk, msg: _Msg) -> list[tuple[Message, list[_Msg]]]:
@@ -429,13 +453,22 @@ class ClientSource:
         return [(SimReport(sim.sim_id, status, message), [])]
 
     def _ack(self, conn: _Conn, n: int = 1) -> None:
+        """``n`` messages of ``conn`` were taken (or let go). Acknowledgements go out in batches: once half the
+        window is owed, or when the job holds no other message of the connection (the client may be waiting for
+        this one); none after the client's "end", whose "bye" acknowledges everything."""
         conn.unacked -= n
         if n:
-            conn.acked += n
-            conn.last_ack = time.monotonic()
-            conn.send({"type": "ack", "n": n})
-        if conn.ended and conn.unacked == 0:
-            conn.send({"type": "bye"})
+            conn.taken += n
+            conn.owed += n
+            conn.last_take = time.monotonic()
+        if conn.ended:
+            if conn.unacked == 0:
+                conn.owed = 0
+                conn.send({"type": "bye"})
+        elif conn.owed and not conn.end_read and (conn.owed >= self._ack_batch or conn.taken >= conn.read_msgs):
+            conn.acked += conn.owed
+            conn.send({"type": "ack", "n": conn.owed})
+            conn.owed = 0
 
     # ------------------------------------------------------------------ connections (their own threads)
     def _accept_loop(self) -> None:
@@ -448,22 +481,57 @@ class ClientSource:
                 return
             _set_timeouts(sock, self._sock_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Conn(sock, f"{addr[0]}:{addr[1]}", last_ack=time.monotonic())
-            reader = threading.Thread(target=self._serve, args=(conn,), daemon=True, name=f"client {conn.peer}")
+            conn = _Conn(sock, f"{addr[0]}:{addr[1]}", last_take=time.monotonic())
+            reader = None
             with self._lock:
                 if self._closed:
                     sock.close()
                     return
                 full = len(self._conns) >= self.max_connections
                 if not full:
-                    self._conns[conn] = reader
+                    self._conns[conn] = None  # the reader thread that serves it, once one does
                     self.connections += 1
+                    if self._idle_readers:  # a reader thread waits for work: hand it over
+                        self._idle_readers -= 1
+                        self._handoff.put(conn)
+                    else:
+                        reader = threading.Thread(target=self._reader, args=(conn,), daemon=True,
+                                                  name="client-source-reader")
             if full:
                 self._reject(conn, "too_many", f"{self.max_connections} connections are open already")
                 with contextlib.suppress(OSError):
                     sock.close()
                 continue
-            reader.start()
+            if reader is not None:
+                reader.start()
+
+    def _reader(self, conn: _Conn | None) -> None:
+        """A reader thread: serves one connection after the other (threads are reused: a simulation per
+        connection would otherwise start a thread each); ends after :data:`_READER_IDLE_S` s without one."""
+        while conn is not None:
+            with self._lock:
+                if conn in self._conns:
+                    self._conns[conn] = threading.current_thread()
+            self._serve(conn)
+            conn = self._next_conn()
+
+    def _next_conn(self) -> _Conn | None:
+        with self._lock:
+            self._idle_readers += 1
+        deadline = time.monotonic() + _READER_IDLE_S
+        while not self._closed:
+            try:  # None: close() wakes the idle threads
+                return self._handoff.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except queue.Empty:
+                if time.monotonic() < deadline:
+                    continue
+            with self._lock:  # under the lock: no connection is handed to this thread while it leaves
+                try:
+                    return self._handoff.get_nowait()
+                except queue.Empty:
+                    self._idle_readers -= 1
+                    return None
+        return None
 
     def _reject(self, conn: _Conn, reason: str, message: str) -> None:
         """Count a refused or closed connection under ``reason`` and log one line."""
@@ -476,18 +544,26 @@ class ClientSource:
         ("timeout") when it stays silent past ``client_timeout`` (at a frame's start: only while the job
         holds none of its messages)."""
         got, last = 0, time.monotonic()
+        if conn.ahead_end > conn.ahead_pos:  # bytes read ahead with an earlier frame
+            got = min(conn.ahead_end - conn.ahead_pos, buf.nbytes)
+            buf[:got] = conn.ahead[conn.ahead_pos:conn.ahead_pos + got]
+            conn.ahead_pos += got
         while got < buf.nbytes:
-            try:
-                n = conn.sock.recv_into(buf[got:])
+            small = buf.nbytes - got < _READ_AHEAD
+            if small and conn.ahead is None:
+                conn.ahead = memoryview(bytearray(_READ_AHEAD))
+            try:  # a small read takes whatever arrived (the next frames too: fewer calls, each one a wait for the
+                # GIL); a large one waits for all of it (MSG_WAITALL) unless the timeout or a signal cuts it short
+                n = conn.sock.recv_into(conn.ahead) if small else conn.sock.recv_into(buf[got:], 0, _WAITALL)
             except (TimeoutError, BlockingIOError):  # settimeout / SO_RCVTIMEO expired
                 if self._closed:
                     raise EOFError("the job stopped") from None
                 now = time.monotonic()
                 if frame_start and got == 0:
-                    if conn.read_msgs > conn.acked:  # the trainer holds its messages: not the client's delay
+                    if conn.read_msgs > conn.taken:  # the trainer holds its messages: not the client's delay
                         last = now
                         continue
-                    last = max(last, conn.last_ack)
+                    last = max(last, conn.last_take)
                 if now - last > self.client_timeout:
                     where = "before its next message" if frame_start and got == 0 else "in the middle of a message"
                     raise _ProtocolError(f"sent nothing for {self.client_timeout:g} s {where} (workers.client_timeout)",
@@ -495,6 +571,11 @@ class ClientSource:
                 continue
             if n == 0:
                 raise EOFError("connection closed by the peer")
+            if small:
+                k = min(n, buf.nbytes - got)
+                buf[got:got + k] = conn.ahead[:k]
+                conn.ahead_pos, conn.ahead_end = k, n
+                n = k
             got += n
             last = time.monotonic()
 
@@ -536,12 +617,13 @@ class ClientSource:
                     if conn.read_msgs - conn.acked >= self.max_inflight:
                         raise _ProtocolError(f"more than max_inflight={self.max_inflight} unacknowledged messages; "
                                              "wait for the job's acknowledgements", "window")
-                    chunk = self._read_chunk(conn, header, n)
+                    pieces, finite = self._read_chunk(conn, header, n)
                     conn.read_msgs += 1
-                    self._events.put(("chunk", conn, (chunk, chunk.is_finite())))
+                    self._events.put(("chunk", conn, (pieces, finite, n)))
                 elif kind == "end":
                     if n:
                         raise _ProtocolError(f"an end message carries no payload ({n} bytes)")
+                    conn.end_read = True
                     self._end(conn)
                 else:
                     raise _ProtocolError(f"unexpected message type {kind!r} after the hello")
@@ -641,7 +723,11 @@ class ClientSource:
             sim.conns.append(conn)
             conn.sim, conn.offset = sim, offset
 
-    def _read_chunk(self, conn: _Conn, header: dict[str, Any], n: int) -> Chunk:
+    def _read_chunk(self, conn: _Conn, header: dict[str, Any], n: int) -> tuple[list[Chunk], bool]:
+        """Check a chunk message's header, read its payload and decode it; returns the chunk(s) for the trainer and
+        whether the new frames are finite. A one-rank simulation's whole-grid chunk comes back stitched to the
+        ``overlap`` frames before it (the payload is read straight behind them: no further copy) and cut into
+        chunks of ``chunk_frames`` new frames (views of one array, each with the ``overlap`` frames before it)."""
         sim = conn.sim
         assert sim is not None
         wire = header.get("wire")
@@ -663,10 +749,25 @@ class ClientSource:
         expect = math.prod(shape) * np.dtype(dtype).itemsize
         if n != expect:
             raise _ProtocolError(f"chunk payload of {n} bytes but its header shape {shape} needs {expect}", "shape")
-        data = np.empty(n, np.uint8)
-        self._fill(conn, memoryview(data))
+        whole = sim.ranks == 1 and shape[2:] == sim.grid  # stitched here, in order, by this connection's reader
+        k = 0
+        if whole and conn.tail_steps is not None and type(steps[0]) is int and steps[0] == conn.tail_steps[-1] + 1:
+            k = len(conn.tail_steps)
+        if dtype == "<f4" and whole:
+            data = np.empty((k + shape[0], *shape[1:]), np.float32)
+            self._fill(conn, memoryview(data[k:]).cast("B"))
+            if k:
+                data[:k] = conn.tail_fields
+                wire = {**wire, "steps": [*conn.tail_steps.tolist(), *steps], "shape": [k + shape[0], *shape[1:]]}
+        else:
+            data = np.empty(n, np.uint8)
+            self._fill(conn, memoryview(data))
         try:
             chunk = Chunk.from_wire(wire, data)
+            if k and dtype != "<f4":  # float64 on the wire: cast by from_wire, then joined to the tail
+                chunk = Chunk(chunk.sim_id, np.concatenate([conn.tail_steps, chunk.steps]),
+                              np.concatenate([conn.tail_fields, chunk.fields]), chunk.params, chunk.solver,
+                              chunk.offset, chunk.global_grid)
         except (ChunkError, TypeError, ValueError, OverflowError) as e:
             raise _ProtocolError(str(e)) from None
         if chunk.sim_id != sim.sim_id or chunk.global_grid != sim.grid or chunk.offset != conn.offset:
@@ -676,10 +777,21 @@ class ClientSource:
             raise _ProtocolError(f"chunk with {chunk.n_channels} channels for fields {list(sim.fields)}")
         if int(chunk.steps[-1]) >= _MAX_ID:
             raise _ProtocolError(f"step {int(chunk.steps[-1])} is too large (limit {_MAX_ID})")
-        if int(chunk.steps[0]) <= conn.read_step:
-            raise _ProtocolError(f"steps go backwards ({int(chunk.steps[0])} after {conn.read_step})", "order")
+        if int(chunk.steps[k]) <= conn.read_step:
+            raise _ProtocolError(f"steps go backwards ({int(chunk.steps[k])} after {conn.read_step})", "order")
         conn.read_step = int(chunk.steps[-1])
-        return chunk
+        finite = bool(np.isfinite(chunk.fields[k:]).all() and np.isfinite(chunk.params).all())
+        if not whole:
+            return [chunk], finite
+        if self.overlap:
+            conn.tail_steps = chunk.steps[-self.overlap:].copy()
+            conn.tail_fields = chunk.fields[-self.overlap:].copy()
+        cf = self.chunk_frames
+        if cf is None or chunk.n_steps - k <= cf:
+            return [chunk], finite
+        return [Chunk(chunk.sim_id, chunk.steps[max(s - self.overlap, 0):s + cf],
+                      chunk.fields[max(s - self.overlap, 0):s + cf], chunk.params, chunk.solver)
+                for s in range(k, chunk.n_steps, cf)], finite
 
     # ------------------------------------------------------------------ shutdown
     def close(self) -> None:
@@ -691,13 +803,16 @@ class ClientSource:
             conns, readers = list(self._conns), list(self._conns.values())
         with contextlib.suppress(OSError):
             self._listener.close()
+        for _ in range(self._idle_readers):
+            self._handoff.put(None)
         for c in conns:
             c.send({"type": "stop", "message": "the job stopped taking data (training finished or interrupted)"})
             with contextlib.suppress(OSError):
                 c.sock.shutdown(socket.SHUT_WR)
         deadline = time.monotonic() + 0.5  # let clients read "stop" and hang up; then cut the rest
         for r in readers:
-            r.join(max(deadline - time.monotonic(), 0.0))
+            if r is not None and r is not threading.current_thread():
+                r.join(max(deadline - time.monotonic(), 0.0))
         for c in conns:
             with contextlib.suppress(OSError):
                 c.sock.close()
@@ -715,6 +830,7 @@ def from_config(cfg: JobConfig, cursor: DesignCursor, worker_args: dict[str, Any
     solver = build_solver(cfg)
     w = cfg.workers
     return ClientSource(w.listen, cfg.solver.n_sims or None, w.max_inflight,
-                        overlap=worker_args["lookback"] + worker_args["lookahead"] - 1, channels=solver.channels,
+                        overlap=worker_args["window"] + worker_args["targets"] - 1, channels=solver.channels,
                         grid=solver.grid, n_params=len(solver.param_space), token=w.token,
-                        client_timeout=w.client_timeout, max_message_bytes=int(w.max_message_mb * 2**20))
+                        client_timeout=w.client_timeout, max_message_bytes=int(w.max_message_mb * 2**20),
+                        chunk_frames=w.chunk_frames)
