@@ -7,6 +7,12 @@ through the registry from a config, as a job builds it.
 - one that always raises: the job stops with JobFailed past workers.max_failures;
 - close() while another thread iterates: the iteration ends promptly;
 - checkpoint state mid-stream: in-flight simulations are pending, never lost.
+
+``external``: the launcher starting a small Python client program (``CLIENT``, numpy + streaming.client) per
+simulation of an external solver, streaming through the real TCP listener (``workers.backend = "external"``
+with ``[solver.external] command``). Its failure is the program's: the failing cases' worker class
+(``RaisingWorker``'s marker and ``always``) goes into the command line, and the program raises the same
+RuntimeError on simulation 3 (exit status 1), so every case runs unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from solvers import get_solver
-from streaming.assembly import sample_spec, worker_args
+from streaming.assembly import build_solver, sample_spec, worker_args
 from streaming.chunk import SimReport
 from streaming.config import load_config
 from streaming.design import DesignCursor
@@ -29,8 +35,11 @@ from streaming.worker import SolverWorker
 
 register(Backend("threads", "examples.thread_transport:from_config", "solver workers on threads of the trainer",
                  several_trainers=True))
-KINDS = ["local", "threads", "ray"]
+KINDS = ["local", "threads", "ray", "external"]
 N_SIMS, STEPS = 6, 8
+# kind -> hook(cfg, cursor, worker_args, worker_cls) returning the source, for a transport whose workers this
+# process cannot start (MPI ranks: tests/mpi_contract_driver.py runs these cases under mpiexec)
+SOURCE_HOOKS: dict = {}
 
 
 class RaisingWorker(SolverWorker):
@@ -47,11 +56,53 @@ class RaisingWorker(SolverWorker):
 
 
 def _source(kind, tmp_path, n_sims=N_SIMS, max_failures=2, worker_cls=SolverWorker):
+    if kind == "external":
+        return _external_source(tmp_path, n_sims, max_failures, worker_cls)
     cfg = load_config("configs/quickstart.toml", {
         "solver.config": "{ n = 6 }", "solver.steps": str(STEPS), "solver.n_sims": str(n_sims),
         "workers.backend": kind, "workers.count": "2", "workers.sims_per_task": "2", "workers.chunk_frames": "4",
         "workers.max_failures": str(max_failures), "workers.max_inflight": "2"})
     solver = get_solver("heat2d", n=6)
+    cursor = DesignCursor(solver, n_sims, "lhs", 0, 2)
+    args = worker_args(cfg, sample_spec(cfg, solver))
+    if kind in SOURCE_HOOKS:
+        return SOURCE_HOOKS[kind](cfg, cursor, args, worker_cls)
+    return make_source(cfg, cursor, args, worker_cls=worker_cls)
+
+
+CLIENT = '''
+import sys
+from pathlib import Path
+import numpy as np
+from streaming.client import connect
+sim_id, address, frames, kappa, marker, always = sys.argv[1:7]
+if int(sim_id) % (1 << 40) == 3 and marker != "-" and (always == "1" or not Path(marker).exists()):
+    Path(marker).touch()
+    raise RuntimeError("solver diverged on simulation 3")
+u = np.zeros((6, 6)); u[2:4, 2:4] = 1.0
+with connect(address, sim_id=int(sim_id), params=[float(kappa)], fields=["T"], grid=(6, 6)) as c:
+    for k in range(int(frames)):
+        c.send("T", u, k)
+        lap = np.roll(u, 1, 0) + np.roll(u, -1, 0) + np.roll(u, 1, 1) + np.roll(u, -1, 1) - 4 * u
+        u = u + 0.2 * float(kappa) * lap
+'''
+
+
+def _external_source(tmp_path, n_sims, max_failures, worker_cls):
+    """Backend external with a command: CLIENT per simulation (STEPS + 1 frames of a 6 x 6 field), through the
+    registry; worker_cls's marker / always become the program's arguments."""
+    script = tmp_path / "contract_client.py"
+    script.write_text(CLIENT)
+    marker, always = getattr(worker_cls, "marker", "") or "-", int(getattr(worker_cls, "always", False))
+    command = f"{{python}} {script} {{sim_id}} {{address}} {{frames}} {{kappa}} {marker} {always}"
+    cfg = load_config("configs/quickstart.toml", {
+        "solver.name": '"external"', "solver.config": "none", "solver.n_sims": str(n_sims),
+        "solver.external": f'{{ channels = ["T"], grid = [6, 6], dt = 0.01, frames = {STEPS + 1}, '
+                           f'command = "{command}", params = {{ kappa = {{ low = 0.2, high = 1.0 }} }} }}',
+        "workers.backend": '"external"', "workers.listen": '"127.0.0.1:0"', "workers.count": "2",
+        "workers.sims_per_task": "2", "workers.chunk_frames": "4", "workers.max_failures": str(max_failures),
+        "workers.max_inflight": "2"})
+    solver = build_solver(cfg)
     cursor = DesignCursor(solver, n_sims, "lhs", 0, 2)
     return make_source(cfg, cursor, worker_args(cfg, sample_spec(cfg, solver)), worker_cls=worker_cls)
 

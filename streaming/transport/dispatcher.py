@@ -87,6 +87,11 @@ class Dispatcher:
                             "workers.max_failures")
         return task
 
+    def finished(self) -> bool:
+        """True once every simulation of a finite design is done or dropped and no task is out."""
+        with self._lock:
+            return not self._running and self.cursor.exhausted()
+
     def running(self) -> dict[Hashable, Task]:
         """Worker -> the task it runs (a copy)."""
         with self._lock:
