@@ -604,11 +604,18 @@ def _resolve_problem(sur: Surrogate, problem: str | None, cf: CaseFile) -> str:
     return problem
 
 
-def _load(path: Path, sur: Surrogate) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, float]:
-    """Frames, the surrogate's conditioning, the sim ids and the frame spacing of a cached file."""
+def _load(path: Path, sur: Surrogate, solver: Solver,
+          fmt: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, float, np.ndarray | None]:
+    """Frames, the surrogate's conditioning, the sim ids, the frame spacing of a cached file, and (native samples of
+    a problem with obstacles) the cells the surrogate holds, the solver's ``boundary`` mask per simulation."""
     traj = read_trajectories(path)
     cond = cond_from_params(sur, traj.params, traj.param_names, str(path))
-    return traj.fields(), cond, traj.sim_id, float(traj.t[1] - traj.t[0])
+    hold = None
+    if fmt == "native":
+        order = [list(traj.param_names).index(name) for name in solver.param_space.names]
+        masks = np.stack([solver.boundary(p[order])[0] for p in np.asarray(traj.params)])
+        hold = masks if masks.any() else None
+    return traj.fields(), cond, traj.sim_id, float(traj.t[1] - traj.t[0]), hold
 
 
 def evaluate_cfd(
@@ -648,15 +655,17 @@ def evaluate_cfd(
     files = {
         a: generate_cases(problem, a, part, fmt=fmt, cases=cf, cache=cache, progress=progress) for a in axes
     }
-    loaded = {a: _load(p, sur) for a, p in files.items()}
+    loaded = {a: _load(p, sur, pc.solver, fmt) for a, p in files.items()}
     dt = loaded[axes[0]][3]
     kw = {"rollout_steps": rollout_steps, "batch": batch}
 
-    def run(parts: list[tuple[np.ndarray, np.ndarray | None, np.ndarray, float]], n_ex: int) -> dict[str, Any]:
+    def run(parts: list[tuple], n_ex: int) -> dict[str, Any]:
         frames = np.concatenate([x[0] for x in parts])
         cond = None if parts[0][1] is None else np.concatenate([x[1] for x in parts])
         ids = np.concatenate([x[2] for x in parts])
-        return evaluate_trajectories(sur, frames, cond, dt, n_examples=n_ex, sim_ids=ids, **kw)
+        holds = [x[4] if x[4] is not None else np.zeros(x[0].shape[:1] + x[0].shape[2:], bool) for x in parts]
+        hold = np.concatenate(holds) if any(x[4] is not None for x in parts) else None
+        return evaluate_trajectories(sur, frames, cond, dt, n_examples=n_ex, sim_ids=ids, hold=hold, **kw)
 
     result = run(list(loaded.values()), n_examples)
     names = {c.sim_id: c.name for c in pc.cases}

@@ -203,16 +203,19 @@ def _window_arg(sur: Surrogate, win: np.ndarray) -> np.ndarray | None:
     return win[:, 0] if m.window == 1 else win
 
 
-def _next_frames(sur: Surrogate, win: np.ndarray, cond: np.ndarray | None, t_last: np.ndarray) -> np.ndarray:
-    """One model call per window: ``win (B, W, C, *grid)`` -> the frame ``dt`` after the window, ``(B, C, *grid)``."""
+def _next_frames(sur: Surrogate, win: np.ndarray, cond: np.ndarray | None, t_last: np.ndarray,
+                 hold: np.ndarray | None = None) -> np.ndarray:
+    """One model call per window: ``win (B, W, C, *grid)`` -> the frame ``dt`` after the window, ``(B, C, *grid)``;
+    ``hold`` bool ``(B, C, *grid)``: cells kept at the window's last frame (:meth:`Surrogate.step`)."""
     m = sur.metadata
     if m.kind == "field":
         return np.asarray(sur.predict(cond, t_last + m.dt))
-    out = np.asarray(sur.step(_window_arg(sur, win), cond, t_last))
+    out = np.asarray(sur.step(_window_arg(sur, win), cond, t_last, hold=hold))
     return out[:, 0] if m.kind == "bundle" else out
 
 
-def _rollout(sur: Surrogate, win0: np.ndarray, n_steps: int, cond: np.ndarray | None, t0: np.ndarray) -> np.ndarray:
+def _rollout(sur: Surrogate, win0: np.ndarray, n_steps: int, cond: np.ndarray | None, t0: np.ndarray,
+             hold: np.ndarray | None = None) -> np.ndarray:
     """``win0 (B, W, C, *grid)`` -> ``(B, n_steps + 1, C, *grid)``: the last given frame, then the predictions."""
     m = sur.metadata
     if m.kind == "field" and not m.time_in_cond:  # a steady field: the same prediction at every time
@@ -220,7 +223,7 @@ def _rollout(sur: Surrogate, win0: np.ndarray, n_steps: int, cond: np.ndarray | 
         return np.concatenate([win0[:, -1:], np.repeat(pred[:, None], n_steps, axis=1)], axis=1)
     if m.kind == "field":
         return np.asarray(sur.rollout(win0[:, -1], n_steps, cond, t0))
-    return np.asarray(sur.rollout(_window_arg(sur, win0), n_steps, cond, t0))
+    return np.asarray(sur.rollout(_window_arg(sur, win0), n_steps, cond, t0, hold=hold))
 
 
 def rollout_windows(
@@ -232,15 +235,18 @@ def rollout_windows(
     batch: int,
     *,
     pad_to: int | None = None,
+    hold: np.ndarray | None = None,
 ) -> np.ndarray:
     """Autoregressive rollouts of many windows in batches of ``batch`` (the last one padded, so one compilation;
     ``pad_to`` pads every batch to at least that many rows, for callers that feed windows in pieces).
 
     win0: ``(N, W, C, *grid)`` initial windows; cond: ``(N, P)`` or None; t0: ``(N,)`` time of each window's last
-    frame. Returns ``(N, n_steps + 1, C, *grid)``: each window's last frame, then ``n_steps`` predicted frames
-    (a ``field`` surrogate predicts each from the parameters and the time).
+    frame; hold: None or bool ``(N, C, *grid)``, cells held at each window's last frame after every model call (a
+    solver's ``boundary(params)`` mask). Returns ``(N, n_steps + 1, C, *grid)``: each window's last frame, then
+    ``n_steps`` predicted frames (a ``field`` surrogate predicts each from the parameters and the time).
     """
-    return _batched(lambda w, c, t: _rollout(sur, w, n_steps, c, t), len(win0), batch, win0, cond, t0, pad_to=pad_to)
+    return _batched(lambda w, c, t, h: _rollout(sur, w, n_steps, c, t, h), len(win0), batch, win0, cond, t0, hold,
+                    pad_to=pad_to)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -326,6 +332,7 @@ def evaluate_trajectories(
     batch: int = 32,
     n_examples: int = 0,
     sim_ids: Sequence[int] | None = None,
+    hold: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """One-step and autoregressive errors of ``sur`` on ``frames``, beside the identity baseline.
 
@@ -338,6 +345,8 @@ def evaluate_trajectories(
       than the rollout are skipped with a warning. The full rollout (``T - W`` steps) is always scored.
     batch: simulations (or windows) per surrogate call. n_examples: rollouts kept in ``result["examples"]``.
     sim_ids: ids of the simulations, reported with the examples (default ``0 .. N-1``).
+    hold: None or bool ``(N, C, *grid)``: per simulation, the cells the surrogate keeps at their input values after
+      every call (the solver's ``boundary(params)`` mask, e.g. obstacles; see :meth:`Surrogate.rollout`).
 
     Returns a dict with ``results`` (``one_step``, ``rollout_<h>``, ``rollout_full``: each ``{"steps", "surrogate",
     "identity"}``, the latter two ``{"overall": {MSE, RMSE, MAE, NMSE, rel_L2}, "fields": {name: {...}}}``),
@@ -350,6 +359,9 @@ def evaluate_trajectories(
     w, d, channels = m.window, len(m.grid), list(m.channels)
     if n == 0:
         raise EvaluationError("frames: no simulations (N = 0); pass at least one trajectory")
+    if hold is not None and (np.shape(hold) != (n, *frames.shape[2:]) or np.asarray(hold).dtype != bool):
+        raise EvaluationError(f"hold: got {np.asarray(hold).dtype} {np.shape(hold)}; expected a bool mask "
+                              f"{(n, *frames.shape[2:])}, one (C, *grid) mask per simulation, or None")
     if t_len < w + 1:
         raise EvaluationError(
             f"frames: {t_len} frame(s) per simulation but the surrogate reads {w} and needs one more to predict; "
@@ -380,7 +392,8 @@ def evaluate_trajectories(
     def one_step(rows: np.ndarray) -> np.ndarray:
         win = frames[sim_idx[rows][:, None], end_idx[rows][:, None] + offsets]  # (B, W, C, *grid)
         c = None if cond is None else cond[sim_idx[rows]]
-        return _next_frames(sur, win, c, times[end_idx[rows]].astype(np.float32))
+        h = None if hold is None else hold[sim_idx[rows]]
+        return _next_frames(sur, win, c, times[end_idx[rows]].astype(np.float32), h)
 
     rows = np.arange(len(sim_idx))
     pred1 = _batched(one_step, len(rows), batch, rows).reshape(n, len(starts), *frames.shape[2:])
@@ -395,7 +408,7 @@ def evaluate_trajectories(
 
     # Autoregressive rollout from the first window to the end.
     n_roll = t_len - w
-    roll = rollout_windows(sur, frames[:, :w], n_roll, cond, np.full(n, times[w - 1], np.float32), batch)
+    roll = rollout_windows(sur, frames[:, :w], n_roll, cond, np.full(n, times[w - 1], np.float32), batch, hold=hold)
     pred, target = roll[:, 1:], frames[:, w:]
     ident = np.broadcast_to(frames[:, w - 1 : w], target.shape)
     for h in horizons:

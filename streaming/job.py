@@ -39,6 +39,7 @@ from streaming.distributed import (
     params_checksum,
     write_process_report,
 )
+from streaming.errors import JobFailed
 from streaming.metrics import MetricsLog
 from streaming.optim import make_optimizer
 from streaming.trainer import Trainer, Validation
@@ -73,7 +74,12 @@ def build_validation(cfg: JobConfig, solver: Solver) -> Validation:
     finite = np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
     if not finite.any():
         raise ConfigError("every validation simulation produced NaN/Inf; reduce solver dt or the parameter range")
-    return Validation(frames[finite], task.params[finite], cfg.validation.rollout_steps)
+    params = task.params[finite]
+    hold = None
+    if not solver.frozen_border and cfg.sample.kind != "field":  # a border is in the surrogate's metadata already
+        masks = np.stack([solver.boundary(p)[0] for p in params])
+        hold = masks if masks.any() else None
+    return Validation(frames[finite], params, cfg.validation.rollout_steps, hold)
 
 
 def _cursor_state(source: Source, cursor: DesignCursor) -> Callable[[], dict]:
@@ -207,6 +213,13 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
     except KeyboardInterrupt as e:
         summary = e.args[0] if e.args and isinstance(e.args[0], dict) else trainer.summary(0.0, True)
         interrupted = e
+    except JobFailed as e:
+        if getattr(e, "checkpoint", False):  # workers lost, not the trainer (e.g. every MPI worker rank died)
+            if buffer.reception_ended:  # ended by the error, not by the stream: the resumed run takes in more
+                buffer.load_state_dict({**buffer.state_dict(), "ended": 0})
+            if checkpoints.latest_step() != trainer.step:
+                trainer.save_checkpoint()  # --resume continues from here
+        raise
     finally:
         source.close()
         metrics.close()

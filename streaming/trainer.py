@@ -33,7 +33,8 @@ curriculum, ``surrogates.training.linear_unroll``; samples are then cut with the
 the workers' chunks carry the frames they need), with ``optim.input_noise``.
 
 With ``solver.design = "adaptive"`` every batch carries its samples' simulation ids; every
-``solver.adaptive.loss_every`` steps the per-sample training loss (one forward pass before the update) is
+``solver.adaptive.loss_every`` steps the per-sample loss (forward passes before the update, through the
+autoregressive calls a sample carries targets for: ``streaming.adaptive.make_sample_loss``) is
 added to a running per-simulation mean, which goes up to the design through ``design.report_losses``
 every ``report_every`` steps and before each checkpoint (:mod:`streaming.adaptive`); validation adds the
 rollout error per parameter bin and the logs a histogram per parameter of the simulations handed out.
@@ -46,7 +47,6 @@ the watermarks are reached, and only process 0 validates, logs and exports.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import queue
 import signal
@@ -125,11 +125,13 @@ class StreamEnded(JobFailed):
 
 @dataclass
 class Validation:
-    """Held-out simulations: frames ``(S, T, C, *grid)`` and parameters ``(S, P)``."""
+    """Held-out simulations: frames ``(S, T, C, *grid)``, parameters ``(S, P)`` and, where the solver imposes
+    values that depend on the parameters (obstacles), the cells the surrogate holds, bool ``(S, C, *grid)``."""
 
     frames: np.ndarray
     params: np.ndarray
     rollout_steps: int
+    hold: np.ndarray | None = None
 
     def score(self, sur: Surrogate, spec: SampleSpec) -> dict[str, float]:
         """One-step and rollout relative L2 (mean over samples / frames), physical units."""
@@ -146,14 +148,16 @@ class Validation:
             return {"val_one_step_rel_l2": float(err.mean()), "val_rollout_rel_l2": float(err.mean())}
         w = spec.window
         one = []
-        for j in range(w, t_len - spec.lookahead + 1):
+        for j in range(w, t_len - spec.horizon + 1):
             win = self.frames[:, j - w : j]
-            pred = np.asarray(sur.step(win if w > 1 else win[:, 0], cond=cond, t=(j - 1) * spec.frame_dt))
-            truth = self.frames[:, j : j + spec.lookahead] if spec.kind == "bundle" else self.frames[:, j]
+            pred = np.asarray(sur.step(win if w > 1 else win[:, 0], cond=cond, t=(j - 1) * spec.frame_dt,
+                                       hold=self.hold))
+            truth = self.frames[:, j : j + spec.horizon] if spec.kind == "bundle" else self.frames[:, j]
             one.append(rel(pred, truth))
         n_roll = min(self.rollout_steps, t_len - w)
         start = self.frames[:, :w]
-        roll = np.asarray(sur.rollout(start if w > 1 else start[:, 0], n_roll, cond=cond, t0=(w - 1) * spec.frame_dt))
+        roll = np.asarray(sur.rollout(start if w > 1 else start[:, 0], n_roll, cond=cond, t0=(w - 1) * spec.frame_dt,
+                                      hold=self.hold))
         truth = self.frames[:, w - 1 : w + n_roll]
         r = [rel(roll[:, i], truth[:, i]) for i in range(1, n_roll + 1)]
         return {"val_one_step_rel_l2": float(np.mean(one)), "val_rollout_rel_l2": float(np.mean(r))}
@@ -162,7 +166,7 @@ class Validation:
         """Per-channel relative L2 of the rollout over every validation frame after the first window (mean over
         simulations and frames), beside the identity baseline (the last input frame held); kind "field" has no
         input frame, so its identity is None."""
-        t_len, w = self.frames.shape[1], spec.lookback
+        t_len, w = self.frames.shape[1], spec.window
         cond = self.params.astype(np.float32) if spec.condition_on_params else None
         truth = self.frames[:, max(w, 1):]  # (S, n, C, *grid)
         if spec.kind == "field":
@@ -170,7 +174,7 @@ class Validation:
         else:
             start = self.frames[:, :w]
             pred = np.asarray(sur.rollout(start if w > 1 else start[:, 0], t_len - w, cond=cond,
-                                          t0=(w - 1) * spec.frame_dt))[:, 1:]
+                                          t0=(w - 1) * spec.frame_dt, hold=self.hold))[:, 1:]
 
         def per_channel(p: np.ndarray) -> list[float]:
             """(S, n, C, *grid) -> mean over (S, n) of the per-channel relative L2, one per channel."""
@@ -211,7 +215,7 @@ class Trainer:
         self.design = design if cfg.solver.design == "adaptive" else None
         self._sim_losses = SimLosses()
         self._sample_loss = None if self.design is None else make_sample_loss(
-            model, self.metadata.output_map(), cfg.optim.loss)
+            model, self.metadata.output_map(), cfg.optim.loss, relative=cfg.solver.adaptive.relative)
         self.is_main = parallel is None or parallel.is_main
         self.step = 0
         self.best_val = float("inf")  # the validation.select error of the exported surrogate
@@ -224,9 +228,9 @@ class Trainer:
                                           output_map=self.metadata.output_map(), input_noise=o.input_noise,
                                           seed=o.seed)
         self.unroll = linear_unroll(o.unroll.start, o.unroll.end, o.unroll.ramp_steps)
-        calls = model_calls(cfg)
-        self._cut_spec = spec if calls == 1 else dataclasses.replace(spec, kind="bundle",
-                                                                     horizon=spec.lookahead * calls)
+        if spec.calls != model_calls(cfg):
+            raise ValueError(f"the sample spec holds the targets of {spec.calls} model call(s) but optim trains "
+                             f"through {model_calls(cfg)}; build it with streaming.assembly.sample_spec(cfg, solver)")
         self.surrogate: Surrogate | None = None
         self.totals: dict[str, int] | None = None  # N processes: counters summed over them, at the end
         self._exporter = SurrogateExporter(run_dir) if parallel is not None and parallel.is_main else None
@@ -252,6 +256,9 @@ class Trainer:
             self.local_batch = cfg.optim.batch_size
             if len(devices) > 1:  # parameters replicated on every device
                 self.train_step._state = jax.device_put(self.train_step._state, NamedSharding(self.mesh, P()))
+        # a buffer restored from a checkpoint that stacked the frames on the channel axis ((W*C, *grid)) takes the
+        # layout cut() gives today ((W, C, *grid)): the same values, read in the same order
+        buffer.reshape_samples(spec.frame_shapes(len(metadata.channels), tuple(metadata.grid)))
         if normalizer.frozen:
             self._on_normalizer_frozen()
 
@@ -267,7 +274,7 @@ class Trainer:
                 c.dropped_messages.append(msg.message)
             self.buffer.forget([msg.sim_id])  # finished: its keys cannot come again (bounded de-dup memory)
             return 0
-        keys, samples = cut(msg, self._cut_spec)
+        keys, samples = cut(msg, self.spec)
         c.chunks += 1
         c.bytes_in += msg.nbytes
         c.samples_in += len(keys)
@@ -284,8 +291,8 @@ class Trainer:
         return new
 
     def _fit_normalizer(self, samples: dict[str, np.ndarray]) -> None:
-        y = samples["y"]
-        frames = y.reshape(-1, len(self.metadata.channels), *y.shape[2:])
+        y = samples["y"]  # (n, S*K, C, *grid)
+        frames = y.reshape(-1, *y.shape[2:])
         cond = []
         if "cond" in samples:
             cond.append(samples["cond"])
@@ -327,14 +334,11 @@ class Trainer:
 
     def _on_normalizer_frozen(self) -> None:
         self.surrogate = Surrogate.from_model(self.model, self.normalizer, self.metadata)
-        sur, spec, c = self.surrogate, self.spec, len(self.metadata.channels)
+        sur = self.surrogate
 
         def encode(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-            b = batch["y"].shape[0]
-            grid = batch["y"].shape[2:]
-            x = None if spec.kind == "field" else batch["x"].reshape(b, spec.window, c, *grid)
-            y = batch["y"].reshape(b, -1, c, *grid)  # the targets of one or more model calls
-            return sur.encode_batch(x, y, batch.get("cond"), batch["t"])
+            """Samples as cut (streaming.samples) -> the model-space batch of the train step."""
+            return sur.encode_batch(batch.get("x"), batch["y"], batch.get("cond"), batch["t"])
 
         self._encode = jax.jit(encode)
         self._norm_ready.set()

@@ -19,16 +19,19 @@ followed, when ``time_in_cond`` is set, by the time ``t`` of the last input fram
 statistics. ``encode_batch`` builds training batches with exactly this layout. With ``predict =
 "increment"`` the model's output is added to the last input frame (model space) before it is read
 back; a ``frozen_border`` is then copied from the last input frame (physical units), a hard
-constraint applied after every model call. ``metadata.output_map()`` is the same map in model space
-for the train step, so training, validation and a loaded surrogate compute the same thing.
+constraint applied after every model call, and so are the cells of a ``hold`` mask given to ``step`` /
+``rollout`` (a solver's ``boundary(params)`` mask, e.g. obstacle cells that depend on the parameters).
+``metadata.output_map()`` is the same map in model space for the train step (the frozen border; a
+per-simulation ``hold`` mask is imposed at validation and use), so training, validation and a loaded
+surrogate compute the same thing.
 
 Solver-like interface (shapes; a leading batch axis B is optional everywhere):
 
-``step(fields, cond=None, t=0.0)``
+``step(fields, cond=None, t=0.0, hold=None)``
   next_step: ``(C, *grid)`` (``W`` = 1) or ``(W, C, *grid)``  ->  ``(C, *grid)``, the next frame.
   bundle:    ``(C, *grid)`` (``W`` = 1) or ``(W, C, *grid)``  ->  ``(K, C, *grid)``, the next K frames.
   field:     ``fields`` is ignored (may be None)              ->  ``(C, *grid)`` at ``t + dt``.
-``rollout(fields0, n_steps, cond=None, t0=0.0)`` -> ``(n_steps + 1, C, *grid)``: frames at
+``rollout(fields0, n_steps, cond=None, t0=0.0, hold=None)`` -> ``(n_steps + 1, C, *grid)``: frames at
   ``t0, t0 + dt, ..., t0 + n_steps dt``, where ``t0`` is the time of the last frame of ``fields0``
   and frame 0 is that frame (as a solver's rollout starts with its initial condition). The model is
   applied autoregressively inside one ``lax.scan`` (bundle: ``ceil(n_steps / K)`` calls, the
@@ -331,12 +334,17 @@ def _full_cond(spec: _Spec, cond: jax.Array | None, t: jax.Array) -> jax.Array |
 
 
 def _apply(
-    model: nnx.Module, stats: FrozenStats, spec: _Spec, window: jax.Array | None, cond: jax.Array | None
+    model: nnx.Module,
+    stats: FrozenStats,
+    spec: _Spec,
+    window: jax.Array | None,
+    cond: jax.Array | None,
+    hold_mask: jax.Array | None = None,
 ) -> jax.Array:
     """Raw frames (B, W, C, *grid) (None for "field") + raw cond -> raw frames (B, K, C, *grid).
 
-    An increment is added in model space; the frozen border is copied after denormalising, in physical
-    units, so that it is bitwise the input's."""
+    An increment is added in model space; the frozen border and the cells of ``hold_mask`` (bool (B, C, *grid))
+    are copied after denormalising, in physical units, so that they are bitwise the input's."""
     c = spec.channels
     if window is None:
         y = model(None, stats.normalize_cond(cond))
@@ -351,6 +359,8 @@ def _apply(
         flat = (y.shape[0], -1) + y.shape[3:]
         held = hold(_border_mask(y.shape[3:], spec.frozen_border), c)(window.reshape(flat), y.reshape(flat))
         y = held.reshape(y.shape)
+    if hold_mask is not None:
+        y = jnp.where(hold_mask[:, None], window[:, -1:], y)
     return y
 
 
@@ -377,9 +387,10 @@ def _step_jit(
     window: jax.Array | None,
     cond: jax.Array | None,
     t: jax.Array,
+    hold_mask: jax.Array | None = None,
 ) -> jax.Array:
     model = nnx.merge(graphdef, state)
-    return _apply(model, stats, spec, window, _full_cond(spec, cond, t))
+    return _apply(model, stats, spec, window, _full_cond(spec, cond, t), hold_mask)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec", "n_steps"))
@@ -392,6 +403,7 @@ def _rollout_jit(
     cond: jax.Array | None,
     t0: jax.Array,
     n_steps: int,
+    hold_mask: jax.Array | None = None,
 ) -> jax.Array:
     model = nnx.merge(graphdef, state)
     w, k = spec.window, spec.horizon
@@ -399,7 +411,7 @@ def _rollout_jit(
 
     def call(win: jax.Array, i: jax.Array) -> tuple[jax.Array, jax.Array]:
         t = t0 + (i * k) * spec.dt  # time of the last frame of win (no drift from repeated adds)
-        pred = _apply(model, stats, spec, win, _full_cond(spec, cond, t))  # (B, K, C, *grid)
+        pred = _apply(model, stats, spec, win, _full_cond(spec, cond, t), hold_mask)  # (B, K, C, *grid)
         return jnp.concatenate([win, pred], axis=1)[:, -w:], pred
 
     n_calls = -(-n_steps // k)
@@ -677,21 +689,46 @@ class Surrogate:
             raise SurrogateError(f"t: got shape {arr.shape}; expected a scalar or ({b},)")
         return jnp.broadcast_to(arr, (b,))
 
-    def _call_step(self, window: jax.Array | None, cond: Any, t: Any, b: int) -> jax.Array:
+    def _hold(self, hold: Any, b: int) -> jax.Array | None:
+        """A ``hold`` mask ``(C, *grid)`` or ``(B, C, *grid)`` -> bool ``(B, C, *grid)`` (None stays None)."""
+        if hold is None:
+            return None
+        m = self._meta
+        if m.kind == "field":
+            raise SurrogateError('hold: kind="field" reads no input frame to hold values from; pass hold=None')
+        arr = jnp.asarray(hold)
+        one = (len(m.channels), *m.grid)
+        if arr.dtype != jnp.bool_ or arr.shape not in (one, (b, *one)):
+            raise SurrogateError(
+                f"hold: got {arr.dtype} {arr.shape}; expected a bool mask {one} or {(b, *one)} "
+                "(e.g. the first value of the solver's boundary(params))"
+            )
+        return jnp.broadcast_to(arr, (b, *one))
+
+    def _call_step(self, window: jax.Array | None, cond: Any, t: Any, b: int, hold: Any = None) -> jax.Array:
         return self._step_fn(
-            state=self._state, stats=self._stats, window=window, cond=self._cond(cond, b), t=self._times(t, b)
+            state=self._state, stats=self._stats, window=window, cond=self._cond(cond, b), t=self._times(t, b),
+            hold_mask=self._hold(hold, b),
         )
 
     # ------------------------------------------------------------------ solver-like interface
-    def step(self, fields: jax.Array | None, cond: jax.Array | None = None, t: float | jax.Array = 0.0) -> jax.Array:
-        """One model call; see the module docstring for shapes. ``t``: time of the last input frame."""
+    def step(
+        self,
+        fields: jax.Array | None,
+        cond: jax.Array | None = None,
+        t: float | jax.Array = 0.0,
+        hold: jax.Array | None = None,
+    ) -> jax.Array:
+        """One model call; see the module docstring for shapes. ``t``: time of the last input frame;
+        ``hold``: bool ``(C, *grid)`` / ``(B, C, *grid)``, cells that keep the last input frame's values."""
         m = self._meta
         if m.kind == "field":
+            self._hold(hold, 1)
             return self.predict(cond, jnp.asarray(t, jnp.float32) + m.dt)
         single = np.ndim(fields) == len(m.grid) + (1 if m.window == 1 else 2)
         win = self._frames(fields, m.window, "step: fields")
         b = win.shape[0]
-        out = self._call_step(win, cond, t, b)  # (B, K, C, *grid)
+        out = self._call_step(win, cond, t, b, hold)  # (B, K, C, *grid)
         if m.kind == "next_step":
             out = out[:, 0]
         return out[0] if single else out
@@ -711,18 +748,22 @@ class Surrogate:
         n_steps: int,
         cond: jax.Array | None = None,
         t0: float | jax.Array = 0.0,
+        hold: jax.Array | None = None,
     ) -> jax.Array:
         """``n_steps`` frames after ``fields0``: ``(n_steps + 1, C, *grid)`` (or ``(B, n_steps + 1, C, *grid)``).
 
         fields0: the initial window ``(C, *grid)`` / ``(W, C, *grid)`` (``(B, ...)`` batched); for
           kind "field" an optional ``(C, *grid)`` / ``(B, C, *grid)`` initial field.
         cond: the parameters ``(P,)`` or ``(B, P)``; t0: time of the last frame of ``fields0``.
+        hold: bool ``(C, *grid)`` / ``(B, C, *grid)``: cells held at the last input frame's values after
+          every model call (a solver's ``boundary(params)`` mask); not for kind "field".
         """
         if _not_int(n_steps, 0):
             raise SurrogateError(f"rollout: n_steps={n_steps!r} must be an integer >= 0")
         n_steps = int(n_steps)
         m = self._meta
         if m.kind == "field":
+            self._hold(hold, 1)
             return self._rollout_field(fields0, n_steps, cond, t0)
         single = np.ndim(fields0) == len(m.grid) + (1 if m.window == 1 else 2)
         win = self._frames(fields0, m.window, "rollout: fields0")
@@ -734,6 +775,7 @@ class Surrogate:
             cond=self._cond(cond, b),
             t0=self._times(t0, b),
             n_steps=n_steps,
+            hold_mask=self._hold(hold, b),
         )
         return out[0] if single else out
 

@@ -93,3 +93,67 @@ def test_increment_adds_the_model_output_to_the_last_frame(heat) -> None:
     np.testing.assert_allclose(model_out, np.asarray(stats.normalize(raw)), atol=1e-4)
     with pytest.raises(Exception, match="predict"):
         dataclasses.replace(state.metadata, predict="delta")
+
+
+@pytest.fixture(scope="module")
+def cylinder() -> tuple:
+    """A small cylinder channel (44 x 21 cells): solver, 3 parameter vectors (different obstacles), 10 frames each."""
+    solver = get_solver("cylinder", nx=44, ny=21, length=0.88, dt=2e-3)
+    params = np.asarray(solver.sample_params(jax.random.key(3), 3, design="lhs"))
+    frames = np.asarray(solver.rollout(jax.random.key(4), params, 20, every=2))  # (3, 11, 3, 44, 21)
+    return solver, params, frames
+
+
+@pytest.mark.parametrize("name", ["cylinder", "dam"])
+def test_obstacle_cells_are_the_cfd_boundary(name) -> None:
+    """Cells inside an obstacle hold u = v = p = 0 in every frame, and the mask follows the parameters."""
+    solver = get_solver(name, **({"nx": 44, "ny": 21, "length": 0.88, "dt": 2e-3} if name == "cylinder" else {}))
+    params = np.asarray(solver.sample_params(jax.random.key(5), 2, design="lhs"))
+    frames = np.asarray(solver.rollout(jax.random.key(6), params, 12, every=4))
+    masks = [solver.boundary(p)[0] for p in params]
+    assert all(m.shape == (3, *solver.grid) and m.any() for m in masks)
+    assert not np.array_equal(masks[0], masks[1])  # the obstacle moves or changes size with the parameters
+    for p, m, sim in zip(params, masks, frames, strict=True):
+        assert np.array_equal(m, np.broadcast_to(solver.mask(p) == 0, m.shape))  # every channel, the solid cells
+        for frame in sim:
+            assert not frame[m].any()  # exactly 0
+    mask, values = get_solver("cavity", nx=16, ny=16).boundary(np.asarray(get_solver("cavity").param_space.low))
+    assert not mask.any() and not np.asarray(values).any()  # walls lie on cell faces, outside the output grid
+
+
+def test_hold_mask_keeps_obstacle_cells_exact_over_100_steps(cylinder) -> None:
+    solver, params, frames = cylinder
+    meta = SurrogateMetadata(kind="next_step", solver=solver.name, grid=solver.grid, dt=solver.dt * 2,
+                             channels=solver.channels, cond_names=solver.param_space.names, predict="increment")
+    model = get_model("fno", in_channels=3, out_channels=3, ndim=2, cond_dim=6, rngs=nnx.Rngs(0), **GRID_MODELS["fno"])
+    norm = Normalizer(3, 2, cond_dim=6)
+    norm.update(frames.reshape(-1, 3, *solver.grid), np.repeat(params, frames.shape[1], axis=0)).freeze()
+    sur = Surrogate.from_model(model, norm, meta)
+    hold = np.stack([solver.boundary(p)[0] for p in params])  # (3, 3, 44, 21), a different obstacle per simulation
+    start = frames[:, 5]
+    roll = np.asarray(sur.rollout(start, 100, cond=params, hold=hold))
+    assert roll.shape == (3, 101, 3, *solver.grid)
+    for m, sim in zip(hold, roll, strict=True):
+        for frame in sim:
+            assert not frame[m].any()
+    free = np.asarray(sur.rollout(start, 1, cond=params))[:, 1]  # the test can fail: unheld, the model moves them
+    assert np.abs(free[hold]).max() > 1e-3
+    one = np.asarray(sur.step(start[0], cond=params[0], hold=hold[0]))  # unbatched, one mask
+    assert not one[hold[0]].any()
+    np.testing.assert_array_equal(one[~hold[0]], np.asarray(sur.step(start[0], cond=params[0]))[~hold[0]])
+    from surrogates.surrogate import SurrogateError
+
+    with pytest.raises(SurrogateError, match=r"hold: got bool \(3, 3, 44, 10\); expected a bool mask \(3, 44, 21\)"):
+        sur.rollout(start, 2, cond=params, hold=hold[..., :10])
+    with pytest.raises(SurrogateError, match="bool mask"):
+        sur.step(start, cond=params, hold=hold.astype(np.float32))
+    # the evaluation library passes the masks through its batched one-step and rollout calls
+    from benchmarks.evaluate import EvaluationError, evaluate_trajectories
+
+    out = evaluate_trajectories(sur, frames, params, solver.dt * 2, batch=2, n_examples=3, hold=hold)
+    pred = out["examples"]["prediction"]  # (3, 11, 3, 44, 21)
+    assert pred.shape == frames.shape and all(not sim[:, m].any() for sim, m in zip(pred, hold, strict=True))
+    free = evaluate_trajectories(sur, frames, params, solver.dt * 2, batch=2, n_examples=3)["examples"]["prediction"]
+    assert np.abs(free[:, 1:][np.broadcast_to(hold[:, None], free[:, 1:].shape)]).max() > 1e-3
+    with pytest.raises(EvaluationError, match=r"hold: got bool \(2, 3, 44, 21\); expected a bool mask"):
+        evaluate_trajectories(sur, frames, params, solver.dt * 2, hold=hold[:2])

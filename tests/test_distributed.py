@@ -35,6 +35,7 @@ TINY = [  # 16x16 heat2d, a 2-layer FNO, 8-sample global batch: a 2-process run 
     "--set", "validation.interval=30", "--set", "validation.rollout_steps=5", "--set", "checkpoint.interval=30",
     "--set", "logging.progress=false", "--set", "logging.tensorboard=false", "--set", "logging.interval=10",
     "--set", "workers.chunk_frames=10", "--set", "workers.sims_per_task=2",
+    "--set", "optim.unroll={start=1, end=1}",  # one model call throughout: the logged losses compare across steps
 ]
 
 

@@ -105,18 +105,19 @@ def test_offline_config_sizes_an_epoch_buffer():
                   params=np.zeros(5, np.float32), solver="heat2d") for i in range(3)]
     out = offline_config(cfg, msgs)
     b = out.buffer
-    assert (b.kind, b.capacity, b.watermark, b.max_reuse) == ("epoch", 30, 30, None)  # 3 sims x 10 next-step samples
+    # the quickstart trains through 4 model calls: a sample spans 1 input + 4 targets, 7 of 11 frames per simulation
+    assert (b.kind, b.capacity, b.watermark, b.max_reuse) == ("epoch", 21, 21, None)
     assert cfg.buffer.kind == "reservoir"  # a copy: the online config is untouched
     wide = offline_config(cfg.model_copy(update={"workers": cfg.workers.model_copy(update={"chunk_frames": 50})}), msgs)
-    assert (wide.buffer.capacity, wide.buffer.watermark) == (50, 30)  # run_job wants capacity >= chunk_frames
+    assert (wide.buffer.capacity, wide.buffer.watermark) == (50, 21)  # run_job wants capacity >= chunk_frames
     from streaming.config import ConfigError
 
     with pytest.raises(ConfigError, match="fewer than optim.batch_size"):
         offline_config(cfg, msgs[:0])
-    unrolled = load_config("configs/quickstart.toml", {"solver.config": "{ n = 14 }", "solver.steps": "10",
+    one_step = load_config("configs/quickstart.toml", {"solver.config": "{ n = 14 }", "solver.steps": "10",
                                                          "optim.batch_size": "8", "workers.chunk_frames": "10",
-                                                         "optim.unroll": "{ start = 1, end = 3 }"})
-    assert offline_config(unrolled, msgs).buffer.watermark == 3 * 8  # a sample spans 1 input + 3 targets: 8 of 11
+                                                         "optim.unroll": "{ start = 1, end = 1 }"})
+    assert offline_config(one_step, msgs).buffer.watermark == 3 * 10  # one-step samples: 10 of 11 frames
 
 
 def test_train_offline_sees_every_sample_once_per_epoch(tmp_path):
@@ -129,7 +130,7 @@ def test_train_offline_sees_every_sample_once_per_epoch(tmp_path):
     assert main(["generate", "configs/quickstart.toml", *common, "--out", str(data), "--quiet"]) == 0
     # 6 sims x 10 samples = 60; batch 8 x 15 steps = 120 draws = exactly 2 epochs
     assert main(["train", "configs/quickstart.toml", *common, "--offline", str(data), "--backend", "local",
-                 "--set", "optim.steps=15", "--set", "optim.batch_size=8",
+                 "--set", "optim.steps=15", "--set", "optim.batch_size=8", "--set", "optim.unroll={start=1, end=1}",
                  "--set", "model.hparams={ modes = 4, width = 8, depth = 1 }", "--set", "validation.n_sims=2",
                  "--set", "validation.interval=100", "--set", "logging.name=offline"]) == 0
     summary = json.loads((tmp_path / "offline" / "summary.json").read_text())

@@ -36,7 +36,7 @@ SMALL_JOB = {
     "model.hparams": "{ modes = 4, width = 8, depth = 1 }", "optim.batch_size": "8",
     "buffer.watermark": "32", "validation.n_sims": "2", "validation.interval": "100000",
     "checkpoint.interval": "100000", "logging.progress": "false", "logging.tensorboard": "false",
-    "logging.interval": "5",
+    "logging.interval": "5", "optim.unroll": "{ start = 1, end = 1 }",  # one-step samples: 10 per simulation
 }
 
 

@@ -96,6 +96,14 @@ class MACSolver(Solver):
         """``(nx, ny)``: 1 in the fluid, 0 in obstacles (all fluid unless a problem has obstacles)."""
         return np.ones(self.grid, np.float32)
 
+    def boundary(self, params: jax.Array) -> tuple[np.ndarray, jax.Array]:
+        """Obstacle cells: ``u``, ``v`` and ``p`` are exactly 0 there in every frame (no-slip faces all round,
+        no pressure unknown). The walls lie on cell faces, outside the output grid, so a problem without
+        obstacles imposes nothing. ``mask`` bool ``(3, nx, ny)``, ``values`` zeros ``(3, nx, ny)``."""
+        solid = np.asarray(self.mask(np.asarray(params))) == 0
+        return np.broadcast_to(solid, (len(self.channels), *self.grid)).copy(), jnp.zeros(
+            (len(self.channels), *self.grid), self.dtype)
+
     def to_cfdbench(self, frames: jax.Array, params: Any = None, shape: tuple[int, int] = CFDBENCH_SHAPE) -> jax.Array:
         """``(..., 3, nx, ny)`` frames of one simulation -> ``(..., 3, 64, 64)`` ``(u, v, mask)``.
 
