@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         try:
             with connect(args.address, sim_id=sim_id, params=params, fields=["T"], grid=(args.n + 2, args.n + 2),
                          solver="numpy-explicit-heat") as client:
-                for step, u in enumerate(simulate(params, args.n, args.dt, args.kappa, args.frames)):
-                    client.send("T", u, step)
-        except JobStopped as e:  # the job reached its step budget: nothing more to do
+                for frame, u in enumerate(simulate(params, args.n, args.dt, args.kappa, args.frames)):
+                    client.send("T", u, frame)
+        except JobStopped as e:  # the job reached its training-step budget: nothing more to do
             print(f"stopping: {e}", flush=True)
             return
         print(f"simulation {sim_id} sent ({args.frames} frames, params {np.round(params, 1).tolist()})", flush=True)

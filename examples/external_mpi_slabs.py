@@ -50,15 +50,15 @@ def run_simulation(comm: MPI.Comm, params: np.ndarray, n: int, dt: float, kappa:
     up = rank - 1 if rank > 0 else MPI.PROC_NULL
     down = rank + 1 if rank < size - 1 else MPI.PROC_NULL
     k, r = substeps(n, dt, kappa)
-    for step in range(frames):
+    for frame in range(frames):
         stopped = 0
         try:
-            client.send("T", u[own], step)
+            client.send("T", u[own], frame)
         except JobStopped:
             stopped = 1
         if comm.allreduce(stopped, op=MPI.MAX):  # all ranks leave together, none is left in a halo exchange
             raise JobStopped("the training job stopped taking data")
-        if step + 1 == frames:
+        if frame + 1 == frames:
             break
         for _ in range(k):
             u[1:-1, 1:-1] = interior_update(u, r)  # the block's interior = owned rows that are not walls
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             with connect(args.address, sim_id=sim_id, params=params, fields=["T"], grid=(args.n + 2, args.n + 2),
                          offset=(row0, 0), ranks=size, solver="numpy-explicit-heat-mpi") as client:
                 run_simulation(comm, params, args.n, args.dt, args.kappa, args.frames, client)
-        except JobStopped:  # the job reached its step budget (while sending, or before it took everything)
+        except JobStopped:  # the job reached its training-step budget (while sending, or before it took everything)
             stopped = 1
         if comm.allreduce(stopped, op=MPI.MAX):  # every rank stops, none waits in the next Bcast
             if rank == 0:

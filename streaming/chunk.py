@@ -3,10 +3,10 @@
 A chunk holds
 
 - ``sim_id``: the simulation's id (int >= 0), unique within a run;
-- ``steps``: int64 ``(n_steps,)``, the frame index of each frame (its position among the simulation's saved
-  frames, 0 = the initial condition; the solver step of frame ``j`` is ``j * solver.every``, its time
-  ``j * solver.dt * solver.every``), strictly increasing (the name is historical: these are not solver steps);
-- ``fields``: float32 C-contiguous ``(n_steps, C, *grid)``, the frames (``grid`` may be empty for
+- ``frame_index``: int64 ``(n_frames,)``, the frame index of each frame (its position among the simulation's
+  saved frames, 0 = the initial condition; the solver step of frame ``j`` is ``j * solver.every``, its time
+  ``j * solver.dt * solver.every``), strictly increasing;
+- ``fields``: float32 C-contiguous ``(n_frames, C, *grid)``, the frames (``grid`` may be empty for
   ODE systems);
 - ``params``: float32 ``(P,)``, the simulation's parameter vector (``P`` may be 0);
 - ``solver``: the solver's name;
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 _FIELDS_DTYPE = np.dtype(np.float32)
 
 
@@ -66,12 +66,12 @@ def _as_shape(name: str, value: Any) -> tuple[int, ...]:
 class Chunk:
     """Consecutive frames of one simulation; see the module docstring for the fields and shapes.
 
-    Arrays are coerced at construction: ``steps`` to int64, ``fields`` and ``params`` to float32
+    Arrays are coerced at construction: ``frame_index`` to int64, ``fields`` and ``params`` to float32
     (a copy only when the dtype or layout differs), and are stored as read-only views.
     """
 
     sim_id: int
-    steps: np.ndarray
+    frame_index: np.ndarray
     fields: np.ndarray
     params: np.ndarray
     solver: str
@@ -88,29 +88,30 @@ class Chunk:
         if not isinstance(self.solver, str) or not self.solver:
             raise ChunkError(f"chunk solver={self.solver!r}: expected a non-empty solver name (str)")
 
-        steps = np.asarray(self.steps)
-        if steps.ndim != 1 or steps.dtype.kind not in "iu":
+        frame_index = np.asarray(self.frame_index)
+        if frame_index.ndim != 1 or frame_index.dtype.kind not in "iu":
             raise ChunkError(
-                f"chunk steps: expected a 1-D integer array (n_steps,), got dtype {steps.dtype} shape {steps.shape}"
+                f"chunk frame_index: expected a 1-D integer array (n_frames,), got dtype {frame_index.dtype} "
+                f"shape {frame_index.shape}"
             )
-        steps = np.ascontiguousarray(steps, dtype=np.int64)
-        if steps.size and steps[0] < 0:
-            raise ChunkError(f"chunk steps: must be >= 0, got first step {int(steps[0])}")
-        if steps.size > 1 and not np.all(np.diff(steps) > 0):
-            raise ChunkError(f"chunk steps: must be strictly increasing, got {steps.tolist()}")
+        frame_index = np.ascontiguousarray(frame_index, dtype=np.int64)
+        if frame_index.size and frame_index[0] < 0:
+            raise ChunkError(f"chunk frame_index: must be >= 0, got first frame index {int(frame_index[0])}")
+        if frame_index.size > 1 and not np.all(np.diff(frame_index) > 0):
+            raise ChunkError(f"chunk frame_index: must be strictly increasing, got {frame_index.tolist()}")
 
         fields = np.asarray(self.fields)
         if fields.dtype.kind != "f":
-            raise ChunkError(f"chunk fields: expected a floating array (n_steps, C, *grid), got dtype {fields.dtype}")
+            raise ChunkError(f"chunk fields: expected a floating array (n_frames, C, *grid), got dtype {fields.dtype}")
         if fields.ndim < 2:
             raise ChunkError(
-                f"chunk fields: expected shape (n_steps, C, *grid), got {fields.shape}; add the "
+                f"chunk fields: expected shape (n_frames, C, *grid), got {fields.shape}; add the "
                 "channel axis (fields[:, None]) for a single field"
             )
-        if fields.shape[0] != steps.shape[0]:
+        if fields.shape[0] != frame_index.shape[0]:
             raise ChunkError(
-                f"chunk fields: first axis {fields.shape[0]} != len(steps) {steps.shape[0]}; "
-                "send one step index per frame"
+                f"chunk fields: first axis {fields.shape[0]} != len(frame_index) {frame_index.shape[0]}; "
+                "send one frame index per frame"
             )
         fields = np.ascontiguousarray(fields, dtype=_FIELDS_DTYPE)
 
@@ -135,7 +136,7 @@ class Chunk:
                     f"chunk slab on grid axis {ax}: offset {o} + local size {n} must lie in "
                     f"[0, global_grid {g}]; fix offset or global_grid"
                 )
-        set_(self, "steps", _frozen_view(steps))
+        set_(self, "frame_index", _frozen_view(frame_index))
         set_(self, "fields", _frozen_view(fields))
         set_(self, "params", _frozen_view(params))
         set_(self, "offset", offset)
@@ -143,7 +144,7 @@ class Chunk:
 
     # ---------------------------------------------------------------- shape helpers
     @property
-    def n_steps(self) -> int:
+    def n_frames(self) -> int:
         """Number of frames in the chunk."""
         return int(self.fields.shape[0])
 
@@ -164,32 +165,32 @@ class Chunk:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of array payload: fields + steps + params."""
-        return int(self.fields.nbytes + self.steps.nbytes + self.params.nbytes)
+        """Bytes of array payload: fields + frame_index + params."""
+        return int(self.fields.nbytes + self.frame_index.nbytes + self.params.nbytes)
 
     def is_finite(self) -> bool:
         """True when every field value and parameter is finite (no NaN or Inf)."""
         return bool(np.isfinite(self.fields).all() and np.isfinite(self.params).all())
 
     def sample_keys(self) -> np.ndarray:
-        """De-duplication keys: int64 ``(n_steps, 2)``, row ``i`` is ``(sim_id, steps[i])`` (a frame index)."""
-        keys = np.empty((self.n_steps, 2), dtype=np.int64)
+        """De-duplication keys: int64 ``(n_frames, 2)``, row ``i`` is ``(sim_id, frame_index[i])`` (a frame index)."""
+        keys = np.empty((self.n_frames, 2), dtype=np.int64)
         keys[:, 0] = self.sim_id
-        keys[:, 1] = self.steps
+        keys[:, 1] = self.frame_index
         return keys
 
     # ---------------------------------------------------------------- wire codec
     def to_wire(self) -> tuple[dict[str, Any], np.ndarray]:
         """Split into a header of plain Python types and the float32 fields (no copy).
 
-        The header is JSON-serialisable: ``version, sim_id, solver, steps, params, shape, dtype,
+        The header is JSON-serialisable: ``version, sim_id, solver, frame_index, params, shape, dtype,
         offset, global_grid``. Float32 params go through Python floats, which is exact.
         """
         header = {
             "version": WIRE_VERSION,
             "sim_id": self.sim_id,
             "solver": self.solver,
-            "steps": self.steps.tolist(),
+            "frame_index": self.frame_index.tolist(),
             "params": self.params.tolist(),
             "shape": list(self.fields.shape),
             "dtype": _FIELDS_DTYPE.str,
@@ -209,14 +210,14 @@ class Chunk:
         """
         if not isinstance(header, dict):
             raise ChunkError(f"chunk header: expected a dict, got {type(header).__name__}")
-        missing = [k for k in ("version", "sim_id", "solver", "steps", "params", "shape") if k not in header]
-        if missing:
-            raise ChunkError(f"chunk header: missing key(s) {', '.join(missing)}; build it with Chunk.to_wire")
-        if header["version"] != WIRE_VERSION:
+        if header.get("version") != WIRE_VERSION:
             raise ChunkError(
-                f"chunk header version={header['version']!r}: this pdestream reads version "
+                f"chunk header version={header.get('version')!r}: this pdestream reads version "
                 f"{WIRE_VERSION}; use the same pdestream version on both ends"
             )
+        missing = [k for k in ("sim_id", "solver", "frame_index", "params", "shape") if k not in header]
+        if missing:
+            raise ChunkError(f"chunk header: missing key(s) {', '.join(missing)}; build it with Chunk.to_wire")
         dtype = np.dtype(header.get("dtype", _FIELDS_DTYPE.str))
         shape = _as_shape("header shape", header["shape"])
         if isinstance(array, np.ndarray) and array.dtype != np.uint8:
@@ -234,7 +235,7 @@ class Chunk:
             )
         return cls(
             sim_id=header["sim_id"],
-            steps=np.asarray(header["steps"], dtype=np.int64),
+            frame_index=np.asarray(header["frame_index"], dtype=np.int64),
             fields=data.reshape(shape),
             params=np.asarray(header["params"], dtype=np.float32),
             solver=header["solver"],
@@ -244,9 +245,9 @@ class Chunk:
 
     def __repr__(self) -> str:
         slab = f", offset={self.offset}, global_grid={self.global_grid}" if self.is_slab else ""
-        steps = f"{int(self.steps[0])}..{int(self.steps[-1])}" if self.n_steps else "none"
+        frame_index = f"{int(self.frame_index[0])}..{int(self.frame_index[-1])}" if self.n_frames else "none"
         return (
-            f"Chunk(sim_id={self.sim_id}, solver={self.solver!r}, steps={steps}, "
+            f"Chunk(sim_id={self.sim_id}, solver={self.solver!r}, frame_index={frame_index}, "
             f"fields={self.fields.dtype}{list(self.fields.shape)}, params={self.params.tolist()}{slab})"
         )
 

@@ -1,19 +1,19 @@
 """Client API for external solvers: stream your own solver's fields into a running ``pdestream train`` job.
 
 A solver that is not one of ours (any Python program, possibly MPI-parallel) connects to the job's
-listening address (``workers.backend = "external"``) and sends its fields step by step::
+listening address (``workers.backend = "external"``) and sends its fields frame by frame::
 
     from streaming.client import connect
 
     with connect("127.0.0.1:47011", sim_id=7, params=[300.0, 100, 500, 200, 400], fields=["T"],
                  grid=(32, 32)) as client:
-        for step in range(41):
-            client.send("T", temperature, step)          # (32, 32) array, any float dtype
+        for frame in range(41):
+            client.send("T", temperature, frame)          # (32, 32) array, any float dtype
             temperature = my_solver.advance(temperature)
 
-- ``step`` is the frame index (0, 1, 2, ...): the job reads frame ``k`` as time ``k * solver.dt *
+- ``frame`` is the frame index (0, 1, 2, ...): the job reads frame ``k`` as time ``k * solver.dt *
   solver.every`` of its config, and cuts training samples from consecutive frames.
-- The client buffers the channels of a step and ships ``batch_steps`` complete steps per message
+- The client buffers the channels of a frame and ships ``batch_frames`` complete frames per message
   (a :class:`~streaming.chunk.Chunk`); never one message per field. By default a message holds
   about 4 MiB (at most 256 frames, at least one).
 - Flow control: the job acknowledges messages once the trainer has taken them (in batches, and always
@@ -39,7 +39,7 @@ header, payload = the float32 fields), ``end``. Job to client: ``welcome`` (its 
 ``ack`` (``n`` more messages taken), ``dropped`` (the simulation produced NaN/Inf), ``error`` (the job
 rejected this simulation's data), ``bye`` (answer to ``end`` once everything was taken; it acknowledges the
 rest), ``stop`` (the job is shutting down).
-A frame of a simulation is complete when every channel of its step arrived; only complete frames
+A frame of a simulation is complete when every channel of its frame arrived; only complete frames
 travel (several consecutive frames per ``chunk``). The C and Fortran clients (``streaming/clib``)
 speak the same protocol.
 
@@ -63,7 +63,7 @@ from streaming.chunk import Chunk
 from streaming.transport.wire import PROTOCOL, recv_frame, send_frame
 
 AUTO_BATCH_BYTES = 4 << 20  # default message size: per-message costs (~0.3 ms) vanish next to the data ...
-MAX_AUTO_BATCH = 256  # ... and its step list stays a few KiB (in flight: max_inflight x 4 MiB per client)
+MAX_AUTO_BATCH = 256  # ... and its frame list stays a few KiB (in flight: max_inflight x 4 MiB per client)
 DEFAULT_PORT = 47011
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 ADDRESS_ENV = "PDESTREAM_ADDRESS"
@@ -71,7 +71,7 @@ TOKEN_ENV = "PDESTREAM_TOKEN"
 
 
 class ClientError(ValueError):
-    """A wrong call (shape, field name, step order) or data the job rejected; the message names the fix."""
+    """A wrong call (shape, field name, frame order) or data the job rejected; the message names the fix."""
 
 
 class JobStopped(ConnectionError):
@@ -151,55 +151,55 @@ class Client:
 
     def __init__(self, sock: socket.socket, address: str, *, sim_id: int, params: np.ndarray,
                  fields: tuple[str, ...], grid: tuple[int, ...], offset: tuple[int, ...] | None, solver: str,
-                 batch_steps: int | None, max_inflight: int, send_timeout: float | None) -> None:
+                 batch_frames: int | None, max_inflight: int, send_timeout: float | None) -> None:
         self.address, self.sim_id, self.params, self.fields = address, sim_id, params, fields
         self.grid, self.offset, self.solver = grid, offset, solver
-        self.batch_steps, self.max_inflight, self.send_timeout = batch_steps, max_inflight, send_timeout
+        self.batch_frames, self.max_inflight, self.send_timeout = batch_frames, max_inflight, send_timeout
         self.dropped: str | None = None  # set when the job dropped this simulation (NaN/Inf); sends are then ignored
         self.messages_sent = 0
         self._sock: socket.socket | None = sock
         self._index = {f: i for i, f in enumerate(fields)}
         self._local: tuple[int, ...] | None = None  # slab shape, fixed by the first send
-        self._batch: np.ndarray | None = None  # (batch_steps, C, *local) float32
-        self._steps = np.zeros(0, np.int64)
-        self._n = 0  # complete steps in the batch
-        self._step: int | None = None  # step being assembled (some channels received)
+        self._batch: np.ndarray | None = None  # (batch_frames, C, *local) float32
+        self._frame_index = np.zeros(0, np.int64)
+        self._n = 0  # complete frames in the batch
+        self._frame: int | None = None  # frame being assembled (some channels received)
         self._have = np.zeros(len(fields), bool)
-        self._last: int | None = None  # last complete step
+        self._last: int | None = None  # last complete frame
         self._unacked = 0
         self._bye = False
 
     # ------------------------------------------------------------------ public
-    def send(self, field: str, array: Any, step: int) -> None:
-        """Add channel ``field`` of frame ``step``: ``array`` has the local grid shape (the slab for an MPI rank).
+    def send(self, field: str, array: Any, frame: int) -> None:
+        """Add channel ``field`` of frame ``frame``: ``array`` has the local grid shape (the slab for an MPI rank).
 
-        The frame is shipped once every channel of ``step`` arrived, ``batch_steps`` frames per message.
+        The frame is shipped once every channel of ``frame`` arrived, ``batch_frames`` frames per message.
         Blocks while ``max_inflight`` messages wait for the trainer (backpressure). Steps must increase;
-        a skipped step is allowed (the frames on each side go in separate messages).
+        a skipped frame is allowed (the frames on each side go in separate messages).
         """
         self._check_open("send")
         c = self._channel(field)
-        step = self._check_step(field, step)
-        a = self._check_array(field, array, step)
+        frame = self._check_frame(field, frame)
+        a = self._check_array(field, array, frame)
         if self.dropped is not None:
             return
-        if self._step is None:  # first channel of a new frame
-            if self._n == self.batch_steps or (self._n and step != self._last + 1):
+        if self._frame is None:  # first channel of a new frame
+            if self._n == self.batch_frames or (self._n and frame != self._last + 1):
                 self._ship()  # a message holds consecutive frames
-            self._step = step
+            self._frame = frame
             self._have[:] = False
         assert self._batch is not None
         self._batch[self._n, c] = a
         self._have[c] = True
         if self._have.all():
-            self._steps[self._n] = step
+            self._frame_index[self._n] = frame
             self._n += 1
-            self._last, self._step = step, None
-            if self._n == self.batch_steps:
+            self._last, self._frame = frame, None
+            if self._n == self.batch_frames:
                 self._ship()
 
     def flush(self) -> None:
-        """Ship the complete frames buffered so far (a partial step stays buffered)."""
+        """Ship the complete frames buffered so far (a partial frame stays buffered)."""
         self._check_open("flush")
         if self.dropped is None:
             self._ship()
@@ -208,15 +208,15 @@ class Client:
         """Flush, mark the simulation complete for the job, wait until the trainer took it all, and disconnect.
 
         Raises :class:`JobStopped` when the job stopped before it took the whole simulation (e.g. it
-        reached its step budget), :class:`ClientError` when it rejected this simulation's data (e.g.
-        overlapping slabs). A step with missing channels is an error (send the missing channels, then
+        reached its training-step budget), :class:`ClientError` when it rejected this simulation's data (e.g.
+        overlapping slabs). A frame with missing channels is an error (send the missing channels, then
         close again, or ``abort()``).
         """
         if self._sock is None:
             return
-        if self._step is not None and self.dropped is None:
+        if self._frame is not None and self.dropped is None:
             missing = [f for f, h in zip(self.fields, self._have, strict=True) if not h]
-            raise ClientError(f"close(): step {self._step} is missing field(s) {missing}; send them before close(), "
+            raise ClientError(f"close(): frame {self._frame} is missing field(s) {missing}; send them before close(), "
                               "or call abort() to discard the simulation")
         try:
             if self.dropped is None:
@@ -259,49 +259,49 @@ class Client:
             raise ClientError(f"send(field={field!r}): not one of the connected fields {list(self.fields)}; "
                               "fix the name or pass it in connect(fields=...)") from None
 
-    def _check_step(self, field: str, step: Any) -> int:
-        step = _int("step", step)
-        if self._step is not None and step != self._step:
-            if step < self._step:
-                raise ClientError(f"send({field!r}, step={step}): steps go backwards (step {self._step} is "
-                                  "being sent); send steps in increasing order")
+    def _check_frame(self, field: str, frame: Any) -> int:
+        frame = _int("frame", frame)
+        if self._frame is not None and frame != self._frame:
+            if frame < self._frame:
+                raise ClientError(f"send({field!r}, frame={frame}): frames go backwards (frame {self._frame} is "
+                                  "being sent); send frames in increasing order")
             missing = [f for f, h in zip(self.fields, self._have, strict=True) if not h]
-            raise ClientError(f"send({field!r}, step={step}): step {self._step} is missing field(s) {missing}; "
-                              "send every field of a step before the next step")
-        if self._step is None and self._last is not None and step <= self._last:
-            raise ClientError(f"send({field!r}, step={step}): steps go backwards (step {self._last} was already "
-                              f"sent); send step {self._last + 1} or later")
-        if self._step is not None and self._have[self._index[field]]:
-            raise ClientError(f"send({field!r}, step={step}): field {field!r} of step {step} was already sent; "
-                              "send each field once per step")
-        return step
+            raise ClientError(f"send({field!r}, frame={frame}): frame {self._frame} is missing field(s) {missing}; "
+                              "send every field of a frame before the next frame")
+        if self._frame is None and self._last is not None and frame <= self._last:
+            raise ClientError(f"send({field!r}, frame={frame}): frames go backwards (frame {self._last} was already "
+                              f"sent); send frame {self._last + 1} or later")
+        if self._frame is not None and self._have[self._index[field]]:
+            raise ClientError(f"send({field!r}, frame={frame}): field {field!r} of frame {frame} was already sent; "
+                              "send each field once per frame")
+        return frame
 
-    def _check_array(self, field: str, array: Any, step: int) -> np.ndarray:
+    def _check_array(self, field: str, array: Any, frame: int) -> np.ndarray:
         a = np.asarray(array)
         if a.dtype.kind not in "fiu":
-            raise ClientError(f"send({field!r}, step={step}): expected a real numeric array, got dtype {a.dtype}")
+            raise ClientError(f"send({field!r}, frame={frame}): expected a real numeric array, got dtype {a.dtype}")
         if self._local is None:
             if a.ndim != len(self.grid):
-                raise ClientError(f"send({field!r}, step={step}): array has shape {a.shape} but the grid "
+                raise ClientError(f"send({field!r}, frame={frame}): array has shape {a.shape} but the grid "
                                   f"{self.grid} has {len(self.grid)} axes; send the field without batch or channel "
                                   "axes")
             if self.offset is None and a.shape != self.grid:
-                raise ClientError(f"send({field!r}, step={step}): array shape {a.shape} != grid {self.grid}; send "
+                raise ClientError(f"send({field!r}, frame={frame}): array shape {a.shape} != grid {self.grid}; send "
                                   "the whole grid, or pass offset= to connect() to send a slab")
             if self.offset is not None:
                 for ax, (o, n, g) in enumerate(zip(self.offset, a.shape, self.grid, strict=True)):
                     if n < 1 or o + n > g:
-                        raise ClientError(f"send({field!r}, step={step}): slab of shape {a.shape} at offset "
+                        raise ClientError(f"send({field!r}, frame={frame}): slab of shape {a.shape} at offset "
                                           f"{self.offset} leaves the grid {self.grid} on axis {ax} ({o} + {n} > {g}); "
                                           "fix the offset or the slab")
             self._local = a.shape
             frame_bytes = 4 * len(self.fields) * math.prod(a.shape)
-            if self.batch_steps is None:
-                self.batch_steps = max(1, min(MAX_AUTO_BATCH, AUTO_BATCH_BYTES // frame_bytes))
-            self._batch = np.empty((self.batch_steps, len(self.fields), *a.shape), np.float32)
-            self._steps = np.zeros(self.batch_steps, np.int64)
+            if self.batch_frames is None:
+                self.batch_frames = max(1, min(MAX_AUTO_BATCH, AUTO_BATCH_BYTES // frame_bytes))
+            self._batch = np.empty((self.batch_frames, len(self.fields), *a.shape), np.float32)
+            self._frame_index = np.zeros(self.batch_frames, np.int64)
         elif a.shape != self._local:
-            raise ClientError(f"send({field!r}, step={step}): array shape {a.shape} != {self._local}, the shape of "
+            raise ClientError(f"send({field!r}, frame={frame}): array shape {a.shape} != {self._local}, the shape of "
                               "the first array sent; every send of a client has the same shape")
         return a
 
@@ -310,7 +310,7 @@ class Client:
         if not self._n:
             return
         assert self._sock is not None and self._batch is not None
-        chunk = Chunk(sim_id=self.sim_id, steps=self._steps[: self._n], fields=self._batch[: self._n],
+        chunk = Chunk(sim_id=self.sim_id, frame_index=self._frame_index[: self._n], fields=self._batch[: self._n],
                       params=self.params, solver=self.solver, offset=self.offset,
                       global_grid=self.grid if self.offset is not None else None)
         header, data = chunk.to_wire()
@@ -352,7 +352,7 @@ class Client:
             self._bye = True
         elif kind == "dropped":
             self.dropped = str(header.get("message", "dropped"))
-            self._n, self._step = 0, None
+            self._n, self._frame = 0, None
         elif kind == "error":
             msg = header.get("message", "rejected")
             self._disconnect()
@@ -395,7 +395,7 @@ def _open(host: str, port: int, address: str, timeout: float | None) -> socket.s
 
 def connect(address: str | None = None, *, sim_id: int, params: Any, fields: Sequence[str], grid: Sequence[int],
             offset: Sequence[int] | None = None, ranks: int = 1, solver: str = "external",
-            batch_steps: int | None = None, max_inflight: int | None = None, timeout: float | None = 30.0,
+            batch_frames: int | None = None, max_inflight: int | None = None, timeout: float | None = 30.0,
             send_timeout: float | None = None, token: str | None = None) -> Client:
     """Open a stream of simulation ``sim_id`` to the training job listening at ``address``.
 
@@ -406,7 +406,7 @@ def connect(address: str | None = None, *, sim_id: int, params: Any, fields: Seq
     - fields: the channel names, in the job's channel order; grid: the global grid shape;
     - offset: the first index of this process's slab along each grid axis (None: it sends the whole
       grid); ranks: how many processes send slabs of this simulation (the MPI communicator's size);
-    - solver: a name for the logs; batch_steps: frames per message (None: about 4 MiB, at most 256);
+    - solver: a name for the logs; batch_frames: frames per message (None: about 4 MiB, at most 256);
     - max_inflight: unacknowledged messages before ``send`` blocks (default and upper bound: the
       job's ``workers.max_inflight``);
     - timeout: seconds to wait for the job to accept the connection, retried while nothing listens
@@ -436,8 +436,8 @@ def connect(address: str | None = None, *, sim_id: int, params: Any, fields: Seq
                           "slab's first index on each grid axis)")
     if not isinstance(solver, str) or not solver:
         raise ClientError(f"solver={solver!r}: expected a non-empty name")
-    if batch_steps is not None:
-        batch_steps = _int("batch_steps", batch_steps, 1)
+    if batch_frames is not None:
+        batch_frames = _int("batch_frames", batch_frames, 1)
     if max_inflight is not None:
         max_inflight = _int("max_inflight", max_inflight, 1)
 
@@ -467,4 +467,4 @@ def connect(address: str | None = None, *, sim_id: int, params: Any, fields: Seq
     server_window = int(reply["max_inflight"])
     window = server_window if max_inflight is None else min(max_inflight, server_window)
     return Client(sock, address, sim_id=sim_id, params=p, fields=names, grid=grid_t, offset=off, solver=solver,
-                  batch_steps=batch_steps, max_inflight=window, send_timeout=send_timeout)
+                  batch_frames=batch_frames, max_inflight=window, send_timeout=send_timeout)

@@ -2,7 +2,7 @@
 
 Simulation ``i`` has a fixed parameter vector and initial-condition key derived from the seed, so
 re-running it (after a worker died, or on resume) reproduces exactly the same fields, and the
-buffer's (simulation id, step) de-duplication makes delivery exactly-once. The loss-steered design
+buffer's (simulation id, frame) de-duplication makes delivery exactly-once. The loss-steered design
 (:class:`streaming.adaptive.AdaptiveCursor`) records the parameters it draws instead, in its checkpoint state.
 """
 

@@ -57,7 +57,7 @@ def file_messages(path: str | Path, cfg: JobConfig) -> list[Message]:
     messages: list[Message] = []
     for i in range(len(frames)):
         sid = int(traj.sim_id[i])
-        messages.append(Chunk(sim_id=sid, steps=np.arange(frames.shape[1]), fields=frames[i],
+        messages.append(Chunk(sim_id=sid, frame_index=np.arange(frames.shape[1]), fields=frames[i],
                               params=traj.params[i], solver=traj.solver))
         messages.append(SimReport(sid, "done"))
     return messages
@@ -69,7 +69,7 @@ def offline_config(cfg: JobConfig, messages: list[Message]) -> JobConfig:
     from streaming.assembly import build_solver, sample_spec
 
     span = sample_spec(cfg, build_solver(cfg)).span  # frames one sample needs (every unrolled call's targets)
-    n = sum(max(m.n_steps - span + 1, 0) for m in messages if isinstance(m, Chunk))
+    n = sum(max(m.n_frames - span + 1, 0) for m in messages if isinstance(m, Chunk))
     if n < cfg.optim.batch_size:
         raise ConfigError(f"the offline dataset holds {n} samples, fewer than optim.batch_size="
                           f"{cfg.optim.batch_size}; lower the batch size or write more simulations")

@@ -84,7 +84,7 @@ def cut(chunk: Chunk, spec: SampleSpec) -> tuple[np.ndarray, dict[str, np.ndarra
     n = u.shape[0] - span + 1
     if n <= 0:
         return np.zeros((0, 2), np.int64), {}
-    targets = chunk.steps[w : w + n]  # frame index of each sample's first target
+    targets = chunk.frame_index[w : w + n]  # frame index of each sample's first target
     keys = np.stack([np.full(n, chunk.sim_id, np.int64), targets], axis=1)
     # Views into the chunk (frame t+1 follows frame t): the buffer copies only the samples it keeps, so a full
     # reservoir that rejects most of a chunk costs little.

@@ -37,7 +37,7 @@ def chunk_bounds(n_frames: int, chunk_frames: int, window: int, targets: int) ->
 class SolverWorker:
     """Runs tasks of the solver ``name`` with config ``config`` for ``steps`` solver steps, saving a frame every
     ``every`` solver steps (frame ``k`` is solver step ``k * every``); chunks carry the ``window`` frames before
-    and the ``targets`` frames from each sample's first target (:func:`chunk_bounds`). ``Chunk.steps`` holds
+    and the ``targets`` frames from each sample's first target (:func:`chunk_bounds`). ``Chunk.frame_index`` holds
     frame indices."""
 
     def __init__(
@@ -66,7 +66,7 @@ class SolverWorker:
             for lo, hi, _ in bounds:
                 yield Chunk(
                     sim_id=sim_id,
-                    steps=np.arange(lo, hi, dtype=np.int64),  # frame indices, not solver steps (x every)
+                    frame_index=np.arange(lo, hi, dtype=np.int64),  # frame j is solver step j * every
                     fields=np.ascontiguousarray(sim[lo:hi]),
                     params=task.params[b].astype(np.float32),
                     solver=self.solver.name,

@@ -67,7 +67,7 @@ def _chunk(sim_id=3, n=4, grid=(8, 6), channels=2, **kw) -> Chunk:
     rng = np.random.default_rng(sim_id)
     return Chunk(
         sim_id=sim_id,
-        steps=np.arange(10, 10 + n),
+        frame_index=np.arange(10, 10 + n),
         fields=rng.standard_normal((n, channels, *grid)).astype(np.float32),
         params=np.array([0.5, 2.0, -1.25], dtype=np.float32),
         solver="heat2d",
@@ -78,25 +78,26 @@ def _chunk(sim_id=3, n=4, grid=(8, 6), channels=2, **kw) -> Chunk:
 # ============================================================================ Chunk
 def test_chunk_coerces_dtypes_and_is_read_only():
     fields64 = np.random.default_rng(0).standard_normal((3, 1, 5))  # float64 from an external client
-    c = Chunk(sim_id=np.int32(7), steps=np.array([0, 2, 4], dtype=np.int32), fields=fields64, params=[1, 2], solver="s")
+    c = Chunk(sim_id=np.int32(7), frame_index=np.array([0, 2, 4], dtype=np.int32), fields=fields64, params=[1, 2],
+              solver="s")
     assert c.sim_id == 7 and type(c.sim_id) is int
-    assert c.steps.dtype == np.int64 and c.fields.dtype == np.float32 and c.params.dtype == np.float32
+    assert c.frame_index.dtype == np.int64 and c.fields.dtype == np.float32 and c.params.dtype == np.float32
     assert c.fields.flags.c_contiguous
     np.testing.assert_allclose(c.fields, fields64, rtol=1e-7)  # float32 rounding: rel. 2**-24 ~ 6e-8
     with pytest.raises(ValueError):
         c.fields[0, 0, 0] = 1.0
     # a float32 contiguous input is not copied, and the caller's array stays writeable
     f32 = np.zeros((3, 1, 5), dtype=np.float32)
-    c2 = Chunk(sim_id=1, steps=[0, 1, 2], fields=f32, params=[], solver="s")
+    c2 = Chunk(sim_id=1, frame_index=[0, 1, 2], fields=f32, params=[], solver="s")
     assert np.shares_memory(c2.fields, f32) and f32.flags.writeable
     assert c2.params.shape == (0,)
     # ODE systems: no grid axes
-    assert Chunk(sim_id=0, steps=[5], fields=np.zeros((1, 3)), params=[1.0], solver="lorenz").grid == ()
+    assert Chunk(sim_id=0, frame_index=[5], fields=np.zeros((1, 3)), params=[1.0], solver="lorenz").grid == ()
 
 
 def test_chunk_properties_and_keys():
     c = _chunk(sim_id=3, n=4)
-    assert (c.n_steps, c.n_channels, c.grid) == (4, 2, (8, 6))
+    assert (c.n_frames, c.n_channels, c.grid) == (4, 2, (8, 6))
     assert c.offset == (0, 0) and c.global_grid == (8, 6) and not c.is_slab
     assert c.nbytes == 4 * 2 * 8 * 6 * 4 + 4 * 8 + 3 * 4
     np.testing.assert_array_equal(c.sample_keys(), [[3, 10], [3, 11], [3, 12], [3, 13]])
@@ -109,25 +110,26 @@ def test_chunk_is_finite():
     assert c.is_finite()
     f = np.array(c.fields)
     f[1, 0, 2, 3] = np.nan
-    assert not Chunk(sim_id=1, steps=c.steps, fields=f, params=c.params, solver="s").is_finite()
+    assert not Chunk(sim_id=1, frame_index=c.frame_index, fields=f, params=c.params, solver="s").is_finite()
     f = np.array(c.fields)
     f[0, 1, 0, 0] = np.inf
-    assert not Chunk(sim_id=1, steps=c.steps, fields=f, params=c.params, solver="s").is_finite()
-    assert not Chunk(sim_id=1, steps=c.steps, fields=c.fields, params=[np.inf, 0, 0], solver="s").is_finite()
+    assert not Chunk(sim_id=1, frame_index=c.frame_index, fields=f, params=c.params, solver="s").is_finite()
+    bad_params = Chunk(sim_id=1, frame_index=c.frame_index, fields=c.fields, params=[np.inf, 0, 0], solver="s")
+    assert not bad_params.is_finite()
 
 
 @pytest.mark.parametrize(
     "change, needle",
     [
-        ({"steps": np.arange(3)}, "len(steps)"),
-        ({"steps": np.array([0, 2, 1, 3])}, "strictly increasing"),
-        ({"steps": np.array([-1, 0, 1, 2])}, ">= 0"),
-        ({"steps": np.arange(4.0)}, "integer"),
+        ({"frame_index": np.arange(3)}, "len(frame_index)"),
+        ({"frame_index": np.array([0, 2, 1, 3])}, "strictly increasing"),
+        ({"frame_index": np.array([-1, 0, 1, 2])}, ">= 0"),
+        ({"frame_index": np.arange(4.0)}, "integer"),
         ({"sim_id": -1}, "sim_id"),
         ({"sim_id": 1.5}, "sim_id"),
         ({"sim_id": True}, "sim_id"),
         ({"fields": np.zeros((4, 2, 8, 6), dtype=np.int32)}, "floating"),
-        ({"fields": np.zeros(4, dtype=np.float32)}, "(n_steps, C, *grid)"),
+        ({"fields": np.zeros(4, dtype=np.float32)}, "(n_frames, C, *grid)"),
         ({"params": np.zeros((1, 3))}, "params"),
         ({"solver": ""}, "solver"),
         ({"offset": (0,)}, "one entry per grid axis"),
@@ -138,7 +140,7 @@ def test_chunk_is_finite():
 def test_chunk_validation(change, needle):
     kw = dict(
         sim_id=3,
-        steps=np.arange(4),
+        frame_index=np.arange(4),
         fields=np.zeros((4, 2, 8, 6), dtype=np.float32),
         params=np.zeros(3, dtype=np.float32),
         solver="heat2d",
@@ -160,7 +162,7 @@ def test_chunk_wire_round_trip_json_and_raw_bytes():
         back = Chunk.from_wire(header, data)
         assert back.sim_id == c.sim_id and back.solver == c.solver
         assert back.offset == (8, 0) and back.global_grid == (32, 6)
-        np.testing.assert_array_equal(back.steps, c.steps)
+        np.testing.assert_array_equal(back.frame_index, c.frame_index)
         np.testing.assert_array_equal(back.params, c.params)  # exact: float32 -> Python float -> float32
         np.testing.assert_array_equal(back.fields, c.fields)
     # MPI receive buffer as uint8
@@ -184,7 +186,7 @@ def test_chunk_from_wire_float64_sender_and_errors():
     with pytest.raises(ChunkError, match="version"):
         Chunk.from_wire(dict(header, version=99), array)
     with pytest.raises(ChunkError, match="missing key"):
-        Chunk.from_wire({k: v for k, v in header.items() if k != "steps"}, array)
+        Chunk.from_wire({k: v for k, v in header.items() if k != "frame_index"}, array)
 
 
 # ============================================================================ configs
@@ -606,16 +608,16 @@ def test_sample_mismatches_are_refused():
 def test_put_many_from_a_chunk():
     c = _chunk(sim_id=5, n=6, grid=(4, 4), channels=1)
     buf = make_buffer("reservoir", capacity=100, watermark=6, seed=0)
-    n = c.n_steps
+    n = c.n_frames
     mask = buf.put_many(
         c.sample_keys(),
-        {"u": c.fields, "p": np.broadcast_to(c.params, (n, c.params.size)), "t": c.steps.astype(np.float32)},
+        {"u": c.fields, "p": np.broadcast_to(c.params, (n, c.params.size)), "t": c.frame_index.astype(np.float32)},
     )
     assert mask.all()
     keys, batch = buf.sample_batch(6)
     order = keys[:, 1] - 10
     np.testing.assert_array_equal(batch["u"], c.fields[order])
-    np.testing.assert_array_equal(batch["t"], c.steps[order])
+    np.testing.assert_array_equal(batch["t"], c.frame_index[order])
     assert not buf.put_many(c.sample_keys(), {"u": c.fields, "p": batch["p"], "t": batch["t"]}).any()
 
 

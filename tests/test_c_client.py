@@ -229,9 +229,9 @@ class Consumer:
         for m in self.got:
             if isinstance(m, Chunk) and m.sim_id == sim_id:
                 # chunks repeat the previous chunk's last frame (overlap=1): count each step's first arrival
-                new = [s for s in m.steps.tolist() if s not in out]
+                new = [s for s in m.frame_index.tolist() if s not in out]
                 seen += new
-                for s, f in zip(m.steps.tolist(), m.fields, strict=True):
+                for s, f in zip(m.frame_index.tolist(), m.fields, strict=True):
                     if s in out:
                         np.testing.assert_array_equal(out[s], f)
                     out[s] = np.array(f)

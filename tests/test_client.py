@@ -47,10 +47,10 @@ class Consumer:
         return [m for m in self.got if isinstance(m, SimReport)]
 
 
-def frames_by_step(chunks: list[Chunk]) -> dict[int, np.ndarray]:
+def frames_by_index(chunks: list[Chunk]) -> dict[int, np.ndarray]:
     out: dict[int, np.ndarray] = {}
     for c in chunks:
-        for s, f in zip(c.steps.tolist(), c.fields, strict=True):
+        for s, f in zip(c.frame_index.tolist(), c.fields, strict=True):
             if s in out:  # a frame repeated by the overlap must be the same frame
                 np.testing.assert_array_equal(out[s], f)
             out[s] = f
@@ -66,10 +66,10 @@ def verdict(fn) -> str | None:
     return None
 
 
-def send_all(client, frames: np.ndarray, fields=("u", "v"), first_step: int = 0) -> None:
+def send_all(client, frames: np.ndarray, fields=("u", "v"), first_frame: int = 0) -> None:
     for i, frame in enumerate(frames):
         for c, name in enumerate(fields):
-            client.send(name, frame[c], first_step + i)
+            client.send(name, frame[c], first_frame + i)
 
 
 def test_round_trip_whole_grid_with_overlap():
@@ -78,15 +78,15 @@ def test_round_trip_whole_grid_with_overlap():
     with ClientSource("127.0.0.1:0", expected_sims=1, max_inflight=2, overlap=1, channels=("u", "v"), grid=(5, 6),
                       n_params=2) as src:
         consumer = Consumer(src)
-        with connect(src.address, sim_id=3, params=[1.5, -2.0], fields=["u", "v"], grid=(5, 6), batch_steps=4,
+        with connect(src.address, sim_id=3, params=[1.5, -2.0], fields=["u", "v"], grid=(5, 6), batch_frames=4,
                      solver="mine") as client:
             send_all(client, frames.astype(np.float64))  # float64 in, float32 on the wire
         got = consumer.join()
     chunks = consumer.chunks()
     # 10 frames in messages of 4: steps 0-3, 4-7, 8-9; each later chunk starts with the previous chunk's last frame
-    assert [c.steps.tolist() for c in chunks] == [[0, 1, 2, 3], [3, 4, 5, 6, 7], [7, 8, 9]]
+    assert [c.frame_index.tolist() for c in chunks] == [[0, 1, 2, 3], [3, 4, 5, 6, 7], [7, 8, 9]]
     assert all(c.sim_id == 3 and c.solver == "mine" and c.params.tolist() == [1.5, -2.0] for c in chunks)
-    fr = frames_by_step(chunks)
+    fr = frames_by_index(chunks)
     np.testing.assert_array_equal(np.stack([fr[s] for s in range(10)]), frames)  # exact: float32 round trip
     assert isinstance(got[-1], SimReport) and (got[-1].sim_id, got[-1].status) == (3, "done")
     # every next-step target 1..9 is cut from exactly one chunk: the overlap neither loses nor repeats samples
@@ -105,7 +105,7 @@ def test_slabs_of_two_ranks_assemble_into_the_full_grid():
         def rank(r: int) -> None:  # the ranks batch differently: assembly is per frame, not per message
             lo, hi = rows[r]
             with connect(src.address, sim_id=0, params=[0.5], fields=["u", "v"], grid=(7, 5), offset=(lo, 0),
-                         ranks=2, batch_steps=2 + r) as client:
+                         ranks=2, batch_frames=2 + r) as client:
                 send_all(client, frames[:, :, lo:hi])
 
         threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
@@ -116,7 +116,7 @@ def test_slabs_of_two_ranks_assemble_into_the_full_grid():
         consumer.join()
     chunks = consumer.chunks()
     assert all(c.grid == (7, 5) and not c.is_slab for c in chunks)
-    fr = frames_by_step(chunks)
+    fr = frames_by_index(chunks)
     assert sorted(fr) == list(range(9))
     np.testing.assert_array_equal(np.stack([fr[s] for s in range(9)]), frames)
     assert [(r.sim_id, r.status) for r in consumer.reports()] == [(0, "done")]
@@ -130,7 +130,7 @@ def test_overlapping_or_missing_slabs_drop_the_simulation_with_a_clear_error(row
     with ClientSource("127.0.0.1:0", expected_sims=1, max_inflight=4) as src:
         consumer = Consumer(src)
         clients = [connect(src.address, sim_id=5, params=[1.0], fields=["u"], grid=(7, 4), offset=(lo, 0), ranks=2,
-                           batch_steps=3) for lo, _ in rows]
+                           batch_frames=3) for lo, _ in rows]
         verdicts = [verdict(lambda c=c, lo=lo, hi=hi: send_all(c, frames[:, :, lo:hi], fields=("u",)))
                     for c, (lo, hi) in zip(clients, rows, strict=True)]
         # the job's verdict reaches each rank at its next call after the job saw the slabs, at the latest close()
@@ -146,7 +146,7 @@ def test_backpressure_blocks_send_until_the_consumer_takes_messages():
     frames = np.zeros((3, 1, 4, 4), np.float32)
     with ClientSource("127.0.0.1:0", expected_sims=1, max_inflight=1) as src:
         consumer = Consumer(src, start=False)  # a trainer that takes nothing yet
-        client = connect(src.address, sim_id=0, params=[1.0], fields=["u"], grid=(4, 4), batch_steps=1)
+        client = connect(src.address, sim_id=0, params=[1.0], fields=["u"], grid=(4, 4), batch_frames=1)
         sender = threading.Thread(target=lambda: (send_all(client, frames, fields=("u",)), client.close()))
         sender.start()
         sender.join(1.0)
@@ -156,12 +156,12 @@ def test_backpressure_blocks_send_until_the_consumer_takes_messages():
         sender.join(WAIT)
         assert not sender.is_alive()
         consumer.join()
-    assert sorted(frames_by_step(consumer.chunks())) == [0, 1, 2]
+    assert sorted(frames_by_index(consumer.chunks())) == [0, 1, 2]
 
 
 def test_send_timeout_and_close_of_the_job_release_a_blocked_client():
     with ClientSource("127.0.0.1:0", max_inflight=1) as src:  # nobody iterates
-        client = connect(src.address, sim_id=0, params=[1.0], fields=["u"], grid=(3,), batch_steps=1,
+        client = connect(src.address, sim_id=0, params=[1.0], fields=["u"], grid=(3,), batch_frames=1,
                          send_timeout=0.3)
         client.send("u", np.zeros(3), 0)
         t0 = time.monotonic()
@@ -169,7 +169,7 @@ def test_send_timeout_and_close_of_the_job_release_a_blocked_client():
             client.send("u", np.zeros(3), 1)
         assert 0.25 < time.monotonic() - t0 < WAIT
         client.abort()
-        blocked = connect(src.address, sim_id=1, params=[1.0], fields=["u"], grid=(3,), batch_steps=1)
+        blocked = connect(src.address, sim_id=1, params=[1.0], fields=["u"], grid=(3,), batch_frames=1)
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -204,13 +204,13 @@ def test_nan_simulation_is_reported_dropped_and_its_later_data_ignored():
     frames[5, 0, 2, 2] = np.nan
     with ClientSource("127.0.0.1:0", expected_sims=1, max_inflight=2) as src:
         consumer = Consumer(src)
-        with connect(src.address, sim_id=9, params=[1.0], fields=["u"], grid=(4, 4), batch_steps=2) as client:
+        with connect(src.address, sim_id=9, params=[1.0], fields=["u"], grid=(4, 4), batch_frames=2) as client:
             send_all(client, frames, fields=("u",))
         consumer.join()
     (report,) = consumer.reports()
     assert (report.sim_id, report.status) == (9, "nan") and "NaN" in report.message
     assert client.dropped is not None and "NaN" in client.dropped
-    steps = sorted(frames_by_step(consumer.chunks()))
+    steps = sorted(frames_by_index(consumer.chunks()))
     assert steps == [0, 1, 2, 3]  # the message with steps 4-5 held the NaN: nothing from it on
     assert all(c.is_finite() for c in consumer.chunks())
 
@@ -236,7 +236,7 @@ def test_user_mistakes_raise_clear_errors():
         with pytest.raises(ClientError, match="complex|real numeric"):
             client.send("T", np.zeros((4, 4), complex), 0)
         client.send("T", np.zeros((4, 4)), 3)
-        with pytest.raises(ClientError, match="steps go backwards.*send step 4 or later"):
+        with pytest.raises(ClientError, match="frames go backwards.*send frame 4 or later"):
             client.send("T", np.zeros((4, 4)), 2)
         client.close()
         assert issubclass(ClientError, ValueError)
@@ -245,11 +245,11 @@ def test_user_mistakes_raise_clear_errors():
         with pytest.raises(ClientError, match=r"leaves the grid \(2, 2\) on axis 0"):
             client.send("u", np.zeros((2, 2)), 0)
         client.send("u", np.zeros((1, 2)), 0)
-        with pytest.raises(ClientError, match=r"field 'u' of step 0 was already sent"):
+        with pytest.raises(ClientError, match=r"field 'u' of frame 0 was already sent"):
             client.send("u", np.zeros((1, 2)), 0)
-        with pytest.raises(ClientError, match=r"step 0 is missing field\(s\) \['v'\]"):
+        with pytest.raises(ClientError, match=r"frame 0 is missing field\(s\) \['v'\]"):
             client.send("u", np.zeros((1, 2)), 1)
-        with pytest.raises(ClientError, match=r"close\(\): step 0 is missing field\(s\) \['v'\]"):
+        with pytest.raises(ClientError, match=r"close\(\): frame 0 is missing field\(s\) \['v'\]"):
             client.close()
         client.abort()
     with pytest.raises(ClientSourceError, match="workers.listen='nonsense'"):
@@ -275,7 +275,7 @@ def test_stream_ends_after_expected_sims_and_refuses_latecomers():
                     client.send("u", np.full(3, s), s)
         got = consumer.join()  # ends by itself: no close() needed
         # default batching: 5 frames of 3 floats are far below 4 MiB, so each simulation is one message
-        assert [c.steps.tolist() for c in consumer.chunks()] == [[0, 1, 2, 3, 4]] * 2
+        assert [c.frame_index.tolist() for c in consumer.chunks()] == [[0, 1, 2, 3, 4]] * 2
         assert [(m.sim_id, m.status) for m in got if isinstance(m, SimReport)] == [(4, "done"), (7, "done")]
         assert src.sims_finished == 2
         with pytest.raises(JobStopped, match="no longer taking simulations"):
@@ -285,7 +285,7 @@ def test_stream_ends_after_expected_sims_and_refuses_latecomers():
 def test_a_client_that_disconnects_without_close_drops_its_simulation_and_ids_are_not_reused():
     with ClientSource("127.0.0.1:0", expected_sims=1) as src:
         consumer = Consumer(src)
-        client = connect(src.address, sim_id=2, params=[1.0], fields=["u"], grid=(3,), batch_steps=1)
+        client = connect(src.address, sim_id=2, params=[1.0], fields=["u"], grid=(3,), batch_frames=1)
         client.send("u", np.zeros(3), 0)
         client.abort()  # e.g. the solver crashed
         consumer.join()
@@ -324,7 +324,7 @@ def test_mpi_example_slabs_from_two_ranks_equal_the_serial_solver():
     assert sorted((r.sim_id, r.status) for r in consumer.reports()) == [(0, "done"), (1, "done")]
     for sim in (0, 1):
         chunks = consumer.chunks(sim)
-        fr = frames_by_step(chunks)
+        fr = frames_by_index(chunks)
         assert sorted(fr) == list(range(frames))
         ref = np.stack(list(serial.simulate(chunks[0].params.astype(np.float64), n, 0.002, 1.0, frames)))
         # exact: each cell gets the same float64 operations in the same order on a slab as on the whole grid
@@ -351,17 +351,17 @@ def test_large_messages_reach_the_trainer_as_chunk_frames_views_with_their_overl
     frames = np.random.default_rng(4).standard_normal((23, 1, 4, 5)).astype(np.float32)
     with ClientSource("127.0.0.1:0", expected_sims=1, max_inflight=2, overlap=2, chunk_frames=5) as src:
         consumer = Consumer(src)
-        with connect(src.address, sim_id=0, params=[1.0], fields=["u"], grid=(4, 5), batch_steps=12) as client:
+        with connect(src.address, sim_id=0, params=[1.0], fields=["u"], grid=(4, 5), batch_frames=12) as client:
             send_all(client, frames, fields=("u",))
         consumer.join()
     chunks = consumer.chunks()
     # messages of frames 0-11 and 12-22; each cut into chunks of 5 new frames with the 2 frames before them (the
     # second message is read behind frames 10-11 of the first)
-    assert [c.steps.tolist() for c in chunks] == [list(range(0, 5)), list(range(3, 10)), [8, 9, 10, 11],
+    assert [c.frame_index.tolist() for c in chunks] == [list(range(0, 5)), list(range(3, 10)), [8, 9, 10, 11],
                                                   list(range(10, 17)), list(range(15, 22)), [20, 21, 22]]
     # views of one array per message: the repeated frames are the same memory, not copies
     assert all(np.shares_memory(chunks[i].fields, chunks[i + 1].fields) for i in (0, 1, 3, 4))
-    fr = frames_by_step(chunks)  # repeated frames are checked equal there
+    fr = frames_by_index(chunks)  # repeated frames are checked equal there
     np.testing.assert_array_equal(np.stack([fr[s] for s in range(23)]), frames)
 
 
@@ -373,11 +373,11 @@ def test_acknowledgements_come_in_batches_and_a_smaller_client_window_never_stal
     frames = np.arange(8 * 16, dtype=np.float32).reshape(8, 1, 4, 4)
     with ClientSource("127.0.0.1:0", expected_sims=1, max_inflight=4) as src:
         consumer = Consumer(src)
-        with connect(src.address, sim_id=0, params=[1.0], fields=["u"], grid=(4, 4), batch_steps=1,
+        with connect(src.address, sim_id=0, params=[1.0], fields=["u"], grid=(4, 4), batch_frames=1,
                      max_inflight=1) as client:
             send_all(client, frames, fields=("u",))
         consumer.join()
-    assert sorted(frames_by_step(consumer.chunks())) == list(range(8))
+    assert sorted(frames_by_index(consumer.chunks())) == list(range(8))
     # a raw client that sends its whole window before the trainer takes any: two acknowledgements of 2, then "bye"
     with ClientSource("127.0.0.1:0", expected_sims=1, max_inflight=4) as src:
         consumer = Consumer(src, start=False)

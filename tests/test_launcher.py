@@ -48,7 +48,7 @@ FLAKY = textwrap.dedent("""
     if hang:
         subprocess.Popen(["sleep", "300"])  # a child in the same process group
     u = np.zeros((16, 16)); u[4:12, 4:12] = 1.0
-    c = connect(address, sim_id=sim_id, params=[kappa], fields=["u"], grid=(16, 16), batch_steps=1)
+    c = connect(address, sim_id=sim_id, params=[kappa], fields=["u"], grid=(16, 16), batch_frames=1)
     for k in range(frames):
         if first and design_id == 1 and k == 3:
             c.flush(); sys.exit(3)                      # dies with status 3 after sending 3 frames
@@ -246,7 +246,7 @@ SLAB = textwrap.dedent("""
     rows = slice(16 * rank // size, 16 * (rank + 1) // size)
     u = np.zeros((16, 16)); u[4:12, 4:12] = 1.0    # every rank steps the whole (tiny) field, sends its rows
     with connect(address, sim_id=sim_id, params=[kappa], fields=["u"], grid=(16, 16), offset=(rows.start, 0),
-                 ranks=size, batch_steps=2) as c:
+                 ranks=size, batch_frames=2) as c:
         for k in range(frames):
             c.send("u", u[rows], k)
             u = u + 0.2 * kappa * (np.roll(u, 1, 0) + np.roll(u, -1, 0) + np.roll(u, 1, 1) + np.roll(u, -1, 1) - 4 * u)

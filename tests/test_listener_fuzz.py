@@ -13,6 +13,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from streaming.chunk import WIRE_VERSION
 from streaming.client import ClientError, connect
 from streaming.config import load_config
 from streaming.job import run_job
@@ -37,10 +38,10 @@ def hello(sim_id: int, **change) -> dict:
             "offset": None, "ranks": 1, "solver": "fuzz", **change}
 
 
-def chunk(sim_id: int, steps: list[int], **change) -> tuple[dict, bytes]:
-    wire = {"version": 1, "sim_id": sim_id, "solver": "fuzz", "steps": steps, "params": PARAMS,
-            "shape": [len(steps), 1, *GRID], "dtype": "<f4", "offset": [0, 0], "global_grid": list(GRID), **change}
-    data = np.ones((len(steps), 1, *GRID), np.float32).tobytes()
+def chunk(sim_id: int, frames: list[int], **change) -> tuple[dict, bytes]:
+    wire = {"version": WIRE_VERSION, "sim_id": sim_id, "solver": "fuzz", "frame_index": frames, "params": PARAMS,
+            "shape": [len(frames), 1, *GRID], "dtype": "<f4", "offset": [0, 0], "global_grid": list(GRID), **change}
+    data = np.ones((len(frames), 1, *GRID), np.float32).tobytes()
     return {"type": "chunk", "wire": wire}, data
 
 
@@ -220,7 +221,7 @@ def test_a_client_past_its_window_is_cut_and_others_go_on():
     with ClientSource("127.0.0.1:0", max_inflight=2, client_timeout=5.0) as src:  # nobody iterates: no acks
         host, port = src.address.rsplit(":", 1)
         h, d = chunk(3, [0])
-        msgs = b"".join(frame({**h, "wire": {**h["wire"], "steps": [k]}}, d) for k in range(3))
+        msgs = b"".join(frame({**h, "wire": {**h["wire"], "frame_index": [k]}}, d) for k in range(3))
         play((host, int(port)), frame(hello(3)) + msgs)
         deadline = time.monotonic() + WAIT
         while not src.rejected and time.monotonic() < deadline:

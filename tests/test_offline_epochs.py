@@ -101,7 +101,7 @@ def test_offline_config_sizes_an_epoch_buffer():
                                                     "optim.batch_size": "8", "workers.chunk_frames": "10"})
     from streaming.chunk import Chunk
 
-    msgs = [Chunk(sim_id=i, steps=np.arange(11), fields=np.zeros((11, 1, 16, 16), np.float32),
+    msgs = [Chunk(sim_id=i, frame_index=np.arange(11), fields=np.zeros((11, 1, 16, 16), np.float32),
                   params=np.zeros(5, np.float32), solver="heat2d") for i in range(3)]
     out = offline_config(cfg, msgs)
     b = out.buffer

@@ -28,7 +28,7 @@ C, GRID = 2, (6,)
 
 def _chunk(n_frames: int = 12, first: int = 3, sim_id: int = 7) -> Chunk:
     rng = np.random.default_rng(0)
-    return Chunk(sim_id=sim_id, steps=np.arange(first, first + n_frames),
+    return Chunk(sim_id=sim_id, frame_index=np.arange(first, first + n_frames),
                  fields=rng.standard_normal((n_frames, C, *GRID)).astype(np.float32),
                  params=np.array([0.5, 2.0], np.float32), solver="toy")
 
@@ -46,9 +46,9 @@ def test_cut_keeps_frames_as_frames_in_views(name) -> None:
     spec, c = SPECS[name], _chunk()
     u, w, n_t = c.fields, spec.window, spec.targets
     keys, s = cut(c, spec)
-    n = c.n_steps - spec.span + 1
+    n = c.n_frames - spec.span + 1
     assert keys.shape == (n, 2) and (keys[:, 0] == c.sim_id).all()
-    np.testing.assert_array_equal(keys[:, 1], c.steps[w : w + n])  # frame index of each sample's first target
+    np.testing.assert_array_equal(keys[:, 1], c.frame_index[w : w + n])  # frame index of each sample's first target
     shapes = spec.frame_shapes(C, GRID)
     assert {k: v.shape[1:] for k, v in s.items() if k in ("x", "y")} == shapes
     for i in range(n):
@@ -57,11 +57,12 @@ def test_cut_keeps_frames_as_frames_in_views(name) -> None:
         np.testing.assert_array_equal(s["y"][i], u[i + w : i + w + n_t])
     for k in shapes:  # views into the chunk: a buffer copies only what it keeps
         assert np.shares_memory(s[k], c.fields) and not s[k].flags.writeable
-    last_input = c.steps[w : w + n] - (0 if spec.kind == "field" else 1)
+    last_input = c.frame_index[w : w + n] - (0 if spec.kind == "field" else 1)
     np.testing.assert_allclose(s["t"], last_input * 0.1, rtol=1e-6)
     assert ("cond" in s) == spec.condition_on_params
     assert "x" not in s if spec.kind == "field" else s["x"].dtype == np.float32
-    short = Chunk(sim_id=1, steps=np.arange(spec.span - 1), fields=u[: spec.span - 1], params=c.params, solver="toy")
+    short = Chunk(sim_id=1, frame_index=np.arange(spec.span - 1), fields=u[: spec.span - 1], params=c.params,
+                  solver="toy")
     assert cut(short, spec)[0].shape == (0, 2)
 
 
@@ -120,7 +121,8 @@ def test_chunks_of_a_simulation_give_every_sample_once(window, targets, chunk_fr
     u = np.arange(n_frames, dtype=np.float32)[:, None, None] * np.ones((1, 1, 2), np.float32)
     got = []
     for lo, hi, first in chunk_bounds(n_frames, chunk_frames, window, targets):
-        keys, _ = cut(Chunk(sim_id=0, steps=np.arange(lo, hi), fields=u[lo:hi], params=np.zeros(0), solver="t"), spec)
+        piece = Chunk(sim_id=0, frame_index=np.arange(lo, hi), fields=u[lo:hi], params=np.zeros(0), solver="t")
+        keys, _ = cut(piece, spec)
         assert keys[0, 1] == first
         got += keys[:, 1].tolist()
     assert got == list(range(window, n_frames - targets + 1))

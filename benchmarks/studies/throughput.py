@@ -188,13 +188,13 @@ def _count(source: object, spec: object, cfg: object, seconds: float) -> tuple[f
             continue
         keys, samples = cut(msg, spec)
         buf.put_many(keys, samples)
-        seen, last[msg.sim_id] = last.get(msg.sim_id, -1), int(msg.steps[-1])
+        seen, last[msg.sim_id] = last.get(msg.sim_id, -1), int(msg.frame_index[-1])
         if t0 is None:  # start the clock once the buffer is full (compiles, start-up, first-touch page faults)
             if len(buf) == buf.capacity:
                 t0 = time.perf_counter()
             continue
-        fields += int(np.count_nonzero(msg.steps > seen))
-        delivered += msg.n_steps
+        fields += int(np.count_nonzero(msg.frame_index > seen))
+        delivered += msg.n_frames
         if time.perf_counter() - t0 >= seconds:
             break
     elapsed = time.perf_counter() - t0

@@ -15,7 +15,7 @@ Samples and keys
     single array. The first put fixes the structure, per-sample shapes and dtypes
     (:class:`~streaming.buffers.layout.SampleLayout`); storage is then preallocated as one array
     ``(capacity, *sample_shape)`` per leaf, so a batch is one fancy-index gather per leaf. Every
-    sample carries a key ``(sim_id, step)`` with ``0 <= sim_id < 2**31`` and ``0 <= step < 2**32``.
+    sample carries a key ``(sim_id, frame)`` with ``0 <= sim_id < 2**31`` and ``0 <= frame < 2**32``.
 
     ``put(key, sample)`` takes one sample; ``put_many(keys, samples)`` takes ``keys`` int ``(n, 2)``
     (e.g. :meth:`streaming.chunk.Chunk.sample_keys`) and the same structure with a leading axis

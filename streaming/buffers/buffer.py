@@ -31,7 +31,7 @@ class Buffer:
       watermark: samples needed before the first draw, ``1 <= watermark <= capacity``.
       max_reuse: draws a sample survives (>= 1), or None for the policy's default.
       seed: seed of the buffer's own random generator (draws, reservoir replacement).
-      dedup: keep the set of seen keys and drop repeated ``(sim_id, step)`` keys.
+      dedup: keep the set of seen keys and drop repeated ``(sim_id, frame)`` keys.
 
     The policy's class attributes (``kind``, ``blocks_producers``, ``drains_at_end``,
     ``ends_with_the_stream``, ``holds_every_put``) are read through the buffer.
@@ -158,7 +158,7 @@ class Buffer:
 
     # ------------------------------------------------------------ put
     def put(self, key: tuple[int, int], sample: Sample) -> bool:
-        """Add one sample with key ``(sim_id, step)``; False if the key was already seen."""
+        """Add one sample with key ``(sim_id, frame)``; False if the key was already seen."""
         return bool(self.put_many(np.asarray([key]), add_axis(sample))[0])
 
     def put_many(self, keys: Any, samples: Sample) -> np.ndarray:

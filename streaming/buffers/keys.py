@@ -1,4 +1,4 @@
-"""Sample keys ``(sim_id, step)`` packed into one int64 code: ``sim_id * 2**32 + step``."""
+"""Sample keys ``(sim_id, frame)`` packed into one int64 code: ``sim_id * 2**32 + frame``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ STEP_MASK = STEP_LIMIT - 1
 
 
 def encode_keys(keys: Any) -> np.ndarray:
-    """``(sim_id, step)`` pairs, int ``(n, 2)``, to int64 codes ``(n,)`` = ``sim_id * 2**32 + step``."""
+    """``(sim_id, frame)`` pairs, int ``(n, 2)``, to int64 codes ``(n,)`` = ``sim_id * 2**32 + frame``."""
     k = np.asarray(keys)
     if k.ndim == 1 and k.shape == (2,):
         k = k[None]
@@ -22,7 +22,7 @@ def encode_keys(keys: Any) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     if k.ndim != 2 or k.shape[1] != 2 or k.dtype.kind not in "iu":
         raise BufferStateError(
-            f"buffer keys: expected integer (sim_id, step) pairs of shape (n, 2), got dtype {k.dtype} "
+            f"buffer keys: expected integer (sim_id, frame) pairs of shape (n, 2), got dtype {k.dtype} "
             f"shape {k.shape}; use Chunk.sample_keys()"
         )
     k = k.astype(np.int64, copy=False)
@@ -31,7 +31,7 @@ def encode_keys(keys: Any) -> np.ndarray:
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise BufferStateError(
-            f"buffer key ({int(sid[i])}, {int(step[i])}): need 0 <= sim_id < 2**31 and 0 <= step < 2**32"
+            f"buffer key ({int(sid[i])}, {int(step[i])}): need 0 <= sim_id < 2**31 and 0 <= frame < 2**32"
         )
     return (sid << 32) | step
 

@@ -2,7 +2,7 @@
  *
  * Every frame on the socket: a 16-byte prefix (magic "PDS1", uint32 header length, uint64 payload
  * length, big-endian), a JSON object, the raw payload. Client to job: hello, chunk (header "wire" =
- * the chunk's metadata, payload = float32 little-endian fields (n_steps, C, *local)), end. Job to
+ * the chunk's metadata, payload = float32 little-endian fields (n_frames, C, *local)), end. Job to
  * client: welcome, ack, dropped, error, bye, stop. See pdestream_client.h for the API.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -29,7 +29,7 @@
 #endif
 
 #define PDS_PROTOCOL 1
-#define PDS_WIRE_VERSION 1
+#define PDS_WIRE_VERSION 2
 #define PDS_DEFAULT_ADDRESS "127.0.0.1:47011"
 #define PDS_MAX_REPLY_HEADER (1L << 20)
 #define PDS_AUTO_BATCH_BYTES (4L << 20)
@@ -51,7 +51,7 @@ struct pds_client {
     size_t cells;        /* prod(local) */
     int batch;           /* frames per message */
     float *buf;          /* (batch, n_fields, cells) */
-    long *steps;         /* (batch,) */
+    long *frame_index;   /* (batch,) */
     int n;               /* complete frames in buf */
     long cur;            /* frame being assembled, -1: none */
     unsigned char *have; /* (n_fields,) */
@@ -480,7 +480,7 @@ static void free_client(pds_client *c) {
     free(c->local);
     free(c->params);
     free(c->buf);
-    free(c->steps);
+    free(c->frame_index);
     free(c->have);
     free(c);
 }
@@ -565,8 +565,8 @@ static pds_client *connect_impl(const char *address, long sim_id, int n_params, 
     if (!(bs && atol(bs) > 0) && batch > PDS_MAX_AUTO_BATCH) batch = PDS_MAX_AUTO_BATCH;
     c->batch = batch < 1 ? 1 : (int)batch;
     c->buf = malloc(frame_bytes * (size_t)c->batch);
-    c->steps = malloc(sizeof(long) * (size_t)c->batch);
-    if (!c->buf || !c->steps) { free(token); free_client(c); fail(PDS_E_NOMEM, "out of memory for %d frames", c->batch); return NULL; }
+    c->frame_index = malloc(sizeof(long) * (size_t)c->batch);
+    if (!c->buf || !c->frame_index) { free(token); free_client(c); fail(PDS_E_NOMEM, "out of memory for %d frames", c->batch); return NULL; }
     c->send_timeout = env_seconds("PDESTREAM_SEND_TIMEOUT", -1.0);
     double timeout = env_seconds("PDESTREAM_CONNECT_TIMEOUT", 30.0);
 
@@ -659,9 +659,9 @@ static int ship(pds_client *c) {
     }
     if (c->dropped) { c->n = 0; return PDS_OK; }
     sbuf h = {0};
-    sb_fmt(&h, "{\"type\":\"chunk\",\"wire\":{\"version\":%d,\"sim_id\":%ld,\"solver\":\"c-client\",\"steps\":",
+    sb_fmt(&h, "{\"type\":\"chunk\",\"wire\":{\"version\":%d,\"sim_id\":%ld,\"solver\":\"c-client\",\"frame_index\":",
            PDS_WIRE_VERSION, c->sim_id);
-    sb_longs(&h, c->steps, c->n);
+    sb_longs(&h, c->frame_index, c->n);
     sb_str(&h, ",\"params\":[");
     for (int i = 0; i < c->n_params; ++i) sb_fmt(&h, i ? ",%.9g" : "%.9g", (double)(float)c->params[i]);
     sb_fmt(&h, "],\"shape\":[%d,%d", c->n, c->n_fields);
@@ -768,7 +768,7 @@ static int send_any(pds_client *c, const char *field, long frame, const float *f
         for (size_t i = 0; i < c->cells; ++i) dst[i] = (float)f64[i];
     c->have[idx] = 1;
     if (++c->have_count == c->n_fields) {
-        c->steps[c->n++] = frame;
+        c->frame_index[c->n++] = frame;
         c->last = frame;
         c->cur = -1;
         if (c->n == c->batch) {

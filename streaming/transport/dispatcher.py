@@ -9,7 +9,7 @@ asks the dispatcher what to do at each event:
 - :meth:`task_done` — a worker finished its task;
 - :meth:`report_losses` — the trainer's per-simulation losses, handed to the design (adaptive sampling);
 - :meth:`worker_lost` — a worker died or its task failed: the task's unfinished simulations go back
-  to the front of the design (they are re-run in full; the buffer's (simulation id, step)
+  to the front of the design (they are re-run in full; the buffer's (simulation id, frame)
   de-duplication drops what had already arrived) and the failure counts against ``max_failures``;
   past it the job stops with :class:`~streaming.errors.JobFailed`.
 

@@ -251,7 +251,7 @@ class _Run:
     params: np.ndarray  # float32 (P,): what the program is started with and must send
     handle: Any
     started: float
-    steps: set[int] = dataclasses.field(default_factory=set)
+    frames: set[int] = dataclasses.field(default_factory=set)
     reported: str | None = None  # the listener's report: done | nan | error
     error: str = ""
     rc: int | None = None
@@ -429,7 +429,7 @@ class LaunchSource:
                          "[solver.external.params]")
             run.reported = "error"
             return []
-        run.steps.update(int(s) for s in msg.steps.tolist() if 0 <= s < self.frames)
+        run.frames.update(int(s) for s in msg.frame_index.tolist() if 0 <= s < self.frames)
         return [dataclasses.replace(msg, sim_id=run.sim_id, params=run.params)]
 
     def _poll(self) -> list[Message]:
@@ -478,14 +478,14 @@ class LaunchSource:
         if run.reported is None and self._quiet - run.quiet_at_exit <= self.exit_grace:
             return None  # its last messages may still be on the way (counted while nothing else comes in: a
             # trainer busy between two messages, as with backend local, holds them in the listener)
-        sent = f"sent {len(run.steps)} of {self.frames} frames"
+        sent = f"sent {len(run.frames)} of {self.frames} frames"
         if run.rc != 0:
             return False, f"exited with status {run.rc}; {sent}" + (f" ({run.error})" if run.error else "")
         if run.reported == "error":
             return False, f"exited 0 but the job dropped its data: {run.error}"
         if run.reported == "done":
-            if len(run.steps) < self.frames:
-                missing = sorted(set(range(self.frames)) - run.steps)[:5]
+            if len(run.frames) < self.frames:
+                missing = sorted(set(range(self.frames)) - run.frames)[:5]
                 return False, (f"exited 0 but {sent} (first missing: {missing}); send frames 0..{self.frames - 1} "
                                "(solver.external.frames)")
             return True, ""
@@ -620,7 +620,7 @@ def validation_runs(cfg: JobConfig, solver: ExternalSolver, first_id: int) -> tu
         for msg in source:
             if isinstance(msg, Chunk):
                 got = frames.setdefault(msg.sim_id, {})
-                for s, f in zip(msg.steps.tolist(), msg.fields, strict=True):
+                for s, f in zip(msg.frame_index.tolist(), msg.fields, strict=True):
                     got.setdefault(int(s), f)
                 params[msg.sim_id] = msg.params
             elif msg.status == "done":

@@ -12,7 +12,7 @@ yields what they send, as every source does: :class:`~streaming.chunk.Chunk` s a
   the simulation with status ``"error"`` and a message naming the offsets (the clients' next call
   raises :class:`~streaming.client.ClientError` with the same message).
 - Overlap between messages: the last ``overlap`` frames of a simulation's previous chunk are
-  prepended to the next chunk when the steps follow on, so that every sample needing ``overlap + 1``
+  prepended to the next chunk when the frames follow on, so that every sample needing ``overlap + 1``
   consecutive frames is cut from some chunk (pass ``window + targets - 1`` of the sample spec).
 - NaN/Inf in a message drops the simulation: ``SimReport(sim_id, "nan")``; its later data are
   ignored (chunks delivered before stay in the buffer: they were finite). A client that disconnects
@@ -24,7 +24,7 @@ yields what they send, as every source does: :class:`~streaming.chunk.Chunk` s a
 - The stream ends once ``expected_sims`` simulations finished (done or dropped); with None it runs
   until :meth:`close`.
 - Hardening: frame lengths are checked against ``max_header`` / ``max_message_bytes`` before anything
-  is allocated; a malformed frame, bad JSON, a wrong dtype or shape, steps out of order, more than
+  is allocated; a malformed frame, bad JSON, a wrong dtype or shape, frames out of order, more than
   ``max_inflight`` unacknowledged messages or a connection silent for ``client_timeout`` s (while the
   job holds none of its messages), or stuck mid-frame as long, closes THAT connection with one log
   line and drops its simulation (pending slabs included; chunks already delivered stay). Counted by
@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from streaming.assembly import build_solver
-from streaming.chunk import Chunk, ChunkError, SimReport
+from streaming.chunk import WIRE_VERSION, Chunk, ChunkError, SimReport
 from streaming.client import ClientError, parse_address
 from streaming.config import JobConfig
 from streaming.design import DesignCursor
@@ -81,7 +81,7 @@ from streaming.transport.wire import (
 _POLL_S = 0.1  # how often a waiting thread checks for close()
 _READER_IDLE_S = 5.0  # a reader thread without a connection for this long ends
 MAX_CONNECTIONS = 1024  # open client connections (one reader thread each); more are refused
-_MAX_ID = 2**62  # simulation ids and steps stay well inside int64 (de-duplication keys)
+_MAX_ID = 2**62  # simulation ids and frame indices stay well inside int64 (de-duplication keys)
 _MAX_FRAMES_IN_MESSAGES = 16  # a full frame assembled from slabs may be this many messages large
 _WAITALL = getattr(socket, "MSG_WAITALL", 0)
 _READ_AHEAD = 1 << 16  # bytes: reads shorter than this go through a read-ahead buffer
@@ -120,8 +120,8 @@ class _Sim:
     conns: list[_Conn] = field(default_factory=list)
     status: str = "open"  # open | done | dropped
     ended: int = 0  # ranks that sent "end"
-    pending: dict[int, _Frame] = field(default_factory=dict)  # step -> frame being assembled from slabs
-    tail_steps: np.ndarray | None = None  # last `overlap` frames of the last chunk, for the next one
+    pending: dict[int, _Frame] = field(default_factory=dict)  # frame index -> frame being assembled from slabs
+    tail_index: np.ndarray | None = None  # last `overlap` frames of the last chunk, for the next one
     tail_fields: np.ndarray | None = None
 
 
@@ -132,8 +132,8 @@ class _Conn:
     lock: threading.Lock = field(default_factory=threading.Lock)  # one writer at a time
     sim: _Sim | None = None
     offset: tuple[int, ...] = ()
-    read_step: int = -1  # last step read (reader thread)
-    seen_step: int = -1  # last step processed (iterating thread)
+    read_frame: int = -1  # last frame index read (reader thread)
+    seen_frame: int = -1  # last frame index processed (iterating thread)
     unacked: int = 0  # messages received and not yet taken by the trainer (iterating thread)
     ended: bool = False
     read_msgs: int = 0  # chunk messages read (reader thread) ...
@@ -145,7 +145,7 @@ class _Conn:
     ahead: memoryview | None = None  # bytes read ahead of the current frame (reader thread) ...
     ahead_pos: int = 0  # ... the next unread one ...
     ahead_end: int = 0  # ... and the end of what was read
-    tail_steps: np.ndarray | None = None  # one-rank simulation: last `overlap` frames read (reader thread)
+    tail_index: np.ndarray | None = None  # one-rank simulation: last `overlap` frames read (reader thread)
     tail_fields: np.ndarray | None = None
 
     def send(self, header: dict[str, Any]) -> None:
@@ -342,10 +342,10 @@ class ClientSource:
             self._ack(conn)
             return []
         if not finite:
-            steps = [int(chunk.steps[0]), int(pieces[-1].steps[-1])]
-            return self._drop(sim, "nan", f"simulation {sim.sim_id} sent NaN/Inf (steps {steps[0]}..{steps[-1]}"
+            index = [int(chunk.frame_index[0]), int(pieces[-1].frame_index[-1])]
+            return self._drop(sim, "nan", f"simulation {sim.sim_id} sent NaN/Inf (frames {index[0]}..{index[-1]}"
                               f"{' from ' + conn.label if sim.ranks > 1 else ''}); dropped", [msg], reason="nan")
-        conn.seen_step = int(pieces[-1].steps[-1])
+        conn.seen_frame = int(pieces[-1].frame_index[-1])
         if sim.ranks == 1 and not chunk.is_slab:  # the whole grid from one process: stitched by its reader already
             msg.remaining = len(pieces)
             return [(p, [msg]) for p in pieces]
@@ -355,15 +355,15 @@ class ClientSource:
         total = math.prod(sim.grid)
         box = tuple(slice(o, o + n) for o, n in zip(chunk.offset, chunk.grid, strict=True))
         cells = math.prod(chunk.grid)
-        for i, step in enumerate(chunk.steps.tolist()):
-            frame = sim.pending.get(step)
+        for i, j in enumerate(chunk.frame_index.tolist()):
+            frame = sim.pending.get(j)
             if frame is None:
-                frame = sim.pending[step] = _Frame(np.empty((len(sim.fields), *sim.grid), np.float32),
+                frame = sim.pending[j] = _Frame(np.empty((len(sim.fields), *sim.grid), np.float32),
                                                    np.zeros(sim.grid, bool))
             seen = frame.mask[box]
             if seen.any():
                 first = tuple(int(o + j) for o, j in zip(chunk.offset, np.argwhere(seen)[0], strict=True))
-                return self._drop(sim, "error", f"simulation {sim.sim_id} step {step}: the slab of shape {chunk.grid} "
+                return self._drop(sim, "error", f"simulation {sim.sim_id} frame {j}: the slab of shape {chunk.grid} "
                                   f"at offset {chunk.offset} overlaps cells another rank sent (first: {first}); "
                                   "give every rank a disjoint slab", [msg], reason="slabs")
             frame.mask[box] = True
@@ -373,12 +373,12 @@ class ClientSource:
             msg.remaining += 1
         with self._lock:
             all_connected = len(sim.conns) == sim.ranks
-            behind = min(c.seen_step for c in sim.conns)
+            behind = min(c.seen_frame for c in sim.conns)
         if all_connected:  # every rank moved past `behind`: an incomplete frame there has a hole
-            for step in sorted(sim.pending):
-                frame = sim.pending[step]
-                if step <= behind and frame.covered < total:
-                    return self._drop(sim, "error", self._gap_message(sim, step, frame), reason="slabs")
+            for j in sorted(sim.pending):
+                frame = sim.pending[j]
+                if j <= behind and frame.covered < total:
+                    return self._drop(sim, "error", self._gap_message(sim, j, frame), reason="slabs")
         done = sorted(s for s, f in sim.pending.items() if f.covered == total)
         out = []
         while done:  # runs of consecutive complete frames
@@ -390,20 +390,20 @@ class ClientSource:
             out.append((self._stitch(sim, np.asarray(run, np.int64), fields), [m for f in frames for m in f.msgs]))
         return out
 
-    def _gap_message(self, sim: _Sim, step: int, frame: _Frame) -> str:
+    def _gap_message(self, sim: _Sim, j: int, frame: _Frame) -> str:
         hole = tuple(int(i) for i in np.argwhere(~frame.mask)[0])
-        return (f"simulation {sim.sim_id} step {step}: the slabs of its {sim.ranks} rank(s) cover {frame.covered} of "
+        return (f"simulation {sim.sim_id} frame {j}: the slabs of its {sim.ranks} rank(s) cover {frame.covered} of "
                 f"{frame.mask.size} cells of grid {sim.grid} (first missing cell {hole}); check each rank's offset "
                 "and that ranks= is the number of processes sending slabs")
 
-    def _stitch(self, sim: _Sim, steps: np.ndarray, fields: np.ndarray) -> Chunk:
+    def _stitch(self, sim: _Sim, index: np.ndarray, fields: np.ndarray) -> Chunk:
         k = self.overlap
-        if k and sim.tail_steps is not None and steps[0] == sim.tail_steps[-1] + 1:
-            steps = np.concatenate([sim.tail_steps, steps])
+        if k and sim.tail_index is not None and index[0] == sim.tail_index[-1] + 1:
+            index = np.concatenate([sim.tail_index, index])
             fields = np.concatenate([sim.tail_fields, fields])
         if k:
-            sim.tail_steps, sim.tail_fields = steps[-k:].copy(), fields[-k:].copy()
-        return Chunk(sim_id=sim.sim_id, steps=steps, fields=fields, params=sim.params, solver=sim.solver)
+            sim.tail_index, sim.tail_fields = index[-k:].copy(), fields[-k:].copy()
+        return Chunk(sim_id=sim.sim_id, frame_index=index, fields=fields, params=sim.params, solver=sim.solver)
 
     def _on_end(self, conn: _Conn) -> list[tuple[Message, list[_Msg]]]:
         conn.ended = True
@@ -416,13 +416,13 @@ class ClientSource:
         if sim.ended < sim.ranks:
             return []
         if sim.pending:
-            step = min(sim.pending)
-            return self._drop(sim, "error", self._gap_message(sim, step, sim.pending[step]), reason="slabs")
+            j = min(sim.pending)
+            return self._drop(sim, "error", self._gap_message(sim, j, sim.pending[j]), reason="slabs")
         with self._lock:
             sim.status = "done"
             self.sims_finished += 1
             sim.conns = []  # a finished simulation keeps only its id and metadata
-        sim.tail_steps = sim.tail_fields = None
+        sim.tail_index = sim.tail_fields = None
         return [(SimReport(sim.sim_id, "done"), [])]
 
     def _on_lost(self, conn: _Conn, why: tuple[str, str]) -> list[tuple[Message, list[_Msg]]]:
@@ -449,7 +449,7 @@ class ClientSource:
             m.remaining = 0
             self._ack(m.conn)
         sim.pending.clear()
-        sim.tail_steps = sim.tail_fields = None
+        sim.tail_index = sim.tail_fields = None
         return [(SimReport(sim.sim_id, status, message), [])]
 
     def _ack(self, conn: _Conn, n: int = 1) -> None:
@@ -733,39 +733,42 @@ class ClientSource:
         wire = header.get("wire")
         if not isinstance(wire, dict):
             raise _ProtocolError("chunk message without its 'wire' header (a JSON object)")
+        if wire.get("version") != WIRE_VERSION:
+            raise _ProtocolError(f"chunk wire version {wire.get('version')!r}: this job reads version {WIRE_VERSION}; "
+                                 "rebuild the program against this pdestream's client library (make clean; make)")
         dtype = wire.get("dtype", "<f4")
         if dtype not in DTYPES:
             raise _ProtocolError(f"chunk dtype {dtype!r}: send float32 '<f4' (or float64 '<f8')", "dtype")
         try:
             shape = tuple(int(s) for s in wire["shape"])
-            steps = wire["steps"]
-            n_steps = len(steps) if isinstance(steps, list) else -1
+            index = wire["frame_index"]
+            n_frames = len(index) if isinstance(index, list) else -1
         except (KeyError, TypeError, ValueError) as e:
             raise _ProtocolError(f"malformed chunk header ({e!r})") from None
-        if (len(shape) != 2 + len(sim.grid) or min(shape) < 1 or shape[0] != n_steps
+        if (len(shape) != 2 + len(sim.grid) or min(shape) < 1 or shape[0] != n_frames
                 or shape[1] != len(sim.fields) or any(s > g for s, g in zip(shape[2:], sim.grid, strict=True))):
-            raise _ProtocolError(f"chunk shape {shape} with {n_steps} step(s): expected (n_steps, {len(sim.fields)}, "
-                                 f"*slab) with a slab inside the grid {sim.grid}", "shape")
+            raise _ProtocolError(f"chunk shape {shape} with {n_frames} frame index(es): expected (n_frames, "
+                                 f"{len(sim.fields)}, *slab) with a slab inside the grid {sim.grid}", "shape")
         expect = math.prod(shape) * np.dtype(dtype).itemsize
         if n != expect:
             raise _ProtocolError(f"chunk payload of {n} bytes but its header shape {shape} needs {expect}", "shape")
         whole = sim.ranks == 1 and shape[2:] == sim.grid  # stitched here, in order, by this connection's reader
         k = 0
-        if whole and conn.tail_steps is not None and type(steps[0]) is int and steps[0] == conn.tail_steps[-1] + 1:
-            k = len(conn.tail_steps)
+        if whole and conn.tail_index is not None and type(index[0]) is int and index[0] == conn.tail_index[-1] + 1:
+            k = len(conn.tail_index)
         if dtype == "<f4" and whole:
             data = np.empty((k + shape[0], *shape[1:]), np.float32)
             self._fill(conn, memoryview(data[k:]).cast("B"))
             if k:
                 data[:k] = conn.tail_fields
-                wire = {**wire, "steps": [*conn.tail_steps.tolist(), *steps], "shape": [k + shape[0], *shape[1:]]}
+                wire = {**wire, "frame_index": [*conn.tail_index.tolist(), *index], "shape": [k + shape[0], *shape[1:]]}
         else:
             data = np.empty(n, np.uint8)
             self._fill(conn, memoryview(data))
         try:
             chunk = Chunk.from_wire(wire, data)
             if k and dtype != "<f4":  # float64 on the wire: cast by from_wire, then joined to the tail
-                chunk = Chunk(chunk.sim_id, np.concatenate([conn.tail_steps, chunk.steps]),
+                chunk = Chunk(chunk.sim_id, np.concatenate([conn.tail_index, chunk.frame_index]),
                               np.concatenate([conn.tail_fields, chunk.fields]), chunk.params, chunk.solver,
                               chunk.offset, chunk.global_grid)
         except (ChunkError, TypeError, ValueError, OverflowError) as e:
@@ -775,23 +778,24 @@ class ClientSource:
                                  f"on the connection of simulation {sim.sim_id} grid {sim.grid} offset {conn.offset}")
         if chunk.n_channels != len(sim.fields):
             raise _ProtocolError(f"chunk with {chunk.n_channels} channels for fields {list(sim.fields)}")
-        if int(chunk.steps[-1]) >= _MAX_ID:
-            raise _ProtocolError(f"step {int(chunk.steps[-1])} is too large (limit {_MAX_ID})")
-        if int(chunk.steps[k]) <= conn.read_step:
-            raise _ProtocolError(f"steps go backwards ({int(chunk.steps[k])} after {conn.read_step})", "order")
-        conn.read_step = int(chunk.steps[-1])
+        if int(chunk.frame_index[-1]) >= _MAX_ID:
+            raise _ProtocolError(f"frame index {int(chunk.frame_index[-1])} is too large (limit {_MAX_ID})")
+        if int(chunk.frame_index[k]) <= conn.read_frame:
+            raise _ProtocolError(f"frame indices go backwards ({int(chunk.frame_index[k])} after {conn.read_frame})",
+                                 "order")
+        conn.read_frame = int(chunk.frame_index[-1])
         finite = bool(np.isfinite(chunk.fields[k:]).all() and np.isfinite(chunk.params).all())
         if not whole:
             return [chunk], finite
         if self.overlap:
-            conn.tail_steps = chunk.steps[-self.overlap:].copy()
+            conn.tail_index = chunk.frame_index[-self.overlap:].copy()
             conn.tail_fields = chunk.fields[-self.overlap:].copy()
         cf = self.chunk_frames
-        if cf is None or chunk.n_steps - k <= cf:
+        if cf is None or chunk.n_frames - k <= cf:
             return [chunk], finite
-        return [Chunk(chunk.sim_id, chunk.steps[max(s - self.overlap, 0):s + cf],
+        return [Chunk(chunk.sim_id, chunk.frame_index[max(s - self.overlap, 0):s + cf],
                       chunk.fields[max(s - self.overlap, 0):s + cf], chunk.params, chunk.solver)
-                for s in range(k, chunk.n_steps, cf)], finite
+                for s in range(k, chunk.n_frames, cf)], finite
 
     # ------------------------------------------------------------------ shutdown
     def close(self) -> None:
