@@ -3,8 +3,8 @@
 The sources ship with the package (``streaming/clib``: ``pdestream_client.h``, ``pdestream_client.c``,
 ``pdestream_client.f90``). On first use they are compiled with the system compilers (``$CC``, default
 ``cc``; ``$FC``, default ``gfortran``) into static libraries in a per-user cache folder,
-``$PDESTREAM_CACHE`` or else ``${XDG_CACHE_HOME:-~/.cache}/pdestream/clib``, and rebuilt whenever a
-source is newer than its library:
+``$PDESTREAM_CACHE`` or else ``${XDG_CACHE_HOME:-~/.cache}/pdestream/clib/<hash of the sources>`` (so two
+installed versions of pdestream never share a library), and rebuilt whenever a source is newer than its library:
 
 - ``libpdestream_client.a``: the C client;
 - ``libpdestream_fortran.a`` and ``pdestream_client.mod``: the Fortran module over it.
@@ -17,6 +17,7 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import shutil
@@ -34,11 +35,20 @@ class ClientConfigError(ValueError):
 
 
 def cache_dir() -> Path:
-    """Where the libraries are built: ``$PDESTREAM_CACHE``, else ``${XDG_CACHE_HOME:-~/.cache}/pdestream/clib``."""
+    """Where the libraries are built: ``$PDESTREAM_CACHE``, else a folder per version of the sources under
+    ``${XDG_CACHE_HOME:-~/.cache}/pdestream/clib``."""
     if os.environ.get("PDESTREAM_CACHE"):
         return Path(os.environ["PDESTREAM_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "pdestream" / "clib"
+    return Path(base).expanduser() / "pdestream" / "clib" / sources_tag()
+
+
+def sources_tag() -> str:
+    """The first 16 hex digits of the SHA-256 of the client sources (C header and source, Fortran module)."""
+    digest = hashlib.sha256()
+    for name in (*C_SOURCES, F_SOURCE):
+        digest.update((CLIB / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _compiler(var: str, default: str, what: str, install: str) -> list[str]:

@@ -353,3 +353,20 @@ def test_client_config_rebuilds_a_stale_library_and_needs_an_option(cache, c_pro
     assert lib.stat().st_mtime > 0
     out = subprocess.run([str(BIN / "pdestream"), "client-config"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "pass --cflags, --fflags and/or --libs" in out.stderr
+
+
+def test_default_cache_has_one_folder_per_version_of_the_sources(tmp_path, monkeypatch):
+    """Two installed versions of pdestream (different client sources) never link each other's library."""
+    import shutil
+
+    from streaming import client_config
+
+    monkeypatch.delenv("PDESTREAM_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    here = client_config.cache_dir()
+    assert here == tmp_path / "xdg" / "pdestream" / "clib" / client_config.sources_tag()
+    other = tmp_path / "clib"
+    shutil.copytree(client_config.CLIB, other)
+    (other / "pdestream_client.c").write_text((other / "pdestream_client.c").read_text() + "\n/* changed */\n")
+    monkeypatch.setattr(client_config, "CLIB", other)
+    assert client_config.cache_dir() != here and client_config.cache_dir().parent == here.parent
