@@ -304,7 +304,7 @@ class MPISource:
         self._said_goodbye = False
         self._to_release: list[int] = []  # ranks that answered the last PING and wait for release()
         self.lost: list[int] = []  # worker ranks declared lost, in order
-        self._orphans: list[tuple[Any, np.ndarray]] = []  # receives abandoned to a dead rank, and their buffers
+        self._orphans: list[tuple[Any, np.ndarray | None]] = []  # requests abandoned to a dead rank, their buffers
         self.bytes_received = 0
 
     @property
@@ -368,7 +368,8 @@ class MPISource:
         self._alive.discard(rank)
         self.lost.append(rank)
         with contextlib.suppress(self._mpi.Exception):  # a rank alive after all (frozen, not dead) leaves
-            self.comm.send(DROPPED, dest=rank, tag=CREDIT)
+            # never waited for: a blocking send to a dead rank may not return
+            self._orphans.append((self.comm.isend(DROPPED, dest=rank, tag=CREDIT), None))
         if self._closing:
             print(f"pdestream train: MPI worker rank {rank} lost while the job ended ({why})", file=sys.stderr,
                   flush=True)
