@@ -613,8 +613,7 @@ def _load(path: Path, sur: Surrogate, solver: Solver,
     hold = None
     if fmt == "native":
         order = [list(traj.param_names).index(name) for name in solver.param_space.names]
-        masks = np.stack([solver.boundary(p[order])[0] for p in np.asarray(traj.params)])
-        hold = masks if masks.any() else None
+        hold = solver.held_cells(np.asarray(traj.params)[:, order])
     return traj.fields(), cond, traj.sim_id, float(traj.t[1] - traj.t[0]), hold
 
 

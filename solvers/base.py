@@ -133,6 +133,12 @@ class Solver:
         frame = self.fields(self.initial_state(jax.random.key(0), jnp.asarray(params, self.dtype)))
         return mask, jnp.where(mask, frame, 0)
 
+    def held_cells(self, params: np.ndarray) -> np.ndarray | None:
+        """The :meth:`boundary` masks of parameter rows ``(N, P)``, bool ``(N, C, *grid)``; None when nothing is
+        imposed (what ``Surrogate.rollout(..., hold=)`` takes)."""
+        masks = np.stack([self.boundary(p)[0] for p in np.asarray(params)])
+        return masks if masks.any() else None
+
     # --- shared machinery ------------------------------------------------------------------
     @property
     def dtype(self) -> Any:

@@ -77,8 +77,7 @@ def build_validation(cfg: JobConfig, solver: Solver) -> Validation:
     params = task.params[finite]
     hold = None
     if not solver.frozen_border and cfg.sample.kind != "field":  # a border is in the surrogate's metadata already
-        masks = np.stack([solver.boundary(p)[0] for p in params])
-        hold = masks if masks.any() else None
+        hold = solver.held_cells(params)
     return Validation(frames[finite], params, cfg.validation.rollout_steps, hold)
 
 
@@ -215,8 +214,7 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
         interrupted = e
     except JobFailed as e:
         if getattr(e, "checkpoint", False):  # workers lost, not the trainer (e.g. every MPI worker rank died)
-            if buffer.reception_ended:  # ended by the error, not by the stream: the resumed run takes in more
-                buffer.load_state_dict({**buffer.state_dict(), "ended": 0})
+            buffer.reopen_reception()  # ended by the error, not by the stream: the resumed run takes in more
             if checkpoints.latest_step() != trainer.step:
                 trainer.save_checkpoint()  # --resume continues from here
         raise

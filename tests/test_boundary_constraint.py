@@ -117,8 +117,10 @@ def test_obstacle_cells_are_the_cfd_boundary(name) -> None:
         assert np.array_equal(m, np.broadcast_to(solver.mask(p) == 0, m.shape))  # every channel, the solid cells
         for frame in sim:
             assert not frame[m].any()  # exactly 0
-    mask, values = get_solver("cavity", nx=16, ny=16).boundary(np.asarray(get_solver("cavity").param_space.low))
+    cavity = get_solver("cavity", nx=16, ny=16)
+    mask, values = cavity.boundary(np.asarray(cavity.param_space.low))
     assert not mask.any() and not np.asarray(values).any()  # walls lie on cell faces, outside the output grid
+    assert cavity.held_cells(cavity.param_space.low[None]) is None
 
 
 def test_hold_mask_keeps_obstacle_cells_exact_over_100_steps(cylinder) -> None:
@@ -129,7 +131,7 @@ def test_hold_mask_keeps_obstacle_cells_exact_over_100_steps(cylinder) -> None:
     norm = Normalizer(3, 2, cond_dim=6)
     norm.update(frames.reshape(-1, 3, *solver.grid), np.repeat(params, frames.shape[1], axis=0)).freeze()
     sur = Surrogate.from_model(model, norm, meta)
-    hold = np.stack([solver.boundary(p)[0] for p in params])  # (3, 3, 44, 21), a different obstacle per simulation
+    hold = solver.held_cells(params)  # (3, 3, 44, 21), a different obstacle per simulation
     start = frames[:, 5]
     roll = np.asarray(sur.rollout(start, 100, cond=params, hold=hold))
     assert roll.shape == (3, 101, 3, *solver.grid)

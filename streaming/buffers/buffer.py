@@ -282,6 +282,11 @@ class Buffer:
             self._ended = True
             self._cond.notify_all()
 
+    def reopen_reception(self) -> None:
+        """Undo :meth:`end_reception` (a stream stopped by an error, not ended: a resumed run takes in more)."""
+        with self._cond:
+            self._ended = False
+
     def wait_for_room(self, n: int = 1, timeout: float | None = None) -> bool:
         """Block until ``has_room(n)`` (or ``timeout`` seconds); returns ``has_room(n)``."""
         if self.blocks_producers and n > self.capacity:
