@@ -10,10 +10,12 @@ are solver workers, and build for each source the worker class the case asked fo
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -21,6 +23,8 @@ from pathlib import Path
 from streaming.transport import mpi_ranks
 
 COMM = mpi_ranks.mpi_world(trainers=1)  # before JAX starts: worker ranks run under their supervisor
+# a hang prints every thread's stack and ends the rank before the test's own timeout (300 s) kills mpiexec
+faulthandler.dump_traceback_later(float(os.environ.get("PDESTREAM_DRIVER_HANG_S", "240")), exit=True)
 
 import test_transport_contract as contract  # noqa: E402  (after MPI and the supervisor)
 
@@ -70,19 +74,29 @@ def case_lost_worker(tmp_path: Path) -> None:
     marker = tmp_path / "rank1.pid"
     worker = type("Stalling", (StallingWorker,), {"marker": str(marker)})
     source = contract._source("mpi", tmp_path, worker_cls=worker)
-    reports, killed_at, noticed_after = [], None, None
+    killed_at: list[float] = []
+    stop = threading.Event()
+
+    def kill_rank_1() -> None:  # as soon as rank 1 stalls in its task, whether or not other messages come
+        while not stop.wait(0.05):
+            if marker.exists() and marker.read_text():
+                os.kill(int(marker.read_text()), signal.SIGKILL)
+                killed_at.append(time.monotonic())
+                return
+
+    killer = threading.Thread(target=kill_rank_1, daemon=True)
+    killer.start()
+    reports, noticed_after = [], None
     try:
         for msg in source:
             if isinstance(msg, SimReport):
                 reports.append(msg.sim_id)
-            if killed_at is None and marker.exists() and marker.read_text():
-                os.kill(int(marker.read_text()), signal.SIGKILL)
-                killed_at = time.monotonic()
-            if killed_at is not None and noticed_after is None and source.lost:
-                noticed_after = time.monotonic() - killed_at
+            if killed_at and noticed_after is None and source.lost:
+                noticed_after = time.monotonic() - killed_at[0]
     finally:
+        stop.set()
         source.close()
-    assert killed_at is not None, "rank 1 never started its task"
+    assert killed_at, "rank 1 never started its task"
     assert source.lost == [1] and source.dispatcher.failures == 1, (source.lost, source.dispatcher.failures)
     assert noticed_after is not None and noticed_after < mpi_ranks.LOST_AFTER + 10, noticed_after
     assert sorted(reports) == list(range(contract.N_SIMS)), reports  # rank 1 reported nothing: each once

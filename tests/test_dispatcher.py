@@ -44,6 +44,30 @@ def test_a_lost_worker_requeues_its_unfinished_simulations_first():
         d.worker_lost("b", "gone")
 
 
+def test_finished_waits_for_every_task_and_for_requeued_simulations():
+    """finished(): not while a task is out, not while a lost worker's simulations wait to be re-run; an
+    unbounded design never finishes."""
+    d = _dispatcher(n_sims=4)
+    a, b = d.next_task("a"), d.next_task("b")
+    assert d.next_task("c") is None and not d.finished()  # design handed out, two tasks out
+    for i in a.sim_ids.tolist():
+        d.on_message(SimReport(i, "done"))
+    d.task_done("a")
+    assert not d.finished()  # b still runs
+    d.worker_lost("b", "SIGKILL")
+    assert not d.finished()  # b's simulations are back in the design
+    again = d.next_task("a")
+    assert again.sim_ids.tolist() == b.sim_ids.tolist() and not d.finished()
+    for i in again.sim_ids.tolist():
+        d.on_message(SimReport(i, "done"))
+    d.task_done("a")
+    assert d.finished() and d.next_task("a") is None
+    endless = _dispatcher(n_sims=0)
+    endless.next_task("a")
+    endless.task_done("a")
+    assert not endless.finished()
+
+
 def test_a_nan_report_finishes_a_simulation_and_other_reports_do_not():
     d = _dispatcher()
     d.next_task("a")

@@ -305,6 +305,7 @@ class MPISource:
         self._to_release: list[int] = []  # ranks that answered the last PING and wait for release()
         self.lost: list[int] = []  # worker ranks declared lost, in order
         self._orphans: list[tuple[Any, np.ndarray | None]] = []  # requests abandoned to a dead rank, their buffers
+        self._sends: list[tuple[int, Any]] = []  # (rank, request) of sends not yet complete
         self.bytes_received = 0
 
     @property
@@ -312,11 +313,43 @@ class MPISource:
         return self.dispatcher.failures
 
     def _send(self, obj: Any, rank: int, tag: int) -> None:
-        """Send to worker ``rank``; an MPI error declares it lost."""
+        """Send to worker ``rank`` without waiting for it; an MPI error declares it lost.
+
+        Never a blocking send: between ranks of one node MPI moves messages through shared memory, where a
+        send to a rank that died gets no error and may wait forever for the dead rank to free its slots.
+        Requests are kept until complete (:meth:`_settle_sends`); one to a lost rank is abandoned.
+        """
         try:
-            self.comm.send(obj, dest=rank, tag=tag)
+            self._sends.append((rank, self.comm.isend(obj, dest=rank, tag=tag)))
         except self._mpi.Exception as e:
             self._lose(rank, f"MPI error: {e}")
+        self._settle_sends()
+
+    def _settle_sends(self) -> None:
+        """Forget completed sends; a send that failed declares its rank lost; one to a lost rank is orphaned."""
+        pending, failed = [], []
+        for rank, req in self._sends:
+            try:
+                if req.Test():
+                    continue
+            except self._mpi.Exception as e:
+                failed.append((rank, e))
+                continue
+            if rank in self.lost:
+                self._orphans.append((req, None))  # it may never complete: keep its buffer alive, never wait
+            else:
+                pending.append((rank, req))
+        self._sends = pending
+        for rank, e in failed:
+            self._lose(rank, f"MPI error: {e}")
+
+    def _wait_sends(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the sends still pending (the final words before MPI ends)."""
+        deadline = time.monotonic() + timeout
+        self._settle_sends()
+        while self._sends and time.monotonic() < deadline:
+            time.sleep(1e-3)
+            self._settle_sends()
 
     def _assign(self, rank: int) -> None:
         """Hand ``rank`` its next task; with none left while other ranks still run theirs, keep it waiting (a
@@ -368,8 +401,7 @@ class MPISource:
         self._alive.discard(rank)
         self.lost.append(rank)
         with contextlib.suppress(self._mpi.Exception):  # a rank alive after all (frozen, not dead) leaves
-            # never waited for: a blocking send to a dead rank may not return
-            self._orphans.append((self.comm.isend(DROPPED, dest=rank, tag=CREDIT), None))
+            self._orphans.append((self.comm.isend(DROPPED, dest=rank, tag=CREDIT), None))  # never waited for
         if self._closing:
             print(f"pdestream train: MPI worker rank {rank} lost while the job ended ({why})", file=sys.stderr,
                   flush=True)
@@ -536,7 +568,7 @@ class MPISource:
         waiting = set()
         for rank in sorted(self._finished):
             try:
-                self.comm.send(PING, dest=rank, tag=CREDIT)
+                self._sends.append((rank, self.comm.isend(PING, dest=rank, tag=CREDIT)))
                 waiting.add(rank)
             except MPI.Exception:
                 pass
@@ -569,7 +601,8 @@ class MPISource:
         ranks, self._to_release = self._to_release, []
         for rank in ranks:
             with contextlib.suppress(self._mpi.Exception):
-                self.comm.send(final, dest=rank, tag=CREDIT)
+                self._sends.append((rank, self.comm.isend(final, dest=rank, tag=CREDIT)))
+        self._wait_sends(self.lost_after)
         if self in _unreleased:
             _unreleased.remove(self)
 
