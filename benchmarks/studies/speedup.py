@@ -144,8 +144,8 @@ def ns2d_job(run_dir: str, quick: bool = False) -> tuple[Any, dict]:
 
 
 def heat2d_job(run_dir: str, quick: bool = False) -> tuple[Any, dict]:
-    """The quickstart (``configs/quickstart.toml``: FNO, 32 x 32, one frame = one step of dt 2e-3) on local
-    workers, predicting increments, trained through two autoregressive calls."""
+    """The quickstart as shipped (``configs/quickstart.toml``: FNO, 32 x 32, one frame = one step of dt 2e-3,
+    increments, its step budget and unroll curriculum) on one local worker."""
     if quick:
         small = {"solver": {"config": {"n": 6, "dt": 2e-3}, "steps": 6, "n_sims": 4},
                  "model": {"hparams": {"modes": 3, "width": 8, "depth": 2}, "predict": "increment"},
@@ -153,10 +153,10 @@ def heat2d_job(run_dir: str, quick: bool = False) -> tuple[Any, dict]:
                  "buffer": {"capacity": 64, "watermark": 8, "ingest_ratio": None},
                  "validation": {"n_sims": 1, "rollout_steps": 2}}
         return _job("heat2d", "configs/quickstart.toml", {}, small, run_dir, 4)
-    small = {"model": {"predict": "increment"},
-             "optim": {"unroll": {"start": 1, "end": 2, "ramp_steps": 200}},
-             "workers": {"sims_per_task": 16, "chunk_frames": 40}}
-    return _job("heat2d", "configs/quickstart.toml", {}, small, run_dir, 400)
+    import tomllib
+
+    steps = tomllib.loads((ROOT / "configs/quickstart.toml").read_text())["optim"]["steps"]
+    return _job("heat2d", "configs/quickstart.toml", {}, {}, run_dir, steps)
 
 
 def cavity_job(run_dir: str, quick: bool = False) -> tuple[Any, dict]:
@@ -472,8 +472,18 @@ def from_checkpoint(path: str) -> tuple[Surrogate, dict, dict, dict]:
     cfg = load_config(toml) if toml.is_file() else None
     base = dict(cfg.solver.config) if cfg is not None else {}
     fixed = dict(cfg.solver.fixed) if cfg is not None else {}
-    return sur, base, fixed, {"checkpoint": Path(path).name, "model": dict(sur.model_config),
-                       "training_data": "as recorded in the run directory"}
+    desc: dict[str, Any] = {"checkpoint": Path(path).name, "model": dict(sur.model_config),
+                            "training_data": "as recorded in the run directory"}
+    if cfg is not None:  # how the run was trained, from its resolved config and summary
+        desc["run"] = {"solver_seed": cfg.solver.seed, "backend": cfg.workers.backend, "workers": cfg.workers.count,
+                       "steps": cfg.optim.steps, "unroll": cfg.optim.unroll.model_dump(),
+                       "predict": cfg.model.predict}
+        summary = Path(path) / "summary.json"
+        if summary.is_file():
+            s = json.loads(summary.read_text())
+            desc["run"].update({k: s.get(k) for k in ("seconds", "best_step", "best_val_one_step_rel_l2",
+                                                      "val_rollout_full")})
+    return sur, base, fixed, desc
 
 
 def bench_params(solver: Solver, batch: int, fixed: Mapping[str, float]) -> tuple[np.ndarray, jax.Array]:
