@@ -82,10 +82,10 @@ def build_validation(cfg: JobConfig, solver: Solver) -> Validation:
 
 
 def _cursor_state(source: Source, cursor: DesignCursor) -> Callable[[], dict]:
-    """What checkpoints save of the design: the dispatcher's state, read under its lock (external solvers
-    choose their own simulations: the cursor stays where it is)."""
+    """What checkpoints save of the design: the dispatcher's state and failure count, read under its lock
+    (external solvers choose their own simulations: the cursor stays where it is)."""
     if source.dispatcher is not None:
-        return source.dispatcher.state_dict
+        return source.dispatcher.checkpoint_state
     return lambda: cursor.state_dict([])
 
 
@@ -192,6 +192,8 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
         source = make_source(cfg, cursor, args, comm=comm, layout=layout, worker_cls=worker_cls)
     else:  # an external program: the launcher, or the listener without a command
         source = launcher_source(cfg, cursor, args)
+    if restored is not None and getattr(source, "dispatcher", None) is not None:
+        source.dispatcher.load_failures(restored[2]["cursor"])  # workers.max_failures: a budget for the whole job
     if cfg.workers.backend == "external" and messages is None:
         print(f"pdestream train: external solvers connect to {source.address} "
               f"(streaming.client.connect, or PDESTREAM_ADDRESS={source.address})", file=sys.stderr, flush=True)
@@ -225,6 +227,9 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
     summary["run_dir"] = str(run_dir)
     if hasattr(source, "report"):  # where the workers ran and what they survived (Ray)
         summary["workers"] = source.report()
+    if messages is None and getattr(source, "dispatcher", None) is not None:  # every backend, resumes included
+        summary.setdefault("workers", {"backend": cfg.workers.backend}).setdefault(
+            "worker_failures", source.dispatcher.failures)
     if hasattr(source, "external_report"):  # external clients: connections refused or closed, sims dropped, by reason
         summary["external"] = source.external_report()
     if parallel is not None:

@@ -68,6 +68,23 @@ def test_finished_waits_for_every_task_and_for_requeued_simulations():
     assert not endless.finished()
 
 
+def test_failures_are_checkpointed_and_stay_a_budget_across_a_resume():
+    d = _dispatcher(n_sims=10, max_failures=2)
+    d.next_task("a")
+    d.worker_lost("a", "SIGKILL")
+    d.next_task("b")
+    d.worker_lost("b", "raised")
+    state = d.checkpoint_state()
+    assert state == {**d.state_dict(), "worker_failures": 2}
+    resumed = _dispatcher(n_sims=10, max_failures=2)
+    resumed.load_failures({k: v for k, v in state.items() if k != "worker_failures"})  # an older checkpoint
+    assert resumed.failures == 0
+    resumed.load_failures(state)
+    resumed.next_task("a")
+    with pytest.raises(JobFailed, match="failed 3 times, more than workers.max_failures=2"):
+        resumed.worker_lost("a", "SIGKILL")
+
+
 def test_a_nan_report_finishes_a_simulation_and_other_reports_do_not():
     d = _dispatcher()
     d.next_task("a")

@@ -6,22 +6,29 @@ through the registry from a config, as a job builds it.
 - a simulation that raises once: its task is requeued, re-run, and counted as one failure;
 - one that always raises: the job stops with JobFailed past workers.max_failures;
 - close() while another thread iterates: the iteration ends promptly;
-- checkpoint state mid-stream: in-flight simulations are pending, never lost.
+- checkpoint state mid-stream: in-flight simulations are pending, never lost;
+- a worker process SIGKILLed mid-task (``ray`` and ``external`` only: the ``local`` and ``threads`` workers live in
+  the trainer's own process, so there is no worker to lose apart from the job): the loss is noticed within
+  LOSS_NOTICED_S, the task requeued and counted as one failure, every simulation reported once.
 
 ``external``: the launcher starting a small Python client program (``CLIENT``, numpy + streaming.client) per
 simulation of an external solver, streaming through the real TCP listener (``workers.backend = "external"``
 with ``[solver.external] command``). Its failure is the program's: the failing cases' worker class
 (``RaisingWorker``'s marker and ``always``) goes into the command line, and the program raises the same
-RuntimeError on simulation 3 (exit status 1), so every case runs unchanged.
+RuntimeError on simulation 3 (exit status 1), so every case runs unchanged. ``SleepingWorker`` (``mode =
+"sleep"``) makes the program's first attempt at simulation 3 send two frames, write its pid and sleep.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from solvers import get_solver
@@ -55,6 +62,25 @@ class RaisingWorker(SolverWorker):
         yield from super().run(task)
 
 
+class SleepingWorker(SolverWorker):
+    """The first task of any process (once, across processes: ``marker`` is created exclusively) writes the
+    process id to ``marker`` and sleeps until the process is killed; every other task runs normally."""
+
+    marker: str = ""
+    mode: str = "sleep"
+
+    def run(self, task):
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            yield from super().run(task)
+            return
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
+        time.sleep(600)
+        raise RuntimeError("the sleeping worker was not killed")
+
+
 def _source(kind, tmp_path, n_sims=N_SIMS, max_failures=2, worker_cls=SolverWorker):
     if kind == "external":
         return _external_source(tmp_path, n_sims, max_failures, worker_cls)
@@ -71,18 +97,27 @@ def _source(kind, tmp_path, n_sims=N_SIMS, max_failures=2, worker_cls=SolverWork
 
 
 CLIENT = '''
+import os
 import sys
+import time
 from pathlib import Path
 import numpy as np
 from streaming.client import connect
-sim_id, address, frames, kappa, marker, always = sys.argv[1:7]
-if int(sim_id) % (1 << 40) == 3 and marker != "-" and (always == "1" or not Path(marker).exists()):
+sim_id, address, frames, kappa, marker, mode = sys.argv[1:7]
+chosen = int(sim_id) % (1 << 40) == 3 and marker != "-"
+if chosen and mode != "sleep" and (mode == "always" or not Path(marker).exists()):
     Path(marker).touch()
     raise RuntimeError("solver diverged on simulation 3")
+sleep = chosen and mode == "sleep" and int(sim_id) == 3  # the first attempt only
 u = np.zeros((6, 6)); u[2:4, 2:4] = 1.0
 with connect(address, sim_id=int(sim_id), params=[float(kappa)], fields=["T"], grid=(6, 6)) as c:
     for k in range(int(frames)):
         c.send("T", u, k)
+        if sleep and k == 1:
+            c.flush()
+            Path(marker + ".tmp").write_text(f"{os.getpid()}\\n")
+            os.replace(marker + ".tmp", marker)
+            time.sleep(600)
         lap = np.roll(u, 1, 0) + np.roll(u, -1, 0) + np.roll(u, 1, 1) + np.roll(u, -1, 1) - 4 * u
         u = u + 0.2 * float(kappa) * lap
 '''
@@ -93,8 +128,9 @@ def _external_source(tmp_path, n_sims, max_failures, worker_cls):
     registry; worker_cls's marker / always become the program's arguments."""
     script = tmp_path / "contract_client.py"
     script.write_text(CLIENT)
-    marker, always = getattr(worker_cls, "marker", "") or "-", int(getattr(worker_cls, "always", False))
-    command = f"{{python}} {script} {{sim_id}} {{address}} {{frames}} {{kappa}} {marker} {always}"
+    marker = getattr(worker_cls, "marker", "") or "-"
+    mode = getattr(worker_cls, "mode", "always" if getattr(worker_cls, "always", False) else "once")
+    command = f"{{python}} {script} {{sim_id}} {{address}} {{frames}} {{kappa}} {marker} {mode}"
     cfg = load_config("configs/quickstart.toml", {
         "solver.name": '"external"', "solver.config": "none", "solver.n_sims": str(n_sims),
         "solver.external": f'{{ channels = ["T"], grid = [6, 6], dt = 0.01, frames = {STEPS + 1}, '
@@ -201,3 +237,66 @@ def test_checkpoint_state_mid_stream_loses_nothing(kind, tmp_path, ray_up):
         accounted = sorted(state["done"] + state["pending"])
         assert accounted == list(range(state["next_id"])), state  # every issued id: done or to be re-run
         assert {i for ids in in_flight for i in ids} - set(state["done"]) <= set(state["pending"])
+
+
+LOSS_NOTICED_S = 60.0  # from the SIGKILL to the failure counted; headroom for a loaded 2-core machine
+
+
+def _kill_when_marked(marker: Path, source, seen: dict, stop: threading.Event,
+                      timeout: float = 120.0) -> threading.Thread:
+    """A watcher thread: once ``marker`` holds a pid, SIGKILL it and time how long until the dispatcher counts a
+    failure (``seen``: pid, marked_s, noticed_s). Past ``timeout`` (unless ``stop`` is set) it closes ``source``, so
+    a backend that never notices fails the test instead of hanging it."""
+
+    def watch():
+        t_start = time.monotonic()
+        deadline = t_start + timeout
+        while time.monotonic() < deadline and not stop.is_set():
+            text = marker.read_text() if marker.exists() else ""
+            if text.endswith("\n"):
+                seen["pid"], seen["marked_s"] = int(text), time.monotonic() - t_start
+                os.kill(seen["pid"], signal.SIGKILL)
+                killed = time.monotonic()
+                while source.dispatcher.failures == 0 and time.monotonic() < deadline and not stop.wait(0.01):
+                    pass
+                if source.dispatcher.failures:
+                    seen["noticed_s"] = time.monotonic() - killed
+                    return
+                break
+            stop.wait(0.01)
+        if not stop.is_set():
+            source.close()
+
+    t = threading.Thread(target=watch, daemon=True, name="contract-killer")
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("kind", ["ray", "external"])  # local, threads: the workers are the trainer's process
+def test_a_lost_worker_is_replaced_and_its_task_requeued(kind, tmp_path, ray_up):
+    marker = tmp_path / "sleeping.pid"
+    worker = type("Sleeping", (SleepingWorker,), {"marker": str(marker)})
+    source = _source(kind, tmp_path, worker_cls=worker)
+    seen: dict = {}
+    stop = threading.Event()
+    watcher = _kill_when_marked(marker, source, seen, stop)
+    t0 = time.monotonic()
+    reports, pids = [], []
+    try:
+        for msg in source:
+            if isinstance(msg, SimReport):
+                reports.append(msg.sim_id)
+        if kind == "ray" and "noticed_s" in seen:  # the dead actor answers again, from a new process
+            pids = source.worker_pids()
+    finally:
+        stop.set()
+        source.close()
+    watcher.join(5)
+    print(f"{kind}: drained in {time.monotonic() - t0:.1f} s, {seen}")
+    assert "pid" in seen, f"no worker wrote its pid to the marker within {time.monotonic() - t0:.0f} s"
+    assert seen.get("noticed_s", np.inf) < LOSS_NOTICED_S, f"the SIGKILLed worker was not noticed: {seen}"
+    assert sorted(reports) == list(range(N_SIMS))
+    assert source.dispatcher.state_dict() == {"next_id": N_SIMS, "pending": [], "done": list(range(N_SIMS))}
+    assert source.dispatcher.failures == 1
+    if kind == "ray":  # Ray restarted the dead actor: both answer, neither from the killed process
+        assert len(pids) == 2 and seen["pid"] not in pids, (pids, seen)

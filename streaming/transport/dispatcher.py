@@ -11,9 +11,10 @@ asks the dispatcher what to do at each event:
 - :meth:`worker_lost` — a worker died or its task failed: the task's unfinished simulations go back
   to the front of the design (they are re-run in full; the buffer's (simulation id, frame)
   de-duplication drops what had already arrived) and the failure counts against ``max_failures``;
-  past it the job stops with :class:`~streaming.errors.JobFailed`.
+  past it the job stops with :class:`~streaming.errors.JobFailed`. The count is checkpointed
+  (:meth:`checkpoint_state`) and restored on resume (:meth:`load_failures`): a budget for the whole job.
 
-All of it under one lock, so the trainer's checkpoint (:meth:`state_dict`, another thread) reads a
+All of it under one lock, so the trainer's checkpoint (:meth:`checkpoint_state`, another thread) reads a
 cursor and an in-flight table that agree with each other.
 """
 
@@ -106,3 +107,14 @@ class Dispatcher:
         """The design cursor's state with the in-flight tasks' unfinished simulations pending (for checkpoints)."""
         with self._lock:
             return self.cursor.state_dict(list(self._running.values()))
+
+    def checkpoint_state(self) -> dict:
+        """What a checkpoint saves of the design: :meth:`state_dict` plus ``worker_failures`` (the failures counted
+        so far), read together, so that ``max_failures`` is a budget for the whole job across resumes."""
+        with self._lock:
+            return {**self.cursor.state_dict(list(self._running.values())), "worker_failures": self.failures}
+
+    def load_failures(self, state: dict) -> None:
+        """Continue counting from a checkpoint's :meth:`checkpoint_state` (one written without it counts 0)."""
+        with self._lock:
+            self.failures = int(state.get("worker_failures", 0))

@@ -10,15 +10,16 @@
   training is slower than generation the actors pause and memory stays flat.
 - ``ray.wait`` multiplexes the actors' generators.
 - A dead actor (SIGKILL, OOM, its node lost) is restarted by Ray (``max_restarts``), on another node if
-  its own is gone; a simulation that raises leaves the actor running. Either way the dispatcher puts
-  the task's unfinished simulations back in the design, to be re-run in full (the buffer's (sim id,
-  step) de-duplication drops what had already arrived), and counts a failure; after
+  its own is gone, while the other actors stream on; a simulation that raises leaves the actor running.
+  Either way the dispatcher puts the task's unfinished simulations back in the design, to be re-run in
+  full (the buffer's (sim id, step) de-duplication drops what had already arrived), and counts a failure; after
   ``max_failures`` failures the job stops with :class:`~streaming.errors.JobFailed`.
 - :meth:`RaySource.report` says which node each actor ran on, restarts included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -37,6 +38,7 @@ from streaming.transport.source import Message
 from streaming.worker import SolverWorker
 
 _ACTOR_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError)
+RESTART_TIMEOUT_S = 300.0  # how long a dead actor may take to come back (Ray restarts it, on another node if need be)
 _TASK_ERRORS = (*_ACTOR_ERRORS, RayTaskError)  # RayTaskError: the simulation raised; the actor lives on
 
 
@@ -103,6 +105,9 @@ class RaySource:
         self.actors = [actor_cls.options(**options).remote(worker_args, nice, worker_cls) for _ in range(count)]
         self._where_refs: dict[int, Any] = {i: a.where.remote() for i, a in enumerate(self.actors)}
         self.nodes: list[list[str]] = [[] for _ in range(count)]  # the Ray nodes each actor ran on, in order
+        self.restarts = 0  # actors that died and answered again after Ray restarted them
+        self._restarting: dict[Any, tuple[int, float]] = {}  # `where` call to a dead actor -> (index, deadline)
+        self._ask_again: list[tuple[float, int, float]] = []  # (when, index, deadline): dead actors to call again
         self._active: dict[Any, int] = {}  # streaming generator -> index of the actor running it
         self._closed = False
         self._iter_thread: threading.Thread | None = None  # the thread inside __iter__, if any
@@ -127,9 +132,10 @@ class RaySource:
                     pass
 
     def report(self) -> dict[str, Any]:
-        """For the job's summary: failures survived and the node of each actor (ids, in order of incarnation)."""
-        return {"backend": "ray", "worker_failures": self.failures, "actor_nodes": [list(n) for n in self.nodes],
-                "n_nodes": len({n for ns in self.nodes for n in ns})}
+        """For the job's summary: failures survived, actors restarted and the node of each actor (ids, in order
+        of incarnation)."""
+        return {"backend": "ray", "worker_failures": self.failures, "actor_restarts": self.restarts,
+                "actor_nodes": [list(n) for n in self.nodes], "n_nodes": len({n for ns in self.nodes for n in ns})}
 
     @property
     def failures(self) -> int:
@@ -144,7 +150,9 @@ class RaySource:
         self._active[gen] = idx
 
     def _failed(self, gen: Any, err: BaseException) -> None:
-        """The task of ``gen`` failed: requeued by the dispatcher; a dead actor is awaited (Ray restarts it)."""
+        """The task of ``gen`` failed: requeued by the dispatcher. A live actor takes its next task; a dead one
+        is called again (:meth:`_restarted` hands it a task once Ray has restarted it), while the other actors
+        stream on."""
         idx = self._active.pop(gen)
         actor_died = isinstance(err, _ACTOR_ERRORS)
         reason = str(err.cause if isinstance(err, RayTaskError) and err.cause is not None else err)
@@ -155,21 +163,38 @@ class RaySource:
             raise e from err
         if actor_died:
             self._resolve_placements([idx], timeout=1.0)
-            self._wait_alive(idx)
+            self._restarting[self.actors[idx].where.remote()] = (idx, time.monotonic() + RESTART_TIMEOUT_S)
+        else:
+            self._start(idx)
+
+    def _restarted(self, ref: Any) -> None:
+        """The ``where`` call to a dead actor answered: restarted, it takes the next task; still unavailable, it is
+        asked again; gone for good (or past :data:`RESTART_TIMEOUT_S`), the job stops."""
+        idx, deadline = self._restarting.pop(ref)
+        try:
+            self._placed(idx, ray.get(ref)[1])
+        except ActorDiedError as e:
+            raise JobFailed(f"solver worker {idx} died for good ({str(e)[:200]}); check the worker logs") from e
+        except ActorUnavailableError:  # still restarting: asked again in a while, the other actors stream on
+            self._ask_again.append((time.monotonic() + 0.5, idx, deadline))
+            return
+        self.restarts += 1
         self._start(idx)
 
-    def _wait_alive(self, idx: int, timeout: float = 300.0) -> None:
-        """Block until Ray has restarted actor ``idx`` (it answers a call again)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                self._placed(idx, ray.get(self.actors[idx].where.remote(), timeout=10)[1])
-                return
-            except ActorDiedError as e:
-                raise JobFailed(f"solver worker {idx} died for good ({str(e)[:200]}); check the worker logs") from e
-            except (ActorUnavailableError, ray.exceptions.GetTimeoutError):
-                time.sleep(0.5)
-        raise JobFailed(f"solver worker {idx} did not come back within {timeout:.0f} s after a failure")
+    def _call_restarting(self) -> float:
+        """Call the dead actors whose time to be asked again has come; :class:`JobFailed` for one past its
+        deadline. Returns how long the stream may wait for a message before the next of these (s)."""
+        now = time.monotonic()
+        late = [idx for idx, deadline in self._restarting.values() if now > deadline]
+        late += [idx for _, idx, deadline in self._ask_again if now > deadline]
+        if late:
+            raise JobFailed(f"solver worker {late[0]} did not come back within {RESTART_TIMEOUT_S:.0f} s after a "
+                            "failure; check the worker logs")
+        due = [(idx, deadline) for when, idx, deadline in self._ask_again if when <= now]
+        self._ask_again = [a for a in self._ask_again if a[0] > now]
+        for idx, deadline in due:
+            self._restarting[self.actors[idx].where.remote()] = (idx, deadline)
+        return min([1.0, *(when - now for when, _, _ in self._ask_again)])
 
     def __iter__(self) -> Iterator[Message]:
         self._iter_thread = threading.current_thread()
@@ -181,9 +206,18 @@ class RaySource:
     def _messages(self) -> Iterator[Message]:
         for idx in range(len(self.actors)):
             self._start(idx)
-        while self._active and not self._closed:
-            ready, _ = ray.wait(list(self._active), num_returns=1, timeout=1.0)
+        # the stream ends with every actor back
+        while (self._active or self._restarting or self._ask_again) and not self._closed:
+            wait = self._call_restarting()
+            refs = [*self._active, *self._restarting]
+            if not refs:
+                time.sleep(wait)
+                continue
+            ready, _ = ray.wait(refs, num_returns=1, timeout=wait)
             if not ready:
+                continue
+            if ready[0] in self._restarting:
+                self._restarted(ready[0])
                 continue
             gen = ready[0]
             try:
@@ -216,12 +250,21 @@ class RaySource:
         ``ray.shutdown`` makes Ray end the whole process."""
         self._closed = True
         self._resolve_placements(list(range(len(self.actors))), timeout=2.0)
+        restarting = list(self._restarting.items())  # dead actors not heard from since: where they came back, if so
+        refs = [r for r, _ in restarting]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=2.0) if refs else ([], [])
+        for ref, (idx, _) in restarting:
+            if ref in ready:
+                with contextlib.suppress(*_ACTOR_ERRORS):
+                    self._placed(idx, ray.get(ref)[1])
         for a in self.actors:
             ray.kill(a, no_restart=True)
         deadline = time.monotonic() + timeout
         while self._iter_thread not in (None, threading.current_thread()) and time.monotonic() < deadline:
             time.sleep(0.02)
         self._active.clear()  # after the consuming thread left: it owns the table while it iterates
+        self._restarting.clear()
+        self._ask_again.clear()
         if self._started_ray:
             time.sleep(0.1)
             ray.shutdown()
