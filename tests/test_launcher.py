@@ -34,7 +34,8 @@ FRAMES = 6
 N_SIMS = 3
 
 # a tiny numpy heat solver with the Python client. mode "flaky": on their first attempt simulation 1 dies with status 3
-# after 3 frames and simulation 2 closes properly after 2 frames; "always": every run exits 5 after connecting;
+# after 3 frames and simulation 2 closes properly after 2 frames; "kill_parent": the same, and simulation 1 first
+# SIGKILLs the process that started it; "always": every run exits 5 after connecting;
 # "hang": from simulation 2 on, every run starts a child in its process group, sends 2 frames and sleeps
 FLAKY = textwrap.dedent("""
     import sys, time, subprocess
@@ -43,7 +44,7 @@ FLAKY = textwrap.dedent("""
     sim_id, address, frames, kappa, mode, attempt = sys.argv[1:7]
     sim_id, frames, kappa, attempt = int(sim_id), int(frames), float(kappa), int(attempt)
     design_id = sim_id % (1 << 40)
-    first = attempt == 0 and mode == "flaky"
+    first = attempt == 0 and mode in ("flaky", "kill_parent")
     hang = mode == "hang" and 2 <= design_id < 2**30  # simulations 0, 1 and the validation runs finish
     if hang:
         subprocess.Popen(["sleep", "300"])  # a child in the same process group
@@ -51,7 +52,10 @@ FLAKY = textwrap.dedent("""
     c = connect(address, sim_id=sim_id, params=[kappa], fields=["u"], grid=(16, 16), batch_frames=1)
     for k in range(frames):
         if first and design_id == 1 and k == 3:
-            c.flush(); sys.exit(3)                      # dies with status 3 after sending 3 frames
+            c.flush()
+            if mode == "kill_parent":                   # the process that started it dies (a Ray actor: OOM)
+                import os, signal; os.kill(os.getppid(), signal.SIGKILL)
+            sys.exit(3)                                 # dies with status 3 after sending 3 frames
         if first and design_id == 2 and k == 2:
             break                                       # closes properly but sends too few frames
         if mode == "always":
@@ -336,6 +340,17 @@ def test_ctrl_c_kills_every_process_group(tmp_path: Path) -> None:
 def test_ray_backend_runs_the_programs_inside_actors(tmp_path: Path) -> None:
     """workers.backend = "ray": each run is a subprocess of a Ray actor; a failed first attempt is retried there."""
     summary = run_job(_flaky_config(tmp_path, "flaky", **{"workers.backend": '"ray"'}))
+    w = summary["workers"]
+    assert w["launcher"] == "ray" and w["succeeded"] == N_SIMS and w["failed"] == 2 and w["launched"] == N_SIMS + 2
+    assert summary["sims_done"] == N_SIMS and summary["samples_received"] == N_SIMS * (FRAMES - 1)
+
+
+@pytest.mark.slow
+def test_ray_actor_that_dies_is_restarted_and_its_run_retried(tmp_path: Path) -> None:
+    """A run's Ray actor SIGKILLed: that run fails and is retried once Ray has restarted the actor; the job ends
+    with every simulation done (training starts once every sample is in: the watermark is all of them)."""
+    summary = run_job(_flaky_config(tmp_path, "kill_parent", **{"workers.backend": '"ray"',
+                                                                 "buffer.watermark": str(N_SIMS * (FRAMES - 1))}))
     w = summary["workers"]
     assert w["launcher"] == "ray" and w["succeeded"] == N_SIMS and w["failed"] == 2 and w["launched"] == N_SIMS + 2
     assert summary["sims_done"] == N_SIMS and summary["samples_received"] == N_SIMS * (FRAMES - 1)

@@ -66,6 +66,7 @@ from streaming.transport.source import Message
 ATTEMPT_STRIDE = 2**40  # connection id of attempt a of simulation i: i + a * ATTEMPT_STRIDE
 EXIT_GRACE_S = 2.0  # after a run exits, how long (with nothing else coming in) its last messages may take
 KILL_GRACE_S = 2.0  # SIGTERM, then SIGKILL after this long
+ACTOR_RESTART_S = 120.0  # how long a dead Ray actor of the launcher may take to come back before its next run fails
 _POLL_S = 0.05
 _TAIL_CHARS = 1500
 _END = object()
@@ -187,12 +188,34 @@ class RayRunner:
         self._started_ray = ensure_ray(address, count) or _RAY_KEPT["by_validation"]
         _RAY_KEPT["by_validation"] = keep_ray and self._started_ray
         self._started_ray = self._started_ray and not keep_ray
-        actor = ray.remote(_ProcessActor).options(max_concurrency=2, num_cpus=1, max_restarts=0)
+        # an actor that dies (OOM, its node lost) is restarted by Ray: its run counts as failed and is retried
+        # (max_task_retries 0: the launcher, not Ray, retries and counts); later runs on its slot wait for it
+        actor = ray.remote(_ProcessActor).options(max_concurrency=2, num_cpus=1, max_restarts=-1, max_task_retries=0)
         self.actors = [actor.remote(nice) for _ in range(count)]
         self._results: dict[int, tuple[int, str]] = {}
+        self._died: set[int] = set()  # slots whose actor died: Ray restarts it
 
     def start(self, slot: int, argv: list[str], env: dict[str, str], cwd: str | None, log: Path) -> Any:
+        if slot in self._died:
+            self._wait_restarted(slot)
         return (slot, self.actors[slot].run.remote(argv, env, cwd))
+
+    def _wait_restarted(self, slot: int) -> None:
+        """Wait until slot's actor, which died, answers again (Ray refuses calls while it restarts), at most
+        :data:`ACTOR_RESTART_S`; past that the next run fails with Ray's message and counts as a failure."""
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
+
+        deadline = time.monotonic() + ACTOR_RESTART_S
+        while time.monotonic() < deadline:
+            try:
+                self._ray.get(self.actors[slot].pid.remote(), timeout=5)
+            except (ActorUnavailableError, GetTimeoutError):
+                time.sleep(0.2)
+                continue
+            except ActorDiedError:
+                break
+            self._died.discard(slot)
+            return
 
     def poll(self, handle: Any) -> int | None:
         slot, ref = handle
@@ -205,6 +228,7 @@ class RayRunner:
             result = self._ray.get(ref)
         except Exception as e:  # noqa: BLE001  (the actor died: the run failed)
             result = (-1, f"the Ray actor running it died ({type(e).__name__}: {e})")
+            self._died.add(slot)
         self._results[id(ref)] = result
         return result[0]
 
