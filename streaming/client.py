@@ -35,7 +35,9 @@ Wire protocol (:mod:`streaming.transport.wire`, shared with :mod:`streaming.tran
 frame is a 16-byte prefix
 ``!4sIQ`` (magic ``b"PDS1"``, header bytes, payload bytes), a UTF-8 JSON header and a raw payload.
 Client to job: ``hello`` (simulation metadata and the token), ``chunk`` (header ``wire`` = ``Chunk.to_wire()``'s
-header, payload = the float32 fields), ``end``. Job to client: ``welcome`` (its ``max_inflight``),
+header, payload = the float32 fields), ``end``, and, once the job answered ``bye``, possibly the next simulation's
+``hello`` on the same connection (the C client does; this one connects anew). Job to client: ``welcome`` (its
+``max_inflight``; ``reuse``: another ``hello`` may follow ``bye``),
 ``ack`` (``n`` more messages taken), ``dropped`` (the simulation produced NaN/Inf), ``error`` (the job
 rejected this simulation's data), ``bye`` (answer to ``end`` once everything was taken; it acknowledges the
 rest), ``stop`` (the job is shutting down).

@@ -770,3 +770,42 @@ def test_buffers_that_shed_samples_end_with_the_stream(kind, max_reuse, ends):
         if drawn > 100:
             break
     assert (drawn <= 6 * (max_reuse or 1)) == ends  # the drained buffers stop; a plain reservoir serves on
+
+
+def test_partial_writes_of_window_views_store_the_right_rows():
+    # Samples cut from a chunk are strided views; a write of a subset of them goes straight into the slots (a
+    # consecutive run as a slice, large rows one by one, small rows gathered). Every stored sample must be the
+    # frames its key names, whichever path wrote it.
+    from streaming.buffers.layout import SampleLayout
+    from streaming.buffers.storage import SlotStorage
+    from streaming.samples import SampleSpec, cut
+
+    spec = SampleSpec("next_step", window=2, horizon=1, condition_on_params=True, frame_dt=0.1, calls=3)
+    rng = np.random.default_rng(0)
+    for shape, subset in (((32, 32), [0, 3, 4, 9]), ((32, 32), [2, 3, 4, 5]), ((3,), [1, 5, 6])):
+        fields = rng.standard_normal((15, 1, *shape)).astype(np.float32)
+        chunk = Chunk(sim_id=4, frame_index=np.arange(15), fields=fields, params=np.ones(2, np.float32), solver="t")
+        keys, samples = cut(chunk, spec)
+        store = SlotStorage(12)
+        leaves = [samples[k] for k in ("x", "y", "cond", "t")]
+        store.allocate(SampleLayout.infer({k: samples[k] for k in ("x", "y", "cond", "t")}, len(keys)))
+        src = np.asarray(subset)
+        slots = np.asarray([7, 1, 10, 4][: src.size])
+        store.write(slots, encode_keys(keys), leaves, src)
+        for slot, i in zip(slots.tolist(), src.tolist(), strict=True):
+            j = int(keys[i, 1])  # first target frame
+            np.testing.assert_array_equal(store.data[0][slot], fields[j - 2:j])
+            np.testing.assert_array_equal(store.data[1][slot], fields[j:j + 3])
+            assert store.data[3][slot] == np.float32((j - 1) * 0.1)
+        np.testing.assert_array_equal(decode_keys(store.codes[slots]), keys[src])
+    # the reservoir's replacement path (scattered subsets) through the public API: stored = the key's frames
+    buf = make_buffer("reservoir", capacity=20, watermark=1, seed=3)
+    fields = rng.standard_normal((200, 1, 32, 32)).astype(np.float32)
+    for start in range(0, 190, 25):
+        part = Chunk(sim_id=1, frame_index=np.arange(start, min(start + 30, 200)),
+                     fields=fields[start:start + 30], params=np.ones(2, np.float32), solver="t")
+        buf.put_many(*cut(part, spec))
+    keys, batch = buf.sample_batch(20)
+    for (_, j), x, y in zip(keys.tolist(), batch["x"], batch["y"], strict=True):
+        np.testing.assert_array_equal(x, fields[j - 2:j])
+        np.testing.assert_array_equal(y, fields[j:j + 3])

@@ -24,9 +24,11 @@ WAIT = 20.0
 NY, NX = 6, 5  # the C programs' grid (C order)
 
 C_PROGRAM = r"""
+#define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "pdestream_client.h"
 
 #define NY 6
@@ -91,6 +93,49 @@ int main(int argc, char **argv) {
         }
         int rc = pds_close(c);
         printf("nan first=%d close=%d msg=%s\n", first, rc, pds_last_error());
+        return 0;
+    }
+    if (!strcmp(mode, "pipelined")) {        /* sims sim, sim+1 overlapped with pds_end; sim+2 ends incomplete */
+        float z[NY * NX];
+        pds_client *b = NULL;
+        for (long f = 0; f < frames; ++f)
+            for (int ch = 0; ch < 2; ++ch) {
+                for (long i = 0; i < NY * NX; ++i) z[i] = (float)value(ch, f, i / NX, i % NX);
+                if (pds_send(c, fields[ch], f, z) != PDS_OK) return report("send");
+            }
+        if (pds_end(c) != PDS_OK) return report("end");
+        printf("after_end code=%d msg=%s\n", pds_send(c, "u", frames, z), pds_last_error());
+        if (!(b = pds_connect(addr, sim + 1, 2, params, 2, fields, 2, grid))) return report("connect");
+        for (long f = 0; f < frames; ++f)
+            for (int ch = 0; ch < 2; ++ch) {
+                for (long i = 0; i < NY * NX; ++i) z[i] = (float)value(ch, f, i / NX, i % NX);
+                if (pds_send(b, fields[ch], f, z) != PDS_OK) return report("send");
+            }
+        if (pds_end(b) != PDS_OK) return report("end");
+        if (pds_close(c) != PDS_OK) return report("close");
+        if (pds_close(b) != PDS_OK) return report("close");
+        pds_client *d = pds_connect(addr, sim + 2, 2, params, 2, fields, 2, grid);
+        if (!d) return report("connect");
+        pds_send(d, "u", 0, z);
+        printf("incomplete code=%d msg=%s\n", pds_end(d), pds_last_error());
+        printf("close code=%d msg=%s\n", pds_close(d), pds_last_error());
+        return 0;
+    }
+    if (!strcmp(mode, "twice")) {            /* sims sim and sim+1 one after the other, argv[5] ms apart */
+        float z[NY * NX];
+        for (int s = 0; s < 2; ++s) {
+            if (s) {
+                struct timespec ts = {atol(argv[5]) / 1000, (atol(argv[5]) % 1000) * 1000000L};
+                nanosleep(&ts, NULL);
+                if (!(c = pds_connect(addr, sim + 1, 2, params, 2, fields, 2, grid))) return report("connect");
+            }
+            for (long f = 0; f < frames; ++f)
+                for (int ch = 0; ch < 2; ++ch) {
+                    for (long i = 0; i < NY * NX; ++i) z[i] = (float)value(ch, f, i / NX, i % NX);
+                    if (pds_send(c, fields[ch], f, z) != PDS_OK) return report("send");
+                }
+            if (pds_close(c) != PDS_OK) return report("close");
+        }
         return 0;
     }
     size_t n = (size_t)(local[0] * local[1]);
@@ -164,7 +209,8 @@ program fclient
      half = t(:, 4:6)
      if (pds_send(b, "u", k, half) /= PDS_OK .or. pds_send(b, "v", k, -half) /= PDS_OK) stop 10
   end do
-  if (pds_close(a) /= PDS_OK .or. pds_close(b) /= PDS_OK) stop 11
+  if (pds_end(a) /= PDS_OK) stop 12  ! ended first, closed after b: the acknowledgement waits meanwhile
+  if (pds_close(b) /= PDS_OK .or. pds_close(a) /= PDS_OK) stop 11
   c = pds_connect(trim(addr), 5_int64, [1d0, 1d0], ["nope"], [5_int64, 6_int64])
   if (pds_connected(c)) stop 7
   print '(a,i0,a)', "refused code=", pds_last_code(), " msg=" // pds_last_error()
@@ -277,6 +323,45 @@ def test_c_client_slabs_of_two_processes_assemble_the_full_field(c_program):
     assert all(m.grid == (NY, NX) for m in consumer.got if isinstance(m, Chunk))
     got = consumer.frames(7)
     np.testing.assert_array_equal(np.stack([got[s] for s in range(frames)]), expected(frames))
+
+
+def test_c_client_pds_end_overlaps_the_acknowledgement_with_the_next_simulation(c_program):
+    frames = 12
+    with ClientSource("127.0.0.1:0", expected_sims=3, max_inflight=2, overlap=1, channels=("u", "v"),
+                      grid=(NY, NX), n_params=2) as src:
+        consumer = Consumer(src)
+        out = run_c(c_program, src.address, "pipelined", 3, frames, env={"PDESTREAM_BATCH_STEPS": "5"})
+        assert out.returncode == 0, out.stdout + out.stderr
+        consumer.join()
+        report = src.external_report()
+        assert report["dropped_sims"] == {"disconnected": 1}  # sim 5 never ended
+        assert report["connections"] == 2  # sim 5 came over sim 3's connection, kept after its bye
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert "code=-1" in lines["after_end"] and "already ended with pds_end" in lines["after_end"]
+    assert "code=-1" in lines["incomplete"] and "missing field(s) ['v']" in lines["incomplete"]
+    assert lines["close"] == lines["incomplete"]  # pds_close repeats why the simulation could not end
+    assert consumer.reports() == [(3, "done"), (4, "done"), (5, "error")]
+    for sim in (3, 4):
+        got = consumer.frames(sim)
+        np.testing.assert_array_equal(np.stack([got[s] for s in range(frames)]), expected(frames))
+
+
+@pytest.mark.parametrize("idle_ms, timeout, connections", [(0, 3600.0, 1), (700, 0.2, 2)])
+def test_c_client_keeps_its_connection_for_the_next_simulation(c_program, idle_ms, timeout, connections):
+    # one connection carries both simulations; one the job let go while idle is replaced without an error
+    with ClientSource("127.0.0.1:0", expected_sims=2, max_inflight=2, overlap=1, channels=("u", "v"),
+                      grid=(NY, NX), n_params=2, client_timeout=timeout) as src:
+        consumer = Consumer(src)
+        out = run_c(c_program, src.address, "twice", 8, 6, idle_ms)
+        assert out.returncode == 0, out.stdout + out.stderr
+        consumer.join()
+        report = src.external_report()
+    assert report["connections"] == connections
+    assert report["rejected_connections"] == {} and report["dropped_sims"] == {}
+    assert consumer.reports() == [(8, "done"), (9, "done")]
+    for sim in (8, 9):
+        got = consumer.frames(sim)
+        np.testing.assert_array_equal(np.stack([got[s] for s in range(6)]), expected(6))
 
 
 def _free_port() -> int:

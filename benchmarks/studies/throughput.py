@@ -24,8 +24,10 @@ workers send as fast as they can and the receiver takes it all) and with live so
 the trainer, so this one measures that contention too); on a GPU machine the steps run on the device.
 (c) ``ingest_fields_per_s_external_<n>c``: the same ingest path fed by the ``external`` backend's TCP
 listener from ``n`` small compiled C programs (the C client, ``pdestream client-config``), each sending
-64 x 64 float32 fields as fast as it can (simulations of 50 frames, precomputed values: no solver cost);
-``--external-clients 0`` skips it.
+64 x 64 float32 fields as fast as it can (simulations of 50 frames, precomputed values: no solver cost; each
+simulation ended with ``pds_end`` and closed once the next one was sent, so the wait for the job's
+acknowledgement overlaps the next simulation; the C client carries a closed simulation's connection over to the
+next one); ``--external-clients 0`` skips it.
 Prints a table and writes a flat JSON dict (keys ``ingest_fields_per_s_ray_4w``,
 ``ingest_fields_per_s_mpi_4w``, ``ingest_fields_per_s_external_4c``, ``streaming_efficiency``, ...).
 """
@@ -106,8 +108,13 @@ C_SENDER = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include "pdestream_client.h"
-/* argv: ADDRESS CLIENT_INDEX FRAMES. Streams simulations of FRAMES frames of one 64 x 64 field (one connection
-   each) until the job stops. */
+/* argv: ADDRESS CLIENT_INDEX FRAMES. Streams simulations of FRAMES frames of one 64 x 64 field until the job
+   stops. Each simulation is ended with pds_end and closed (its acknowledgement awaited) once the next one was
+   sent, as a solver that overlaps that wait with its next simulation does. */
+static int stop(pds_client *prev, int rc) {
+    pds_abort(prev);
+    return rc == PDS_E_STOPPED ? 0 : (fprintf(stderr, "%s\n", pds_last_error()), 1);
+}
 int main(int argc, char **argv) {
     if (argc < 4) return 2;
     long n_frames = atol(argv[3]);
@@ -117,17 +124,27 @@ int main(int argc, char **argv) {
     static float frames[50][64 * 64];
     for (int k = 0; k < 50; ++k)
         for (int i = 0; i < 64 * 64; ++i) frames[k][i] = (float)(k + 0.001 * i);
+    pds_client *prev = NULL;
     for (long sim = atol(argv[2]) * 100000000L;; ++sim) {
         pds_client *c = pds_connect(argv[1], sim, 5, params, 1, fields, 2, grid);
-        if (!c) return pds_last_code() == PDS_E_STOPPED ? 0 : (fprintf(stderr, "%s\n", pds_last_error()), 1);
+        if (!c) return stop(prev, pds_last_code());
         for (long k = 0; k < n_frames; ++k)
             if (pds_send(c, "T", k, frames[k % 50]) < 0) {
                 int rc = pds_last_code();
                 pds_abort(c);
-                return rc == PDS_E_STOPPED ? 0 : (fprintf(stderr, "%s\n", pds_last_error()), 1);
+                return stop(prev, rc);
             }
-        int rc = pds_close(c);
-        if (rc < 0) return rc == PDS_E_STOPPED ? 0 : (fprintf(stderr, "%s\n", pds_last_error()), 1);
+        if (pds_end(c) < 0) {
+            int rc = pds_last_code();
+            pds_abort(c);
+            return stop(prev, rc);
+        }
+        if (prev && pds_close(prev) < 0) {
+            int rc = pds_last_code();
+            pds_abort(c);
+            return stop(NULL, rc);
+        }
+        prev = c;
     }
 }
 """
@@ -135,9 +152,9 @@ int main(int argc, char **argv) {
 
 def external_ingest_rate(n_clients: int, seconds: float, frames_per_sim: int = 50) -> tuple[float, float]:
     """(New, delivered) fields per second (:func:`_count`) taken by the trainer's ingest path from ``n_clients`` C
-    programs through the
-    ``external`` listener (built from the job config, as ``pdestream train`` builds it); each program sends
-    simulations of ``frames_per_sim`` frames, one connection per simulation."""
+    programs through the ``external`` listener (built from the job config, as ``pdestream train`` builds it); each
+    program sends simulations of ``frames_per_sim`` frames, two at a time (``C_SENDER``: ``pds_end``, then the
+    previous one's ``pds_close``)."""
     import shlex
 
     from streaming.assembly import build_solver, sample_spec, worker_args

@@ -205,14 +205,15 @@ class Buffer:
         if not self.dedup:
             new[:] = True
             return new
-        if codes.size > 1 and not np.all(codes[1:] > codes[:-1]):  # repeats within the call
+        ordered = codes.size < 2 or bool(np.all(codes[1:] > codes[:-1]))
+        if not ordered:  # repeats within the call
             _, first = np.unique(codes, return_index=True)
             new[first] = True
         else:  # sorted distinct keys, as Chunk.sample_keys gives: skip the sort
             new[:] = True
         if self._seen_steps:
             sids = codes >> 32
-            for sid in np.unique(sids).tolist():  # usually a single simulation per call
+            for sid in _sim_ids(sids, ordered):  # usually a single simulation per call
                 steps = self._seen_steps.get(sid)
                 if steps:
                     at = np.flatnonzero(sids == sid)
@@ -222,6 +223,9 @@ class Buffer:
 
     def _remember(self, codes: np.ndarray) -> None:
         sids = codes >> 32
+        if sids.size and sids[0] == sids[-1] and (sids.size < 3 or bool(np.all(sids == sids[0]))):
+            self._seen_steps.setdefault(int(sids[0]), set()).update((codes & STEP_MASK).tolist())
+            return
         for sid in np.unique(sids).tolist():
             self._seen_steps.setdefault(sid, set()).update((codes[sids == sid] & STEP_MASK).tolist())
 
@@ -398,6 +402,13 @@ class Buffer:
             f"Buffer({self.kind!r}, capacity={self.capacity}, watermark={self.watermark}, "
             f"max_reuse={self.max_reuse}, size={len(self)})"
         )
+
+
+def _sim_ids(sids: np.ndarray, ordered: bool) -> list[int]:
+    """The distinct simulation ids of ``sids`` (key codes >> 32); ``ordered``: the codes were increasing."""
+    if ordered and sids.size and sids[0] == sids[-1]:  # increasing codes with equal ends: a single simulation
+        return [int(sids[0])]
+    return np.unique(sids).tolist()
 
 
 def make_buffer(kind: str, **kw: Any) -> Buffer:

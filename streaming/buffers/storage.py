@@ -16,6 +16,8 @@ import numpy as np
 
 from streaming.buffers.layout import Sample, SampleLayout
 
+_ROW_BYTES = 1 << 12  # bytes per sample of a leaf from which a partial write copies row by row (no temporary)
+
 
 class SlotStorage:
     """``capacity`` sample slots; attributes are plain numpy arrays read and written by the buffer and its policy."""
@@ -50,10 +52,21 @@ class SlotStorage:
 
     def write(self, slots: np.ndarray, codes: np.ndarray, leaves: list[np.ndarray], src: np.ndarray) -> None:
         """Write samples ``leaves[:][src]`` with ``codes[src]`` into ``slots`` (in that order; occupied or not)."""
-        # src is always a sorted subset of range(n), so full size means arange(n): skip the gather copy.
+        # src is always a sorted subset of range(n): full size means arange(n), and a run of consecutive rows is a
+        # slice; either way the rows go straight into the slots. Large rows of any other subset are copied one by
+        # one: a gathered temporary would double the memory traffic (and its fresh pages cost faults).
         whole = src.size == leaves[0].shape[0]
+        run = whole or (src.size > 0 and int(src[-1]) - int(src[0]) + 1 == src.size)
+        pairs = None
         for store, leaf in zip(self.data, leaves, strict=True):
-            store[slots] = leaf if whole else leaf[src]
+            if run:
+                store[slots] = leaf if whole else leaf[int(src[0]):int(src[-1]) + 1]
+            elif leaf.itemsize * leaf[0].size < _ROW_BYTES:
+                store[slots] = leaf[src]
+            else:
+                pairs = pairs or list(zip(slots.tolist(), src.tolist(), strict=True))
+                for slot, i in pairs:
+                    store[slot] = leaf[i]
         self.occupied[slots] = True
         self.codes[slots] = codes[src]
         self.seen[slots] = 0

@@ -2,7 +2,8 @@
  *
  * Every frame on the socket: a 16-byte prefix (magic "PDS1", uint32 header length, uint64 payload
  * length, big-endian), a JSON object, the raw payload. Client to job: hello, chunk (header "wire" =
- * the chunk's metadata, payload = float32 little-endian fields (n_frames, C, *local)), end. Job to
+ * the chunk's metadata, payload = float32 little-endian fields (n_frames, C, *local)), end, and after the
+ * job's bye the next simulation's hello on the same connection when the welcome said "reuse". Job to
  * client: welcome, ack, dropped, error, bye, stop. See pdestream_client.h for the API.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -58,6 +59,9 @@ struct pds_client {
     int have_count;
     long last;           /* last complete frame, -1: none */
     int unacked, window, dropped, bye;
+    int ended;           /* pds_end sent "end": only pds_close (wait for "bye") is left */
+    int reuse;           /* the job takes another hello on this connection after its "bye" */
+    char *pool_key;      /* the address as given (token included): where a kept connection may be reused */
     double send_timeout; /* < 0: forever */
     int dead;            /* connection gone: every later call returns dead_code */
     int dead_code;
@@ -468,9 +472,36 @@ static int open_socket(const char *host, const char *port, const char *address, 
     }
 }
 
+/* Connections kept after a simulation's "bye" (jobs that announce "reuse" in their welcome): the next
+   pds_connect to the same address sends its hello there instead of opening a connection (per thread). */
+#define PDS_POOL 4
+static _Thread_local struct { int fd; char key[512]; } g_pool[PDS_POOL];
+static _Thread_local int g_pool_n;
+
+static int pool_take(const char *key) {
+    for (int i = g_pool_n - 1; i >= 0; --i)
+        if (!strcmp(g_pool[i].key, key)) {
+            int fd = g_pool[i].fd;
+            g_pool[i] = g_pool[--g_pool_n];
+            return fd;
+        }
+    return -1;
+}
+
+static void pool_keep(pds_client *c) {
+    if (c->fd >= 0 && c->reuse && !c->dead && c->pool_key && strlen(c->pool_key) < sizeof g_pool[0].key &&
+        g_pool_n < PDS_POOL) {
+        g_pool[g_pool_n].fd = c->fd;
+        snprintf(g_pool[g_pool_n].key, sizeof g_pool[0].key, "%s", c->pool_key);
+        ++g_pool_n;
+        c->fd = -1;
+    }
+}
+
 static void free_client(pds_client *c) {
     if (!c) return;
     close_fd(c);
+    free(c->pool_key);
     if (c->fields)
         for (int i = 0; i < c->n_fields; ++i) free(c->fields[i]);
     free(c->fields);
@@ -547,13 +578,15 @@ static pds_client *connect_impl(const char *address, long sim_id, int n_params, 
     c->cur = c->last = -1;
     const char *at = strrchr(address, '@');
     c->address = strdup(at ? at + 1 : address);
+    c->pool_key = strdup(address);
     c->fields = calloc((size_t)n_fields, sizeof(char *));
     c->grid = copy_longs(grid, ndim);
     c->local = copy_longs(offset ? local_shape : grid, ndim);
     c->offset = offset ? copy_longs(offset, ndim) : NULL;
     c->params = malloc(sizeof(double) * (size_t)(n_params ? n_params : 1));
     c->have = calloc((size_t)n_fields, 1);
-    int oom = !c->address || !c->fields || !c->grid || !c->local || (offset && !c->offset) || !c->params || !c->have;
+    int oom = !c->address || !c->pool_key || !c->fields || !c->grid || !c->local || (offset && !c->offset) ||
+              !c->params || !c->have;
     for (int i = 0; !oom && i < n_fields; ++i) oom = !(c->fields[i] = strdup(fields[i]));
     if (oom) { free(token); free_client(c); fail(PDS_E_NOMEM, "out of memory"); return NULL; }
     if (n_params) memcpy(c->params, params, sizeof(double) * (size_t)n_params);
@@ -586,37 +619,51 @@ static pds_client *connect_impl(const char *address, long sim_id, int n_params, 
     free(token);
     if (h.oom) { free(h.s); free_client(c); fail(PDS_E_NOMEM, "out of memory"); return NULL; }
 
-    c->fd = open_socket(host, port, c->address, timeout);
-    if (c->fd < 0) { free(h.s); free_client(c); return NULL; }
-    int rc = send_frame(c->fd, h.s, h.n, NULL, 0);
-    free(h.s);
-    if (rc) {
-        fail(PDS_E_STOPPED, "the training job at %s closed the connection during the handshake (%s)", c->address,
-             strerror(errno));
-        free_client(c);
-        return NULL;
-    }
     double answer = timeout < 10.0 ? 10.0 : timeout; /* a short connect timeout still leaves the job time to answer */
-    int r = wait_readable(c->fd, answer);
-    if (r <= 0) {
-        fail(PDS_E_TIMEOUT, "%s accepted the connection but did not answer within %g s; is it a pdestream train job?",
-             c->address, answer);
-        free_client(c);
-        return NULL;
-    }
     char *ans = NULL;
     size_t na = 0;
-    if (read_frame(c, &ans, &na) != PDS_OK) {
+    for (;;) { /* a kept connection first; one the job let go (or that broke) is replaced by a new one */
+        c->fd = pool_take(address);
+        int kept = c->fd >= 0;
+        if (!kept && (c->fd = open_socket(host, port, c->address, timeout)) < 0) {
+            free(h.s);
+            free_client(c);
+            return NULL;
+        }
+        if (send_frame(c->fd, h.s, h.n, NULL, 0)) {
+            if (kept) { close_fd(c); continue; }
+            fail(PDS_E_STOPPED, "the training job at %s closed the connection during the handshake (%s)", c->address,
+                 strerror(errno));
+            free(h.s);
+            free_client(c);
+            return NULL;
+        }
+        int r = wait_readable(c->fd, answer);
+        if (r <= 0) {
+            fail(PDS_E_TIMEOUT, "%s accepted the connection but did not answer within %g s; is it a pdestream train "
+                 "job?", c->address, answer);
+            free(h.s);
+            free_client(c);
+            return NULL;
+        }
+        if (read_frame(c, &ans, &na) == PDS_OK) break;
+        if (kept) { close_fd(c); continue; }
         if (g_code == PDS_E_STOPPED)
             fail(PDS_E_STOPPED, "the training job at %s closed the connection during the handshake", c->address);
+        free(h.s);
         free_client(c);
         return NULL;
     }
+    free(h.s);
+    g_err[0] = 0;
+    g_code = PDS_OK;
     char type[32] = "", msg[900] = "";
     long window = 0;
     json_string(ans, ans + na, "type", type, sizeof type);
     json_string(ans, ans + na, "message", msg, sizeof msg);
     json_long(ans, ans + na, "max_inflight", &window);
+    const char *reuse = json_find(ans, ans + na, "reuse");
+    c->reuse = reuse && (size_t)(ans + na - reuse) >= 4 && !strncmp(reuse, "true", 4);
     free(ans);
     if (strcmp(type, "welcome") != 0) {
         if (!strcmp(type, "stop")) fail(PDS_E_STOPPED, "the training job at %s is stopping: %s", c->address, msg);
@@ -703,6 +750,9 @@ static int ship(pds_client *c) {
 static int check_open(pds_client *c, const char *what) {
     if (!c) return fail(PDS_E_ARG, "%s: the client is NULL (pds_connect failed? see pds_last_error)", what);
     if (c->dead) return fail(c->dead_code, "%s", c->dead_msg);
+    if (c->ended && strcmp(what, "pds_close") != 0)
+        return fail(PDS_E_ARG, "%s: simulation %ld was already ended with pds_end; only pds_close is left", what,
+                    c->sim_id);
     return PDS_OK;
 }
 
@@ -790,26 +840,39 @@ int pds_send_f64(pds_client *c, const char *field, long frame, const double *dat
     return send_any(c, field, frame, NULL, data, "pds_send_f64");
 }
 
+/* Flush and send "end" (the simulation is complete); the client stays allocated either way. */
+static int end_impl(pds_client *c, const char *what) {
+    if (c->cur >= 0 && !c->dropped) {
+        char miss[512];
+        missing_fields(c, miss, sizeof miss);
+        return fail(PDS_E_ARG, "%s: frame %ld is missing field(s) [%s]; the simulation is incomplete and the job "
+                    "drops it (send every field of the last frame before %s)", what, c->cur, miss, what);
+    }
+    int rc;
+    if (!c->dropped && (rc = ship(c)) < 0) return rc;
+    const char end[] = "{\"type\":\"end\"}";
+    if (send_frame(c->fd, end, sizeof end - 1, NULL, 0)) {
+        fail(PDS_E_STOPPED, "lost the connection to the training job at %s (%s); it finished, was interrupted or "
+             "crashed", c->address, strerror(errno));
+        return die(c, PDS_E_STOPPED);
+    }
+    c->ended = 1;
+    return PDS_OK;
+}
+
+int pds_end(pds_client *c) {
+    int rc = check_open(c, "pds_end");
+    if (rc) return rc;
+    rc = end_impl(c, "pds_end");
+    if (rc == PDS_E_ARG) return die(c, PDS_E_ARG); /* an incomplete frame: the job drops the simulation */
+    return rc;
+}
+
 int pds_close(pds_client *c) {
     if (!c) return PDS_OK;
     int rc = check_open(c, "pds_close");
     if (rc) { free_client(c); return rc; }
-    if (c->cur >= 0 && !c->dropped) {
-        char miss[512];
-        missing_fields(c, miss, sizeof miss);
-        rc = fail(PDS_E_ARG, "pds_close: frame %ld is missing field(s) [%s]; the simulation is incomplete and the job "
-                  "drops it (send every field of the last frame before pds_close)", c->cur, miss);
-        free_client(c);
-        return rc;
-    }
-    if (!c->dropped && (rc = ship(c)) < 0) { free_client(c); return rc; }
-    const char end[] = "{\"type\":\"end\"}";
-    if (send_frame(c->fd, end, sizeof end - 1, NULL, 0)) {
-        rc = fail(PDS_E_STOPPED, "lost the connection to the training job at %s (%s); it finished, was interrupted or "
-                  "crashed", c->address, strerror(errno));
-        free_client(c);
-        return rc;
-    }
+    if (!c->ended && (rc = end_impl(c, "pds_close")) < 0) { free_client(c); return rc; }
     while (!c->bye) {
         rc = read_one(c, c->send_timeout, "pds_close");
         if (rc < 0) { free_client(c); return rc; }
@@ -817,6 +880,7 @@ int pds_close(pds_client *c) {
     rc = c->dropped ? fail(PDS_DROPPED, "the training job dropped simulation %ld (it sent NaN/Inf)", c->sim_id)
                     : PDS_OK;
     if (rc == PDS_OK) { g_err[0] = 0; g_code = PDS_OK; }
+    pool_keep(c); /* everything was answered: the connection may carry the next simulation */
     free_client(c);
     return rc;
 }

@@ -14,6 +14,8 @@
 !     end do
 !     rc = pds_close(c)
 !
+! rc = pds_end(c) ends a simulation without waiting for the job; start the next one, then pds_close(c).
+!
 ! Axis order: a Fortran array is column-major. Give `grid` (and `offset`, `local_shape` for a slab) in
 ! Fortran order, as the array is declared, e.g. [nx, ny] for t(nx, ny); the module reverses them for
 ! the wire, so the job receives the array as C order (ny, nx): the job's t[j, i] is Fortran's t(i, j).
@@ -33,7 +35,7 @@ module pdestream_client
      type(c_ptr) :: ptr = c_null_ptr
   end type pds_client
 
-  public :: pds_connect, pds_send, pds_close, pds_abort, pds_last_error, pds_last_code, pds_connected
+  public :: pds_connect, pds_send, pds_end, pds_close, pds_abort, pds_last_error, pds_last_code, pds_connected
 
   interface pds_send
      module procedure send_r32_1, send_r32_2, send_r32_3, send_r64_1, send_r64_2, send_r64_3
@@ -85,6 +87,12 @@ module pdestream_client
        type(c_ptr), value :: c
        integer(c_int) :: rc
      end function c_close
+
+     function c_end(c) bind(C, name="pds_end") result(rc)
+       import :: c_ptr, c_int
+       type(c_ptr), value :: c
+       integer(c_int) :: rc
+     end function c_end
 
      subroutine c_abort(c) bind(C, name="pds_abort")
        import :: c_ptr
@@ -236,6 +244,12 @@ contains
     rc = c_close(client%ptr)
     client%ptr = c_null_ptr
   end function pds_close
+
+  !> Flush and end the simulation without waiting for the trainer (start the next one, then pds_close).
+  integer function pds_end(client) result(rc)
+    type(pds_client), intent(in) :: client
+    rc = c_end(client%ptr)
+  end function pds_end
 
   !> Disconnect without completing the simulation (the job drops it).
   subroutine pds_abort(client)

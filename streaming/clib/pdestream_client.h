@@ -27,7 +27,10 @@
  * - Backpressure: pds_send blocks while the job's max_inflight messages wait for the trainer.
  * - pds_close flushes, marks the simulation complete, waits until the trainer took all of it, and
  *   frees the client whatever it returns. A program that exits without pds_close has its
- *   simulation dropped by the job.
+ *   simulation dropped by the job. To overlap that wait with the next simulation, call pds_end(c)
+ *   when a simulation's last frame is sent, connect and send the next one, then pds_close(c).
+ * - A closed simulation's connection is kept (per thread) and carries the next pds_connect to the same
+ *   address; one the job let go is replaced by a new connection.
  * - Environment: PDESTREAM_CONNECT_TIMEOUT (seconds pds_connect retries while nothing listens,
  *   default 30), PDESTREAM_SEND_TIMEOUT (seconds pds_send/pds_close wait for the trainer, default:
  *   forever).
@@ -71,6 +74,12 @@ int pds_send_f64(pds_client *c, const char *field, long frame, const double *dat
 
 /* Flush, end the simulation, wait for the trainer, disconnect and free `c` (NULL: no-op, PDS_OK). */
 int pds_close(pds_client *c);
+
+/* Flush and end the simulation without waiting for the trainer: the job's acknowledgement comes while
+ * the program starts its next simulation; pds_close(c) later waits for it (its return code says whether
+ * the simulation arrived) and frees `c`. Only pds_close may follow. An incomplete last frame: PDS_E_ARG,
+ * the connection is cut (the job drops the simulation) and pds_close returns the same error. */
+int pds_end(pds_client *c);
 
 /* Disconnect without completing the simulation (the job drops it) and free `c`. */
 void pds_abort(pds_client *c);

@@ -17,7 +17,9 @@ yields what they send, as every source does: :class:`~streaming.chunk.Chunk` s a
 - NaN/Inf in a message drops the simulation: ``SimReport(sim_id, "nan")``; its later data are
   ignored (chunks delivered before stay in the buffer: they were finite). A client that disconnects
   without ``close()`` drops its simulation with status ``"error"``.
-- ``SimReport(sim_id, "done")`` once every rank of the simulation closed.
+- ``SimReport(sim_id, "done")`` once every rank of the simulation closed. A connection whose simulation
+  was answered ``bye`` may carry the next simulation's hello (the welcome says ``reuse``); a hello
+  before that ``bye`` breaks the protocol.
 - Flow control: a message is acknowledged only after the chunk(s) it went into were taken by the
   consumer (the trainer's loop asked for the next message), and a client keeps at most
   ``max_inflight`` messages unacknowledged, so a slow trainer blocks the clients.
@@ -38,7 +40,9 @@ and the NaN check run there; threads are reused from one connection to the next;
 come through a read-ahead buffer, payloads straight into their array: each system call is a wait for the
 GIL, which the iterating thread mostly holds); the iterating thread
 assembles slabs, yields and acknowledges (in batches: half the window, or whenever the job holds nothing
-else of the connection; the "bye" that answers "end" acknowledges the rest).
+else of the connection; the "bye" that answers "end" acknowledges the rest). Acknowledgements, byes and
+drop notices go out through one writer thread, in the order they were posted: a send that wakes a waiting
+client may cost its sender the CPU for a while, and that should not be the trainer's loop.
 """
 
 from __future__ import annotations
@@ -284,6 +288,23 @@ class ClientSource:
         self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._acceptor = threading.Thread(target=self._accept_loop, daemon=True, name="client-source-accept")
         self._acceptor.start()
+        # The consumer's acknowledgements go out from a thread of their own: a send that wakes a waiting client
+        # costs the sender its CPU slice on a busy machine, and the trainer's loop should not be the one to wait.
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, daemon=True, name="client-source-writer")
+        self._writer.start()
+
+    def _post(self, conn: _Conn, header: dict[str, Any]) -> None:
+        """Send ``header`` to ``conn`` from the writer thread (in the order posted, after whatever was posted
+        before)."""
+        self._outbox.put((conn, header))
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._outbox.get()
+            if item is None:
+                return
+            item[0].send(item[1])
 
     @property
     def address(self) -> str:
@@ -441,7 +462,7 @@ class ClientSource:
             self.sims_finished += 1
             self.dropped[reason] += 1
             for c in sim.conns:
-                c.send({"type": "dropped" if status == "nan" else "error", "message": message})
+                self._post(c, {"type": "dropped" if status == "nan" else "error", "message": message})
             sim.conns = []
         waiting = {id(m): m for f in sim.pending.values() for m in f.msgs}
         waiting.update({id(m): m for m in extra})
@@ -464,10 +485,10 @@ class ClientSource:
         if conn.ended:
             if conn.unacked == 0:
                 conn.owed = 0
-                conn.send({"type": "bye"})
+                self._post(conn, {"type": "bye"})
         elif conn.owed and not conn.end_read and (conn.owed >= self._ack_batch or conn.taken >= conn.read_msgs):
             conn.acked += conn.owed
-            conn.send({"type": "ack", "n": conn.owed})
+            self._post(conn, {"type": "ack", "n": conn.owed})
             conn.owed = 0
 
     # ------------------------------------------------------------------ connections (their own threads)
@@ -560,6 +581,8 @@ class ClientSource:
                     raise EOFError("the job stopped") from None
                 now = time.monotonic()
                 if frame_start and got == 0:
+                    if conn.ended and now - last > self.client_timeout:  # a kept connection left idle: let it go
+                        raise EOFError("connection idle after its simulation's bye") from None
                     if conn.read_msgs > conn.taken:  # the trainer holds its messages: not the client's delay
                         last = now
                         continue
@@ -598,21 +621,20 @@ class ClientSource:
         """Reader thread of one connection: hello, then chunks and end, until the peer closes."""
         try:
             header, n = self._recv_header(conn)
-            try:
-                if n:
-                    raise _Refused(f"a hello carries no payload ({n} bytes); connect with streaming.client", "hello")
-                self._hello(conn, header)
-            except _Refused as e:
-                stopping = self._closed or self.finished
-                conn.send({"type": "stop" if stopping else "error", "message": str(e)})
-                self._reject(conn, "stopped" if stopping else e.reason, str(e))
+            if not self._greet(conn, header, n):
                 return
-            conn.send({"type": "welcome", "max_inflight": self.max_inflight})
             while True:
                 header, n = self._recv_header(conn)
                 kind = header.get("type")
                 if self._closed:  # drain until the client hangs up
                     self._discard(conn, n)
+                elif kind == "hello":  # the next simulation on this connection, once the last one's "bye" went out
+                    if not conn.ended:
+                        raise _ProtocolError("a hello before this connection's simulation was closed (its 'bye'); "
+                                             "close() it first or open another connection", "hello")
+                    conn = self._renew(conn)
+                    if not self._greet(conn, header, n):
+                        return
                 elif kind == "chunk":
                     if conn.read_msgs - conn.acked >= self.max_inflight:
                         raise _ProtocolError(f"more than max_inflight={self.max_inflight} unacknowledged messages; "
@@ -645,6 +667,30 @@ class ClientSource:
             with self._lock:
                 self._conns.pop(conn, None)
 
+    def _greet(self, conn: _Conn, header: dict[str, Any], n: int) -> bool:
+        """Answer a hello: "welcome" (True), or the refusal, counted (False: the connection closes)."""
+        try:
+            if n:
+                raise _Refused(f"a hello carries no payload ({n} bytes); connect with streaming.client", "hello")
+            self._hello(conn, header)
+        except _Refused as e:
+            stopping = self._closed or self.finished
+            conn.send({"type": "stop" if stopping else "error", "message": str(e)})
+            self._reject(conn, "stopped" if stopping else e.reason, str(e))
+            return False
+        conn.send({"type": "welcome", "max_inflight": self.max_inflight, "reuse": True})
+        return True
+
+    def _renew(self, conn: _Conn) -> _Conn:
+        """A fresh connection state for the next simulation on ``conn``'s socket (the old one is done: its
+        messages were all taken and its "bye" posted); bytes read ahead carry over."""
+        new = _Conn(conn.sock, conn.peer, conn.lock, last_take=time.monotonic(), ahead=conn.ahead,
+                    ahead_pos=conn.ahead_pos, ahead_end=conn.ahead_end)
+        with self._lock:
+            if conn in self._conns:
+                self._conns[new] = self._conns.pop(conn)
+        return new
+
     def _end(self, conn: _Conn) -> None:
         """A client finished: the iterating thread completes its simulation, or, dropped already, it may go."""
         with self._lock:  # ordered with _drop: an "end" queued before a drop is answered by _drain
@@ -653,7 +699,7 @@ class ClientSource:
                 self._events.put(("end", conn, None))
         if not sim_open:
             conn.ended = True
-            conn.send({"type": "bye"})
+            self._post(conn, {"type": "bye"})
 
     def _drain(self) -> None:
         """The stream ended: let go the clients of dropped simulations whose "end" is still queued."""
@@ -664,7 +710,7 @@ class ClientSource:
                 return
             if kind == "end" and conn.sim is not None and conn.sim.status != "open":
                 conn.ended = True
-                conn.send({"type": "bye"})
+                self._post(conn, {"type": "bye"})
 
     def _hello(self, conn: _Conn, h: dict[str, Any]) -> None:
         if h.get("type") != "hello":
@@ -809,6 +855,8 @@ class ClientSource:
             self._listener.close()
         for _ in range(self._idle_readers):
             self._handoff.put(None)
+        self._outbox.put(None)  # what was posted (acknowledgements, byes) goes out before "stop"
+        self._writer.join(1.0)
         for c in conns:
             c.send({"type": "stop", "message": "the job stopped taking data (training finished or interrupted)"})
             with contextlib.suppress(OSError):
