@@ -9,7 +9,11 @@ autoregressive calls a sample carries targets for, ``optim.unroll.end``, optiona
 
 - the base design (``lhs``, ``sobol`` or ``uniform``, the same point a fixed design would give it) for the first
   ``warmup`` simulations, while no loss has been reported, and for a ``floor`` fraction of the rest, spread
-  evenly (``floor(k * floor)`` increments), so no region of the space starves;
+  evenly (``floor(k * floor)`` increments), so no region of the space starves; with ``spread`` these base draws
+  are instead consecutive points of one scrambled Sobol sequence (the ``m``-th base draw of the run gets point
+  ``m``), so even the few of a short run fill the space evenly: the defensive component of the mixture
+  (Hesterberg, "Weighted average importance sampling and defensive mixture distributions", Technometrics
+  1995) made space-filling;
 - otherwise a Gaussian kernel (``bandwidth``, in unit-cube coordinates, reflected at the faces) around a
   recent simulation picked with probability proportional to ``loss ** exponent``, where ``loss`` is the kernel
   average (std ``smooth``) of the running losses of the simulations around it: the loss of one simulation
@@ -72,6 +76,21 @@ def from_base(k: int, floor: float, warmup: int) -> bool:
         return True
     j = k - warmup
     return int(np.floor((j + 1) * floor + 1e-9)) > int(np.floor(j * floor + 1e-9))
+
+
+def base_rank(k: int, floor: float, warmup: int) -> int:
+    """How many of the simulations ``0 .. k-1`` of a cursor came from the base design (:func:`from_base`): the
+    rank ``m`` of simulation ``k`` among the base draws when ``from_base(k, ...)`` holds."""
+    return k if k <= warmup else warmup + int(np.floor((k - warmup) * floor + 1e-9))
+
+
+def sobol_block(dims: int, seed: int, block: int, size: int = 1024) -> np.ndarray:
+    """Points ``block * size .. (block + 1) * size - 1`` ``(size, dims)`` of one scrambled Sobol sequence in the
+    unit cube (``size`` a power of two keeps every block balanced)."""
+    s = qmc.Sobol(d=max(dims, 1), scramble=True, seed=np.random.default_rng([seed, 0x50B]))
+    if block:
+        s.fast_forward(block * size)
+    return s.random(size)[:, :dims]
 
 
 def update_losses(table: dict[int, tuple[float, int]], sim_ids: np.ndarray, losses: np.ndarray, report: int,
@@ -141,16 +160,32 @@ class AdaptiveCursor(DesignCursor):
         self.origin: dict[int, str] = {}  # "base" or "proposal"
         self.table: dict[int, tuple[float, int]] = {}
         self.reports = 0
+        self._sobol: dict[int, np.ndarray] = {}
+
+    def _spread_point(self, k: int) -> np.ndarray:
+        """Parameters ``(P,)`` of the ``k``-th simulation when it is a base draw under ``spread``: point
+        ``m * stride + offset`` of the run's Sobol sequence (``m`` its rank among this cursor's base draws), so
+        the cursors of several trainers together take its first points."""
+        o, space = self.options, self.solver.param_space
+        g = base_rank(k, o.floor, o.warmup) * self.stride + self.offset
+        b = g // 1024
+        if b not in self._sobol:
+            self._sobol[b] = sobol_block(len(space), self.seed, b)
+        p = space.from_unit(self._sobol[b][g % 1024][None])
+        for j, v in self.fixed.items():
+            p[:, j] = v
+        return space.validate(np.clip(p, space.low, space.high))[0]
 
     def _index(self, i: int) -> int:
         return (i - self.first_id - self.offset) // self.stride
 
     def _draw(self, i: int) -> tuple[np.ndarray, str]:
-        o = self.options
-        base = super().params_of(np.asarray([i]))[0]
+        o, k = self.options, self._index(i)
         centers = [j for j in sorted(self.table) if j in self.drawn]
-        if from_base(self._index(i), o.floor, o.warmup) or not centers:
-            return base, "base"
+        if from_base(k, o.floor, o.warmup) and o.spread:
+            return self._spread_point(k), "base"
+        if from_base(k, o.floor, o.warmup) or not centers:
+            return super().params_of(np.asarray([i]))[0], "base"
         rng = np.random.default_rng([self.seed, 0xADA, i])
         space = self.solver.param_space
         u = to_unit(space, np.stack([self.drawn[j] for j in centers]))

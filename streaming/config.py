@@ -41,6 +41,9 @@ class AdaptiveSection(_Section):
     smooth: float = Field(0.1, ge=0, le=1, description="std of the kernel that averages the losses of neighbouring "
                           "simulations before a centre is picked (initial conditions add noise); 0 = off")
     warmup: int = Field(16, ge=0, description="simulations from the base design before steering starts")
+    spread: bool = Field(False, description="the warmup and floor simulations take consecutive points of one "
+                         "scrambled Sobol sequence over the run (even coverage however few); false: the base "
+                         "design's point of each simulation id")
     exponent: float = Field(1.0, ge=0, description="a simulation is picked as a kernel centre with probability "
                             "proportional to loss ** exponent (0: uniform over recent simulations)")
     memory: int = Field(256, ge=1, description="the most recently reported simulations the proposal uses")

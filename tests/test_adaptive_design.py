@@ -11,6 +11,7 @@ from scipy.stats import binomtest
 from solvers import get_solver
 from streaming.adaptive import (
     AdaptiveCursor,
+    base_rank,
     from_base,
     held_out_grid,
     make_sample_loss,
@@ -129,6 +130,7 @@ def test_loss_table_grid_and_smoothing():
         ({"solver.adaptive.base": "adaptive"}, "solver.adaptive.base='adaptive'"),
         ({"solver.design": "adaptiv"}, "solver.design='adaptiv'"),
         ({"solver.adaptive.bandwidth": "0"}, "solver.adaptive.bandwidth=0"),
+        ({"solver.adaptive.spread": "maybe"}, "solver.adaptive.spread='maybe'"),
     ],
 )
 def test_bad_adaptive_options_name_the_key(overrides, needle):
@@ -242,3 +244,45 @@ def test_per_sample_loss_rolls_out_through_the_targets_a_sample_carries(calls):
     assert rel[3] < per_sample[3] / 10  # scaled by its own size (targets 10x larger)
     step = make_train_step(model, nnx.Optimizer(model, optax.sgd(0.0), wrt=nnx.Param), output_map=incr)
     np.testing.assert_allclose(float(step(batch, calls)), per_sample.mean(), rtol=1e-4)
+
+
+def _ks_cursor(spread, offset=0, stride=1):
+    opts = AdaptiveSection(floor=0.25, warmup=8, bandwidth=0.05, spread=spread)
+    return AdaptiveCursor(get_solver("ks1d"), 0, seed=5, sims_per_task=4, options=opts, offset=offset, stride=stride)
+
+
+def _ks_closed_loop(cursor, n_tasks):
+    """Report a loss that is high only at the low end of nu (u < 0.1): the proposal piles up there."""
+    d, ids = Dispatcher(cursor), []
+    for _ in range(n_tasks):
+        ids += d.next_task("w").sim_ids.tolist()
+        d.task_done("w")
+        u = to_unit(cursor.solver.param_space, cursor.params_of(np.asarray(ids)))[:, 0]
+        d.report_losses(np.asarray(ids), np.where(u < 0.1, 100.0, 1.0))
+    return ids
+
+
+def test_spread_base_draws_fill_the_space_evenly():
+    # the rank among base draws counts the warmup, then floor * (k - warmup) of the later ones
+    assert [base_rank(k, 0.25, 8) for k in (0, 7, 8, 9, 12, 16)] == [0, 7, 8, 8, 9, 10]
+    for spread in (False, True):
+        cursor = _ks_cursor(spread)
+        ids = _ks_closed_loop(cursor, 30)  # 120 simulations: 8 warmup + 28 floor draws
+        base = [i for i in ids if cursor.origin[i] == "base"]
+        assert len(base) == 8 + 28
+        u = to_unit(cursor.solver.param_space, cursor.params_of(np.asarray(base)))[:, 0]
+        counts = np.bincount(np.minimum((u[:32] * 32).astype(int), 31), minlength=32)
+        if spread:  # the first 32 points of a scrambled Sobol sequence: one in each 1/32 of the range
+            assert counts.max() == 1
+        else:  # the base design's points of those ids: iid-like over 32 bins, some bins twice or empty
+            assert counts.max() >= 2
+        steered = [i for i in ids if cursor.origin[i] == "proposal"]
+        us = to_unit(cursor.solver.param_space, cursor.params_of(np.asarray(steered)))[:, 0]
+        assert np.mean(us < 0.15) > 0.5  # the proposal still piles up where the loss is high
+    # two trainers (stride 2) share one sequence: together they take its first points, none twice
+    a, b = _ks_cursor(True, 0, 2), _ks_cursor(True, 1, 2)
+    pa, pb = a.params_of(np.arange(0, 16, 2)), b.params_of(np.arange(1, 16, 2))
+    u = to_unit(a.solver.param_space, np.concatenate([pa, pb]))[:, 0]
+    assert np.bincount((u * 16).astype(int), minlength=16).max() == 1
+    # spread draws are a function of the seed and the index alone, so a new cursor reproduces them
+    np.testing.assert_array_equal(_ks_cursor(True).params_of(np.arange(8)), _ks_cursor(True).params_of(np.arange(8)))
