@@ -15,7 +15,17 @@ import numpy as np
 
 from solvers import Solver, SolverError
 
-BLOCK = 1024  # parameters are drawn in blocks of this many simulations (LHS/Sobol need a block size)
+BLOCK = 1024  # parameters are drawn in blocks of at most this many simulations (LHS/Sobol need a block size)
+
+
+def block_size(n_sims: int) -> int:
+    """Simulations per parameter block for a design of ``n_sims`` (0: unlimited): equal blocks of at most
+    :data:`BLOCK`, so a Latin hypercube of a finite design is stratified over its own size, not a prefix of a
+    larger one (the first 48 points of a 1024-point LHS are close to independent draws)."""
+    if n_sims <= 0:
+        return BLOCK
+    blocks = -(-n_sims // BLOCK)
+    return -(-n_sims // blocks)
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class DesignCursor:
         self.next_id = first_id + offset
         self.pending: list[int] = []  # requeued ids, served first
         self.done: set[int] = set()
+        self._block = block_size(n_sims)
         self._blocks: dict[int, np.ndarray] = {}
         self._recent: list[np.ndarray] = []  # parameters handed out since the last take_recent()
 
@@ -62,14 +73,14 @@ class DesignCursor:
         """Parameter vectors ``(b, P)`` of simulations ``sim_ids``."""
         out = []
         for i in np.asarray(sim_ids).tolist():
-            b = (i - self.first_id) // BLOCK
+            b = (i - self.first_id) // self._block
             if b not in self._blocks:
                 key = jax.random.fold_in(jax.random.key(self.seed), b)
-                block = self.solver.sample_params(key, BLOCK, self.design)
+                block = self.solver.sample_params(key, self._block, self.design)
                 for j, v in self.fixed.items():
                     block[:, j] = v
                 self._blocks[b] = self.solver.param_space.validate(block)
-            out.append(self._blocks[b][(i - self.first_id) % BLOCK])
+            out.append(self._blocks[b][(i - self.first_id) % self._block])
         return np.stack(out) if out else np.zeros((0, len(self.solver.param_space)))
 
     def ic_seeds_of(self, sim_ids: np.ndarray) -> np.ndarray:
