@@ -54,7 +54,8 @@ FLAKY = textwrap.dedent("""
         if first and design_id == 1 and k == 3:
             c.flush()
             if mode == "kill_parent":                   # the process that started it dies (a Ray actor: OOM)
-                import os, signal; os.kill(os.getppid(), signal.SIGKILL)
+                import os, signal                       # (its parent is the launcher's watcher: kill the one above)
+                os.kill(int(open(f"/proc/{os.getppid()}/stat").read().rsplit(")", 1)[1].split()[1]), signal.SIGKILL)
             sys.exit(3)                                 # dies with status 3 after sending 3 frames
         if first and design_id == 2 and k == 2:
             break                                       # closes properly but sends too few frames

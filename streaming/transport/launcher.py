@@ -20,8 +20,10 @@ launcher adds what the listener lacks, the design:
 - every attempt connects under its own id, ``{sim_id}`` = design id + attempt * :data:`ATTEMPT_STRIDE`
   (the listener never takes a finished id twice); the launcher maps chunks back to the design id, so the
   buffer's (simulation, frame) de-duplication drops what a failed attempt had already delivered;
-- every process runs in its own process group; :meth:`LaunchSource.close` (job end, failure, Ctrl-C) and
-  an ``atexit`` hook kill the groups.
+- every process runs in its own process group, under a small watcher (:mod:`streaming.transport.reaper`);
+  :meth:`LaunchSource.close` (job end, failure, Ctrl-C) and an ``atexit`` hook kill the groups, and a process
+  that started one and died without cleaning up (a Ray actor SIGKILLed, a trainer OOM-killed) has its group
+  killed by the watcher within a second.
 
 MPI solvers: put ``mpiexec -n R ...`` in the command; each rank connects with the slab API and the
 listener assembles the slabs (the launcher sees one process group).
@@ -61,6 +63,7 @@ from streaming.design import DesignCursor, Task
 from streaming.external_solver import ExternalSolver, command_argv, fill_command
 from streaming.transport.dispatcher import Dispatcher
 from streaming.transport.listener import ClientSource
+from streaming.transport.reaper import reaped_argv
 from streaming.transport.source import Message
 
 ATTEMPT_STRIDE = 2**40  # connection id of attempt a of simulation i: i + a * ATTEMPT_STRIDE
@@ -90,6 +93,14 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.wait(KILL_GRACE_S)
 
 
+def _unstartable(program: str, cwd: str | None) -> str | None:
+    """Why ``program`` (a name on PATH, or a path relative to ``cwd``) cannot be executed; None when it can."""
+    path = Path(cwd or ".") / program if os.sep in program else shutil.which(program)
+    if path is None or not Path(path).is_file():
+        return "no such file" if os.sep in program else "not found on PATH"
+    return None if os.access(path, os.X_OK) else "not executable"
+
+
 def _tail(path: Path) -> str:
     try:
         with open(path, "rb") as f:
@@ -109,17 +120,15 @@ class LocalRunner:
         self.nice = nice
 
     def start(self, slot: int, argv: list[str], env: dict[str, str], cwd: str | None, log: Path) -> Any:
+        why = _unstartable(argv[0], cwd)
+        if why:
+            raise LauncherError(f"solver.external.command: cannot start {argv[0]!r} in {cwd or os.getcwd()!r} "
+                                f"({why}); check the program path (relative to solver.external.cwd) and that it is "
+                                "built and executable")
         with open(log, "wb") as out:
-            try:
-                proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-            except OSError as e:
-                raise LauncherError(f"solver.external.command: cannot start {argv[0]!r} in "
-                                    f"{cwd or os.getcwd()!r} ({e}); check the program path (relative to "
-                                    "solver.external.cwd) and that it is built and executable") from None
-        if self.nice:
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, proc.pid, self.nice)
+            proc = subprocess.Popen(reaped_argv(argv, self.nice), cwd=cwd, env={**os.environ, **env},
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         return (proc, log)
 
     def poll(self, handle: Any) -> int | None:
@@ -134,9 +143,6 @@ class LocalRunner:
     def forget(self, handle: Any) -> None:
         handle[1].unlink(missing_ok=True)
 
-    def pids(self, handle: Any) -> list[int]:
-        return [handle[0].pid]
-
     def close(self) -> None:
         pass
 
@@ -150,14 +156,12 @@ class _ProcessActor:
 
     def run(self, argv: list[str], env: dict[str, str], cwd: str | None) -> tuple[int, str]:
         with tempfile.TemporaryFile() as out:  # the output, deleted once its tail is read
-            try:
-                self.proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
-                                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-            except OSError as e:
-                return 127, f"cannot start {argv[0]!r} in {cwd or os.getcwd()!r} on this node: {e}"
-            if self.nice:
-                with contextlib.suppress(OSError):
-                    os.setpriority(os.PRIO_PROCESS, self.proc.pid, self.nice)
+            why = _unstartable(argv[0], cwd)
+            if why:
+                return 127, f"cannot start {argv[0]!r} in {cwd or os.getcwd()!r} on this node: {why}"
+            self.proc = subprocess.Popen(reaped_argv(argv, self.nice), cwd=cwd, env={**os.environ, **env},
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
             rc = self.proc.wait()
             out.seek(max(out.seek(0, os.SEEK_END) - _TAIL_CHARS, 0))
             return rc, out.read().decode(errors="replace").strip()
@@ -245,12 +249,6 @@ class RayRunner:
 
     def forget(self, handle: Any) -> None:
         self._results.pop(id(handle[1]), None)
-
-    def pids(self, handle: Any) -> list[int]:
-        with contextlib.suppress(Exception):
-            pid = self._ray.get(self.actors[handle[0]].pid.remote(), timeout=5)
-            return [] if pid is None else [pid]
-        return []
 
     def close(self) -> None:
         for a in self.actors:
@@ -534,12 +532,6 @@ class LaunchSource:
     # ------------------------------------------------------------------ the rest of the Source protocol
     def in_flight(self) -> list[Task]:
         return self.dispatcher.in_flight()
-
-    def running_pids(self) -> list[int]:
-        """Process ids of the runs going on now (local: the programs' own; Ray: in the actors)."""
-        with self._lock:
-            runs = list(self._runs.values())
-        return [p for r in runs for p in self.runner.pids(r.handle)]
 
     def report(self) -> dict[str, Any]:
         """What the launcher did, for the job summary."""
