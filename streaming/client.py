@@ -19,7 +19,17 @@ listening address (``workers.backend = "external"``) and sends its fields frame 
 - Flow control: the job acknowledges messages once the trainer has taken them (in batches, and always
   when it holds no other message of this client); with ``max_inflight`` messages unacknowledged,
   ``send`` blocks (backpressure), so a slow trainer slows the solver down instead of filling memory.
-- ``close()`` flushes and tells the job the simulation is complete (it then counts as done).
+- ``close()`` flushes and tells the job the simulation is complete (it then counts as done), and waits
+  until the trainer took all of it. ``end()`` does the first part without waiting: connect and stream the
+  next simulation, then ``close()`` the ended one (it waits for the job's answer then)::
+
+      a = connect(addr, sim_id=0, ...); ...; a.end()
+      b = connect(addr, sim_id=1, ...); ...; a.close(); ...; b.close()
+
+- Kept connections: a connection whose simulation was closed (the job answered ``bye``, did not drop it,
+  and its ``welcome`` said ``reuse``) is kept, a few per address in each process, and the next ``connect`` to
+  the same address sends its hello there instead of opening a connection; one the job closed meanwhile
+  is replaced by a new connection. ``connect(..., keep_connection=False)``: a connection per simulation.
 - Token: a job listening beyond the loopback interface (or one given ``workers.token``) accepts only
   clients that present its token: ``token=``, the address form ``TOKEN@host:port``, or the
   environment variable ``PDESTREAM_TOKEN`` (in that order). ``pdestream train`` prints it once.
@@ -36,8 +46,8 @@ frame is a 16-byte prefix
 ``!4sIQ`` (magic ``b"PDS1"``, header bytes, payload bytes), a UTF-8 JSON header and a raw payload.
 Client to job: ``hello`` (simulation metadata and the token), ``chunk`` (header ``wire`` = ``Chunk.to_wire()``'s
 header, payload = the float32 fields), ``end``, and, once the job answered ``bye``, possibly the next simulation's
-``hello`` on the same connection (the C client does; this one connects anew). Job to client: ``welcome`` (its
-``max_inflight``; ``reuse``: another ``hello`` may follow ``bye``),
+``hello`` on the same connection (what kept connections do, here and in the C client). Job to client: ``welcome``
+(its ``max_inflight``; ``reuse``: another ``hello`` may follow ``bye``),
 ``ack`` (``n`` more messages taken), ``dropped`` (the simulation produced NaN/Inf), ``error`` (the job
 rejected this simulation's data), ``bye`` (answer to ``end`` once everything was taken; it acknowledges the
 rest), ``stop`` (the job is shutting down).
@@ -55,6 +65,7 @@ import operator
 import os
 import select
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -70,6 +81,7 @@ DEFAULT_PORT = 47011
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 ADDRESS_ENV = "PDESTREAM_ADDRESS"
 TOKEN_ENV = "PDESTREAM_TOKEN"
+KEPT_PER_ADDRESS = 4  # idle connections kept per address for the next connect(); the surplus is closed
 
 
 class ClientError(ValueError):
@@ -153,7 +165,8 @@ class Client:
 
     def __init__(self, sock: socket.socket, address: str, *, sim_id: int, params: np.ndarray,
                  fields: tuple[str, ...], grid: tuple[int, ...], offset: tuple[int, ...] | None, solver: str,
-                 batch_frames: int | None, max_inflight: int, send_timeout: float | None) -> None:
+                 batch_frames: int | None, max_inflight: int, send_timeout: float | None,
+                 keep_key: str | None) -> None:
         self.address, self.sim_id, self.params, self.fields = address, sim_id, params, fields
         self.grid, self.offset, self.solver = grid, offset, solver
         self.batch_frames, self.max_inflight, self.send_timeout = batch_frames, max_inflight, send_timeout
@@ -169,7 +182,9 @@ class Client:
         self._have = np.zeros(len(fields), bool)
         self._last: int | None = None  # last complete frame
         self._unacked = 0
+        self._ended = False  # "end" sent: only close() (waits for "bye") or abort() is left
         self._bye = False
+        self._keep_key = keep_key  # address the connection is kept for once closed (None: closed with it)
 
     # ------------------------------------------------------------------ public
     def send(self, field: str, array: Any, frame: int) -> None:
@@ -206,8 +221,18 @@ class Client:
         if self.dropped is None:
             self._ship()
 
+    def end(self) -> None:
+        """Flush and mark the simulation complete for the job, without waiting for the trainer: connect the next
+        simulation, then ``close()`` this one (it waits for the job's ``bye``). After ``end()`` only ``close()``
+        or ``abort()`` is left. A frame with missing channels is an error, as for ``close()``.
+        """
+        self._check_open("end")
+        self._check_complete("end")
+        self._send_end()
+
     def close(self) -> None:
-        """Flush, mark the simulation complete for the job, wait until the trainer took it all, and disconnect.
+        """Flush, mark the simulation complete for the job (unless ``end()`` did), wait until the trainer took it
+        all, and let the connection go (kept for the next :func:`connect` to this address when the job allows).
 
         Raises :class:`JobStopped` when the job stopped before it took the whole simulation (e.g. it
         reached its training-step budget), :class:`ClientError` when it rejected this simulation's data (e.g.
@@ -216,21 +241,21 @@ class Client:
         """
         if self._sock is None:
             return
-        if self._frame is not None and self.dropped is None:
-            missing = [f for f, h in zip(self.fields, self._have, strict=True) if not h]
-            raise ClientError(f"close(): frame {self._frame} is missing field(s) {missing}; send them before close(), "
-                              "or call abort() to discard the simulation")
+        if not self._ended:
+            self._check_complete("close")
         try:
-            if self.dropped is None:
-                self._ship()
-            try:
-                send_frame(self._sock, {"type": "end"})
-            except OSError as e:
-                raise self._lost(e) from None
+            if not self._ended:
+                self._send_end()
             while not self._bye:
                 self._read(self.send_timeout, "close")
-        finally:
+        except BaseException:
             self._disconnect()
+            raise
+        sock, self._sock = self._sock, None
+        if self._keep_key is not None and self.dropped is None:  # late notices of a dropped one may still come
+            _KEPT.keep(self._keep_key, sock)
+        else:
+            sock.close()
 
     def abort(self) -> None:
         """Disconnect without completing the simulation: the job drops it."""
@@ -253,6 +278,15 @@ class Client:
     def _check_open(self, what: str) -> None:
         if self._sock is None:
             raise ClientError(f"{what}(): the client of simulation {self.sim_id} is closed; connect() again")
+        if self._ended:
+            raise ClientError(f"{what}(): simulation {self.sim_id} was already ended with end(); only close() (waits "
+                              "for the job to take it) or abort() is left; connect() again for the next simulation")
+
+    def _check_complete(self, what: str) -> None:
+        if self._frame is not None and self.dropped is None:
+            missing = [f for f, h in zip(self.fields, self._have, strict=True) if not h]
+            raise ClientError(f"{what}(): frame {self._frame} is missing field(s) {missing}; send them before "
+                              f"{what}(), or call abort() to discard the simulation")
 
     def _channel(self, field: str) -> int:
         try:
@@ -308,6 +342,17 @@ class Client:
         return a
 
     # ------------------------------------------------------------------ network
+    def _send_end(self) -> None:
+        """Ship the buffered complete frames, then "end"."""
+        if self.dropped is None:
+            self._ship()
+        assert self._sock is not None
+        try:
+            send_frame(self._sock, {"type": "end"})
+        except OSError as e:
+            raise self._lost(e) from None
+        self._ended = True
+
     def _ship(self) -> None:
         if not self._n:
             return
@@ -374,6 +419,69 @@ class Client:
             sock.close()
 
 
+def _quiet(sock: socket.socket) -> bool:
+    """True when nothing waits to be read on ``sock``: an idle kept connection the job has not closed (its end of
+    file, a reset or a "stop" would be readable)."""
+    try:
+        return not select.select([sock], [], [], 0.0)[0]
+    except (OSError, ValueError):  # closed meanwhile, or a descriptor select() cannot watch
+        return False
+
+
+class _KeptConnections:
+    """Connections whose simulation was closed, by address as given (token included), at most
+    :data:`KEPT_PER_ADDRESS` each; the next :func:`connect` to that address sends its hello on one of them.
+    Thread-safe; a forked child starts with none (the parent's sockets are not its to use)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[str, list[socket.socket]] = {}
+
+    def take(self, address: str) -> socket.socket | None:
+        """The most recently kept connection to ``address`` that is still quiet (None: none left)."""
+        with self._lock:
+            idle = self._idle.get(address, [])
+            while idle:
+                sock = idle.pop()
+                if _quiet(sock):
+                    return sock
+                sock.close()
+        return None
+
+    def keep(self, address: str, sock: socket.socket) -> None:
+        """Keep ``sock`` for ``address``; connections the jobs closed meanwhile (any address) are let go."""
+        with self._lock:
+            for key, idle in list(self._idle.items()):
+                live = []
+                for kept in idle:
+                    if _quiet(kept):
+                        live.append(kept)
+                    else:
+                        kept.close()
+                if live:
+                    self._idle[key] = live
+                else:
+                    del self._idle[key]
+            idle = self._idle.setdefault(address, [])
+            if len(idle) < KEPT_PER_ADDRESS:
+                idle.append(sock)
+                return
+        sock.close()
+
+    def forget(self) -> None:
+        """In a forked child: close this process's copies (the parent's connections stay open) and start empty."""
+        self._lock = threading.Lock()
+        for idle in self._idle.values():
+            for sock in idle:
+                sock.close()
+        self._idle = {}
+
+
+_KEPT = _KeptConnections()
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_KEPT.forget)
+
+
 def _open(host: str, port: int, address: str, timeout: float | None) -> socket.socket:
     """Connect, retrying while nothing listens yet (the job may still be starting) until ``timeout``."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -398,7 +506,7 @@ def _open(host: str, port: int, address: str, timeout: float | None) -> socket.s
 def connect(address: str | None = None, *, sim_id: int, params: Any, fields: Sequence[str], grid: Sequence[int],
             offset: Sequence[int] | None = None, ranks: int = 1, solver: str = "external",
             batch_frames: int | None = None, max_inflight: int | None = None, timeout: float | None = 30.0,
-            send_timeout: float | None = None, token: str | None = None) -> Client:
+            send_timeout: float | None = None, token: str | None = None, keep_connection: bool = True) -> Client:
     """Open a stream of simulation ``sim_id`` to the training job listening at ``address``.
 
     - address: ``"host:port"`` printed by ``pdestream train`` (default: ``$PDESTREAM_ADDRESS``, else
@@ -415,11 +523,16 @@ def connect(address: str | None = None, *, sim_id: int, params: Any, fields: Seq
       yet (None: forever); send_timeout: seconds ``send``/``close`` wait for the trainer before
       raising TimeoutError (None: as long as it takes, which is what backpressure means);
     - token: the job's token (default: the ``TOKEN@`` part of ``address``, else ``$PDESTREAM_TOKEN``);
-      needed when the job listens beyond the loopback interface or was given ``workers.token``.
+      needed when the job listens beyond the loopback interface or was given ``workers.token``;
+    - keep_connection: send the hello on a connection kept from an earlier simulation closed at this same
+      ``address`` (a new connection when there is none, or when the job closed it), and keep this one in
+      turn after ``close()`` (when the job's welcome allows it); False: a connection of its own, closed with
+      the simulation.
     """
     address = address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
     if not isinstance(address, str):
         raise ClientError(f"address={address!r}: expected a string HOST:PORT, e.g. {DEFAULT_ADDRESS}")
+    given = address  # kept connections are found by the address as given
     in_address, address = split_token(address)
     token = token or in_address or os.environ.get(TOKEN_ENV) or None
     host, port = parse_address(address)
@@ -443,18 +556,21 @@ def connect(address: str | None = None, *, sim_id: int, params: Any, fields: Seq
     if max_inflight is not None:
         max_inflight = _int("max_inflight", max_inflight, 1)
 
-    sock = _open(host, port, address, timeout)
     hello = {"type": "hello", "protocol": PROTOCOL, "sim_id": sim_id, "params": p.tolist(), "fields": list(names),
              "grid": list(grid_t), "offset": None if off is None else list(off), "ranks": ranks, "solver": solver}
     if token:
         hello["token"] = str(token)
-    try:
-        send_frame(sock, hello)
-        answered = select.select([sock], [], [], timeout)[0]
-        reply = recv_frame(sock)[0] if answered else None
-    except (OSError, EOFError) as e:
-        sock.close()
-        raise JobStopped(f"the training job at {address} closed the connection during the handshake ({e})") from None
+    kept = _greet_kept(given, hello, timeout) if keep_connection else None
+    if kept is not None:
+        sock, reply = kept
+    else:
+        sock = _open(host, port, address, timeout)
+        try:
+            reply = _greet(sock, hello, timeout)
+        except (OSError, EOFError) as e:
+            sock.close()
+            raise JobStopped(f"the training job at {address} closed the connection during the handshake "
+                             f"({e})") from None
     if reply is None:
         sock.close()
         raise ServerUnavailable(f"{address} accepted the connection but did not answer within {timeout} s; "
@@ -468,5 +584,27 @@ def connect(address: str | None = None, *, sim_id: int, params: Any, fields: Seq
         raise ClientError(f"the training job at {address} refused simulation {sim_id}: {msg}")
     server_window = int(reply["max_inflight"])
     window = server_window if max_inflight is None else min(max_inflight, server_window)
+    keep_key = given if keep_connection and reply.get("reuse") is True else None
     return Client(sock, address, sim_id=sim_id, params=p, fields=names, grid=grid_t, offset=off, solver=solver,
-                  batch_frames=batch_frames, max_inflight=window, send_timeout=send_timeout)
+                  batch_frames=batch_frames, max_inflight=window, send_timeout=send_timeout, keep_key=keep_key)
+
+
+def _greet(sock: socket.socket, hello: dict[str, Any], timeout: float | None) -> dict[str, Any] | None:
+    """Send ``hello`` and read the job's answer (None: none within ``timeout`` s); OSError or EOFError when the
+    connection broke first."""
+    send_frame(sock, hello)
+    if not select.select([sock], [], [], timeout)[0]:
+        return None
+    return recv_frame(sock)[0]
+
+
+def _greet_kept(address: str, hello: dict[str, Any], timeout: float | None,
+                ) -> tuple[socket.socket, dict[str, Any] | None] | None:
+    """Send ``hello`` on a connection kept for ``address``: ``(socket, answer)`` as :func:`_greet`, or None when
+    none is kept or the job let each one go (it closed it before reading the hello)."""
+    while (sock := _KEPT.take(address)) is not None:
+        try:
+            return sock, _greet(sock, hello, timeout)
+        except (OSError, EOFError):
+            sock.close()
+    return None

@@ -405,7 +405,8 @@ def test_reader_threads_serve_one_connection_after_the_other():
     with ClientSource("127.0.0.1:0", expected_sims=n, max_inflight=2) as src:
         consumer = Consumer(src)
         for sim in range(n):
-            with connect(src.address, sim_id=sim, params=[1.0], fields=["u"], grid=(3,)) as client:
+            with connect(src.address, sim_id=sim, params=[1.0], fields=["u"], grid=(3,),
+                         keep_connection=False) as client:
                 client.send("u", np.zeros(3), 0)
         consumer.join()
         readers = [t for t in threading.enumerate() if t.name == "client-source-reader"]

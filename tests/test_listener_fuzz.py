@@ -150,7 +150,7 @@ def good_client(address: str, sims: range, errors: list, connected: threading.Ev
     try:
         for sim in sims:
             with connect(address, sim_id=sim, params=PARAMS, fields=["T"], grid=GRID, timeout=WAIT,
-                         send_timeout=WAIT) as c:
+                         send_timeout=WAIT, keep_connection=False) as c:  # one connection each: counted below
                 if connected is not None:
                     connected.set()
                 amp = 100 + 50 * rng.random()

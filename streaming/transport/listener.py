@@ -145,6 +145,7 @@ class _Conn:
     taken: int = 0  # messages taken (or let go) by the iterating thread; acknowledged in batches
     owed: int = 0  # taken but not acknowledged yet
     end_read: bool = False  # the reader read "end": the "bye" acknowledges whatever is owed
+    bye: bool = False  # "bye" posted: nothing more of this simulation goes out (the socket may carry the next one)
     last_take: float = 0.0  # monotonic time the trainer last took one of its messages (idle clock)
     ahead: memoryview | None = None  # bytes read ahead of the current frame (reader thread) ...
     ahead_pos: int = 0  # ... the next unread one ...
@@ -462,7 +463,8 @@ class ClientSource:
             self.sims_finished += 1
             self.dropped[reason] += 1
             for c in sim.conns:
-                self._post(c, {"type": "dropped" if status == "nan" else "error", "message": message})
+                if not c.bye:
+                    self._post(c, {"type": "dropped" if status == "nan" else "error", "message": message})
             sim.conns = []
         waiting = {id(m): m for f in sim.pending.values() for m in f.msgs}
         waiting.update({id(m): m for m in extra})
@@ -485,7 +487,7 @@ class ClientSource:
         if conn.ended:
             if conn.unacked == 0:
                 conn.owed = 0
-                self._post(conn, {"type": "bye"})
+                self._bye(conn)
         elif conn.owed and not conn.end_read and (conn.owed >= self._ack_batch or conn.taken >= conn.read_msgs):
             conn.acked += conn.owed
             self._post(conn, {"type": "ack", "n": conn.owed})
@@ -698,8 +700,7 @@ class ClientSource:
             if sim_open:
                 self._events.put(("end", conn, None))
         if not sim_open:
-            conn.ended = True
-            self._post(conn, {"type": "bye"})
+            self._bye(conn)
 
     def _drain(self) -> None:
         """The stream ended: let go the clients of dropped simulations whose "end" is still queued."""
@@ -709,8 +710,16 @@ class ClientSource:
             except queue.Empty:
                 return
             if kind == "end" and conn.sim is not None and conn.sim.status != "open":
-                conn.ended = True
-                self._post(conn, {"type": "bye"})
+                self._bye(conn)
+
+    def _bye(self, conn: _Conn) -> None:
+        """Answer ``conn``'s "end" with its one "bye"; after it nothing of this simulation goes out (neither a later
+        drop's notice nor a second "bye" when its queued messages are let go): the socket may carry the next one."""
+        conn.ended = True
+        with self._lock:
+            first, conn.bye = not conn.bye, True
+        if first:
+            self._post(conn, {"type": "bye"})
 
     def _hello(self, conn: _Conn, h: dict[str, Any]) -> None:
         if h.get("type") != "hello":
