@@ -171,12 +171,61 @@ def node_resample(fields: jax.Array, shape: tuple[int, int]) -> jax.Array:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+STAR_POINTS = 13  # size of the surrogate's star marker (points)
+# Offsets (points) of a number from its marker, with its alignment, in the order they are tried.
+NUMBER_OFFSETS = ((4, 2, "left", "bottom"), (4, -2, "left", "top"), (-4, 2, "right", "bottom"),
+                  (-4, -2, "right", "top"), (0, 5, "center", "bottom"), (0, -5, "center", "top"),
+                  (8, 9, "left", "bottom"), (8, -9, "left", "top"), (-8, 9, "right", "bottom"),
+                  (-8, -9, "right", "top"))
+
+
+def marker_box(ax: Any, x: float, y: float, size: float) -> Any:
+    """The display-pixel ``Bbox`` of a marker ``size`` points square at data point ``(x, y)``."""
+    from matplotlib.transforms import Bbox
+
+    px, py = ax.transData.transform((x, y))
+    half = size * ax.figure.dpi / 72 / 2
+    return Bbox.from_bounds(px - half, py - half, 2 * half, 2 * half)
+
+
+def place_numbers(ax: Any, points: Sequence[tuple[float, float, str]], avoid: Sequence[Any] = (),
+                  markersize: float = 6.0) -> list[Any]:
+    """Annotate each point ``(x, y, text)`` (data units) with its short text at the first offset of
+    :data:`NUMBER_OFFSETS` whose box stays inside the axes and overlaps no marker (``markersize`` points
+    square), no box of ``avoid`` (display-pixel ``Bbox``) and no earlier number; the first offset when none is
+    free. Deterministic; call it after the layout is final (the boxes are in display pixels)."""
+    renderer = ax.figure.canvas.get_renderer()
+    taken = list(avoid) + [marker_box(ax, x, y, markersize) for x, y, _ in points]
+    inside = ax.get_window_extent(renderer)
+
+    def annotate(x: float, y: float, text: str, offset: tuple[float, float, str, str]) -> tuple[Any, Any]:
+        dx, dy, ha, va = offset
+        note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7, ha=ha, va=va)
+        return note, note.get_window_extent(renderer)
+
+    placed = []
+    for x, y, text in points:
+        for offset in NUMBER_OFFSETS:
+            note, box = annotate(x, y, text, offset)
+            if (inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+                    and not any(box.overlaps(b) for b in taken)):
+                break
+            note.remove()
+        else:  # nowhere free
+            note, box = annotate(x, y, text, NUMBER_OFFSETS[0])
+        taken.append(box)
+        placed.append(note)
+    return placed
+
+
 def plot_pareto(panels: Sequence[Mapping[str, Any]], out: str | Path) -> Path:
     """Error against wall time, log-log, one panel per problem; writes a PNG and returns its path.
 
     Each panel: ``name``, ``rungs`` (dicts with ``label``, ``seconds``, ``error``, ``stable``), ``surrogate``
     (``seconds``, ``error``), ``identity`` (error) and ``reference`` (label). The line joins the rungs no faster
-    rung beats in error; unstable rungs are marked at the top of the panel.
+    rung beats in error; unstable rungs are marked at the top of the panel. Rungs carry numbers (stable ones
+    from the fastest, then the unstable ones), placed by :func:`place_numbers`; a key beside the panel gives
+    each number's setting.
     """
     import matplotlib
 
@@ -189,9 +238,10 @@ def plot_pareto(panels: Sequence[Mapping[str, Any]], out: str | Path) -> Path:
 
     cols = min(2, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(8.8 * cols, 4.8 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
+    numbered: list[tuple[Any, list[tuple[float, float, str]], tuple[float, float]]] = []
     for ax, panel in zip(axes.flat[:len(panels)], panels, strict=True):
         rungs = [r for r in panel["rungs"] if r["stable"] and r["error"] is not None and r["error"] > 0]
         rungs.sort(key=lambda r: r["seconds"])
@@ -207,16 +257,19 @@ def plot_pareto(panels: Sequence[Mapping[str, Any]], out: str | Path) -> Path:
                     label="solver settings")
             ax.plot([r["seconds"] for r in front], [r["error"] for r in front], "-", color="tab:blue",
                     label="solver Pareto front")
-            for r in rungs:
-                ax.annotate(r["label"], (r["seconds"], r["error"]), fontsize=6, xytext=(3, 3),
-                            textcoords="offset points")
         bad = [r for r in panel["rungs"] if not r["stable"]]
         if bad:
             ax.plot([r["seconds"] for r in bad], [top] * len(bad), "x", color="tab:red", label="unstable rung")
-            for r in bad:
-                ax.annotate(r["label"], (r["seconds"], top), fontsize=6, xytext=(3, -9), textcoords="offset points")
+        points = [(r["seconds"], r["error"], str(i)) for i, r in enumerate(rungs, 1)]
+        points += [(r["seconds"], top, str(i)) for i, r in enumerate(bad, len(rungs) + 1)]
+        key = [f"{i:>2}  {r['label']}" for i, r in enumerate(rungs, 1)]
+        key += [f"{i:>2}  {r['label']} (unstable)" for i, r in enumerate(bad, len(rungs) + 1)]
+        if key:
+            ax.text(1.02, 1.0, "solver settings\n" + "\n".join(key), transform=ax.transAxes, va="top",
+                    fontsize=7, family="monospace")
         s = panel["surrogate"]
-        ax.plot([s["seconds"]], [s["error"]], "*", color="tab:orange", markersize=13, label="surrogate")
+        numbered.append((ax, points, (s["seconds"], s["error"])))
+        ax.plot([s["seconds"]], [s["error"]], "*", color="tab:orange", markersize=STAR_POINTS, label="surrogate")
         ax.axhline(panel["identity"], color="gray", linestyle="--", label="identity (copy last frame)")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -229,6 +282,8 @@ def plot_pareto(panels: Sequence[Mapping[str, Any]], out: str | Path) -> Path:
         ax.legend(fontsize=7, loc="lower left")
         ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
+    for ax, points, star in numbered:
+        place_numbers(ax, points, avoid=[ax.get_legend().get_window_extent(), marker_box(ax, *star, STAR_POINTS)])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)

@@ -23,8 +23,10 @@ relative L2 of the exported surrogate (the best by validation, the same rule for
 ``test_rollout_rel_l2`` = autoregressive rollout error over ``test_rollout_steps`` frames. MP-PDE is
 rolled out over the whole trajectory after its first window (``rollout_steps=None``): each call's K
 output frames become the next call's input window, so the error covers several bundles
-(``test_rollout_calls``), not one step. ``improvement_<pair>`` = (offline - online) / offline of
-``test_rel_l2``: positive when online is better.
+(``test_rollout_calls``), not one step. ``test_rel_l2_identity`` and ``test_rollout_rel_l2_identity``
+(per pair) score the identity baseline, the last input frame held (:class:`HeldFrame`), the same way on the
+same test set; None for the MLP pair, a field model with no input frame. ``improvement_<pair>`` =
+(offline - online) / offline of ``test_rel_l2``: positive when online is better.
 
 Sizes (steps x batch; N offline simulations; online reservoir capacity / watermark):
 
@@ -60,6 +62,7 @@ from streaming.config import JobConfig, load_config
 from streaming.job import build_solver, build_validation, run_job, sample_spec
 from streaming.metrics import read_metrics
 from streaming.offline import generate
+from streaming.samples import SampleSpec
 from streaming.trainer import Validation
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (configs/)
@@ -210,6 +213,46 @@ def score(run_dir: str | Path, test: Validation, cfg: JobConfig) -> dict[str, fl
     return {"test_rel_l2": s["val_one_step_rel_l2"], "test_rollout_rel_l2": s["val_rollout_rel_l2"]}
 
 
+class HeldFrame:
+    """The identity baseline as a surrogate: every prediction is the last input frame, held.
+
+    ``step`` and ``rollout`` take and return the shapes of :meth:`surrogates.surrogate.Surrogate.step` and
+    ``rollout`` (batched), so :meth:`Validation.score` scores it as it scores a trained surrogate."""
+
+    def __init__(self, spec: SampleSpec):
+        if spec.kind == "field":
+            raise ValueError("HeldFrame: a 'field' sample has no input frame to hold; score the identity only for "
+                             "'next_step' and 'bundle' models")
+        self.spec = spec
+
+    def last_frame(self, fields: np.ndarray) -> np.ndarray:
+        """``(B, C, *grid)`` from a window ``(B, W, C, *grid)`` (or ``(B, C, *grid)`` when W = 1)."""
+        fields = np.asarray(fields)
+        return fields[:, -1] if self.spec.window > 1 else fields
+
+    def step(self, fields: np.ndarray, cond: Any = None, t: Any = 0.0, hold: Any = None) -> np.ndarray:
+        """``(B, C, *grid)``, or ``(B, K, C, *grid)`` for a bundle of K frames."""
+        last = self.last_frame(fields)
+        if self.spec.kind == "bundle":
+            return np.repeat(last[:, None], self.spec.horizon, axis=1)
+        return last
+
+    def rollout(self, fields0: np.ndarray, n_steps: int, cond: Any = None, t0: Any = 0.0,
+                hold: Any = None) -> np.ndarray:
+        """``(B, n_steps + 1, C, *grid)``: the last frame of ``fields0`` at every step."""
+        return np.repeat(self.last_frame(fields0)[:, None], n_steps + 1, axis=1)
+
+
+def score_identity(test: Validation, cfg: JobConfig) -> dict[str, float | None]:
+    """Test relative L2 of the identity baseline (:class:`HeldFrame`), one step and over the rollout; None for
+    a field model, which reads no input frame."""
+    spec = sample_spec(cfg, build_solver(cfg))
+    if spec.kind == "field":
+        return {"test_rel_l2_identity": None, "test_rollout_rel_l2_identity": None}
+    s = test.score(HeldFrame(spec), spec)
+    return {"test_rel_l2_identity": s["val_one_step_rel_l2"], "test_rollout_rel_l2_identity": s["val_rollout_rel_l2"]}
+
+
 def rollout_extent(test: Validation, cfg: JobConfig) -> dict[str, int]:
     """Frames the test rollout scores and the autoregressive model calls (bundles of K frames) it takes."""
     if cfg.sample.kind == "field":
@@ -263,7 +306,7 @@ def run_pair(pair: str, scale: str, out: Path) -> dict[str, Any]:
         "offline": {**rec_off, "n_sims": size.n_offline, "generate_seconds": off["generate_seconds"]},
         "online": {**rec_on, "reservoir_capacity": size.online_capacity},
         "batch_size": cfg.optim.batch_size, "n_test_sims": len(test.frames), "test_seconds": round(test_s, 1),
-        **rollout_extent(test, cfg),
+        **rollout_extent(test, cfg), **score_identity(test, cfg),
         "improvement": improvement(rec_off["test_rel_l2"], rec_on["test_rel_l2"]),
         "improvement_rollout": improvement(rec_off["test_rollout_rel_l2"], rec_on["test_rollout_rel_l2"]),
         "curves": {"offline": val_curve(off["run_dir"]), "online": val_curve(on["run_dir"])},
@@ -298,15 +341,21 @@ def plot_curves(pair: str, rec: dict[str, Any], path: Path) -> Path:
 def format_table(results: dict[str, Any]) -> str:
     """A markdown table of the study."""
     head = ("| pair | offline N sims (epochs) | online fresh sims | steps x batch | test rel. L2 offline | "
-            "online | improvement | rollout frames (model calls) | rollout offline | rollout online |")
-    lines = [head, "|" + "---|" * 10]
+            "online | identity | improvement | rollout frames (model calls) | rollout offline | rollout online | "
+            "rollout identity |")
+    lines = [head, "|" + "---|" * 12]
     for pair, r in results["pairs"].items():
         off, on = r["offline"], r["online"]
         lines.append(f"| {pair} | {off['n_sims']} ({off['epochs']:.1f}) | {on['sims_trained_on']} | "
                      f"{off['steps']} x {r['batch_size']} | {off['test_rel_l2']:.4g} | {on['test_rel_l2']:.4g} | "
-                     f"{r['improvement']:+.1%} | {r['test_rollout_steps']} ({r['test_rollout_calls']}) | "
-                     f"{off['test_rollout_rel_l2']:.4g} | {on['test_rollout_rel_l2']:.4g} |")
+                     f"{_or_none(r['test_rel_l2_identity'])} | {r['improvement']:+.1%} | "
+                     f"{r['test_rollout_steps']} ({r['test_rollout_calls']}) | {off['test_rollout_rel_l2']:.4g} | "
+                     f"{on['test_rollout_rel_l2']:.4g} | {_or_none(r['test_rollout_rel_l2_identity'])} |")
     return "\n".join(lines)
+
+
+def _or_none(v: float | None) -> str:
+    return "none" if v is None else f"{v:.4g}"
 
 
 def run_study(scale: str, out: str | Path, pairs: list[str] | None = None,
