@@ -34,7 +34,7 @@ class AdaptiveSection(_Section):
 
     base: Literal["lhs", "sobol", "uniform"] = Field("lhs", description="the design the floor fraction and the "
                                                      "warmup draw from")
-    floor: float = Field(0.3, ge=0, le=1, description="fraction of simulations drawn from the base design, so no "
+    floor: float = Field(0.5, ge=0, le=1, description="fraction of simulations drawn from the base design, so no "
                          "region starves")
     bandwidth: float = Field(0.05, gt=0, le=1, description="std of the Gaussian kernel around high-loss "
                              "simulations, in unit-cube coordinates (log parameters: in log space)")

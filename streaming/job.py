@@ -138,10 +138,12 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
     else:
         if cfg is None:
             raise ConfigError("run_job needs a config, or resume=RUN_DIR")
-        if cfg.solver.design == "adaptive" and (parallel is not None or cfg.workers.backend == "external"):
+        hand_started = cfg.workers.backend == "external" and not (cfg.solver.external and cfg.solver.external.command)
+        if cfg.solver.design == "adaptive" and (parallel is not None or hand_started):
             raise ConfigError("solver.design='adaptive' needs one trainer process that hands out the simulations; with "
-                              f"{'several trainer processes' if parallel is not None else 'external solvers'} use "
-                              "solver.design='lhs' (or 'sobol', 'uniform')")
+                              f"{'several trainer processes' if parallel is not None else 'clients started by hand'} "
+                              "use solver.design='lhs' (or 'sobol', 'uniform'), or give solver.external.command so the "
+                              "job launches the solver program itself")
         if offline is not None:
             from streaming.offline import offline_job
 

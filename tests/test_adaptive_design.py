@@ -165,7 +165,7 @@ def test_a_resumed_local_job_draws_what_an_uninterrupted_one_draws(tmp_path):
     run_job(resume=run)
     assert _design_state(run, 24) == full  # the same simulations, parameters and loss table
 
-    with pytest.raises(ConfigError, match="external solvers"):
+    with pytest.raises(ConfigError, match="clients started by hand"):
         run_job(load_config("configs/quickstart.toml", {**SMALL, "workers.backend": "external",
                                                          "logging.run_dir": str(tmp_path)}))
 

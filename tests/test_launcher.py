@@ -385,3 +385,20 @@ def test_log_scaled_parameters_in_the_design(tmp_path: Path) -> None:
     p = solver.sample_params(jax.random.key(0), 256, "sobol")[:, 0]
     assert p.min() >= 1e-3 and p.max() <= 1.0
     assert 0.2 < (p < 10**-1.5).mean() < 0.8  # uniform in log10: half the draws below the log-midpoint
+
+
+@pytest.mark.parametrize("backend", ["local", "external"])
+def test_the_adaptive_design_steers_the_launched_runs(tmp_path: Path, backend: str) -> None:
+    """solver.design = "adaptive" through the launcher: the trainer's per-simulation losses reach the design, which
+    draws later runs' parameters from its proposal (simulations stream until the step budget, one new sample per
+    step), and the launcher leaves nothing running; the checkpoint holds the design's state."""
+    cfg = _flaky_config(tmp_path, "plain", **{
+        "workers.backend": f'"{backend}"', "solver.n_sims": "0", "solver.design": '"adaptive"',
+        "solver.adaptive": "{ warmup = 4, loss_every = 1, report_every = 1 }", "optim.steps": "60",
+        "buffer.ingest_ratio": "0.25", "checkpoint.interval": "60"})
+    summary, left = _run(cfg)
+    assert not left and summary["workers"]["failed"] == 0
+    cursor = json.loads((Path(summary["run_dir"]) / "checkpoints/60/meta/metadata").read_text())["cursor"]
+    origins = [r[1] for r in cursor["adaptive"]["drawn"]]
+    assert origins[:4] == ["base"] * 4 and "proposal" in origins, origins
+    assert cursor["adaptive"]["reports"] > 0 and cursor["adaptive"]["losses"]  # what the trainer reported

@@ -1,7 +1,7 @@
 """Loss-steered (adaptive) vs fixed (LHS) parameter design, on problems whose difficulty varies over the space.
 
     python -m benchmarks.studies.adaptive_sampling --json F [--png F] [--seeds 3] [--first-seed 0] [--ics 4]
-        [--test-seed N] [--scale small|tiny] [--problems burgers1d,ks1d] [--set KEY=VALUE ...]
+        [--test-seed N] [--scale medium|small|tiny] [--problems burgers1d,ks1d] [--set KEY=VALUE ...]
 
 Per problem and seed, two local-backend jobs that differ only in ``solver.design``: the base design
 (``lhs``) and ``adaptive`` (:mod:`streaming.adaptive`, base ``lhs``). Both train the same FNO for the same
@@ -16,8 +16,11 @@ log-uniform in [0.01, 1]: decaying Burgers from steep fronts to a damped, nearly
 off because its random coefficients are not in the model's input, so with it the error was set by the
 unobserved forcing rather than by beta) and ``ks1d`` (nu in [0.5, 4], the equivalent domain length
 L / sqrt(nu): small nu is more chaotic, with its fastest-growing wavenumber at mode ~16 of the domain, so the
-FNO keeps 24 modes). The adaptive options are :data:`ADAPTIVE`; ``--set`` overrides any job key for both
-designs alike.
+FNO keeps 24 modes), by default; ``burgers1d_alpha`` (family ``E3`` without forcing, beta = 0.2 and gamma = 0
+held, the nonlinearity alpha in [0, 3] free: from pure diffusion to steepening fronts) on request. Scales
+(:data:`SCALES`): ``medium`` (the default: 3,000 steps, 144 simulations), ``small`` (1,000, 48), ``tiny`` (a
+plumbing check). The adaptive options are :data:`ADAPTIVE`; ``--set`` overrides any job key for both designs
+alike.
 
 Written per problem: ``<problem>_p99_error_ratio`` (adaptive / lhs of the 99th percentile of the per-simulation
 test errors, each the mean over seeds), ``<problem>_mean_error_ratio``, ``<problem>_wall_time_ratio`` (job wall
@@ -55,6 +58,12 @@ PROBLEMS: dict[str, dict[str, str]] = {
         "solver.config": '{ nx = 256, nx_out = 64, dt = 0.01, family = "E2log", forcing = false }',
         "solver.steps": "400", "solver.every": "20",  # t = 4, as MP-PDE's E2 (fronts steepen at small beta)
     },
+    "burgers1d_alpha": {
+        "solver.name": "burgers1d",
+        "solver.config": '{ nx = 256, nx_out = 64, dt = 0.01, family = "E3", forcing = false }',
+        "solver.fixed": "{ beta = 0.2, gamma = 0.0 }",  # alpha in [0, 3] free: from pure diffusion to steep fronts
+        "solver.steps": "400", "solver.every": "20",
+    },
     "ks1d": {
         "solver.name": "ks1d",
         "solver.config": "{ nx = 128, dt = 0.05 }",
@@ -62,15 +71,18 @@ PROBLEMS: dict[str, dict[str, str]] = {
     },
 }
 
+DEFAULT_PROBLEMS = ("burgers1d", "ks1d")
+
 # the adaptive design's options (streaming.adaptive): warmup 12 = the simulations handed out before the first
 # loss report (a 200-sample watermark of 20-sample simulations, tasks of 4); the warmup and floor draws spread as
-# one Sobol sequence, floor 0.3 and exponent 1 (picked on the tuning set named at TEST_SEED)
-ADAPTIVE = ('{ base = "lhs", spread = true, floor = 0.3, warmup = 12, bandwidth = 0.05, smooth = 0.1, '
+# one Sobol sequence; floor 0.5 and exponent 1 picked at scale "medium" on the tuning set named at TEST_SEED
+ADAPTIVE = ('{ base = "lhs", spread = true, floor = 0.5, warmup = 12, bandwidth = 0.05, smooth = 0.1, '
             'exponent = 1 }')
 
 SCALES = {  # gradient steps, simulations, held-out grid points, FNO (modes, width, depth)
     "tiny": {"steps": 40, "n_sims": 12, "grid": 6, "model": (8, 8, 1), "watermark": 40},
     "small": {"steps": 1000, "n_sims": 48, "grid": 32, "model": (24, 16, 3), "watermark": 200},
+    "medium": {"steps": 3000, "n_sims": 144, "grid": 32, "model": (24, 16, 3), "watermark": 200},
 }
 
 
@@ -228,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ics", type=int, default=4, help="initial conditions per held-out grid point")
     ap.add_argument("--test-seed", type=int, default=TEST_SEED, help="first initial-condition seed of the held-out "
                     "set (another value gives a tuning set disjoint from the test set)")
-    ap.add_argument("--scale", choices=sorted(SCALES), default="small")
-    ap.add_argument("--problems", default=",".join(PROBLEMS), help="comma-separated subset of " + ",".join(PROBLEMS))
+    ap.add_argument("--scale", choices=sorted(SCALES), default="medium")
+    ap.add_argument("--problems", default=",".join(DEFAULT_PROBLEMS),
+                    help="comma-separated subset of " + ",".join(PROBLEMS))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="job config override for both designs, e.g. --set solver.adaptive.floor=0.2")
     args = ap.parse_args(argv)
