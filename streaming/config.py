@@ -187,6 +187,9 @@ class WorkersSection(_Section):
                                   "message's frames")
     max_message_mb: float = Field(256.0, gt=0, description="external backend: largest message payload (MiB) a "
                                   "client may send; checked before anything is allocated")
+    listener_ring_mb: float = Field(64.0, ge=0, description="external backend: shared memory (MiB) through which "
+                                    "the listener, in a process of its own, hands chunks to the trainer; 0 runs the "
+                                    "listener's threads in the trainer's process")
     nice: int = Field(10, ge=0, le=19, description="OS priority drop of worker processes and of the trainer's "
                       "receiver thread (Linux), so the train step keeps its CPU")
 

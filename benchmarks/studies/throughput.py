@@ -22,12 +22,13 @@ memory (same trainer, same threads) and online through Ray, with workers that re
 workers send as fast as they can and the receiver takes it all) and with live solvers
 (``streaming_efficiency_live_solvers``: on a 2-core machine the solver processes take cores from
 the trainer, so this one measures that contention too); on a GPU machine the steps run on the device.
-(c) ``ingest_fields_per_s_external_<n>c``: the same ingest path fed by the ``external`` backend's TCP
-listener from ``n`` small compiled C programs (the C client, ``pdestream client-config``), each sending
-64 x 64 float32 fields as fast as it can (simulations of 50 frames, precomputed values: no solver cost; each
-simulation ended with ``pds_end`` and closed once the next one was sent, so the wait for the job's
-acknowledgement overlaps the next simulation; the C client carries a closed simulation's connection over to the
-next one); ``--external-clients 0`` skips it.
+(c) ``ingest_fields_per_s_external_<n>c``: the same ingest path fed by the ``external`` backend's TCP listener
+(in a process of its own, as shipped; ``..._threads``: its reader threads in the trainer's process,
+``workers.listener_ring_mb = 0``) from ``n`` small compiled C programs (the C client, ``pdestream client-
+config``), each sending 64 x 64 float32 fields as fast as it can (simulations of 50 frames, precomputed
+values: no solver cost; each simulation ended with ``pds_end`` and closed once the next one was sent, so the
+wait for the job's acknowledgement overlaps the next simulation; the C client carries a closed simulation's
+connection over to the next one); ``--external-clients 0`` skips it.
 Prints a table and writes a flat JSON dict (keys ``ingest_fields_per_s_ray_4w``,
 ``ingest_fields_per_s_mpi_4w``, ``ingest_fields_per_s_external_4c``, ``streaming_efficiency``, ...).
 """
@@ -127,7 +128,8 @@ int main(int argc, char **argv) {
     pds_client *prev = NULL;
     for (long sim = atol(argv[2]) * 100000000L;; ++sim) {
         pds_client *c = pds_connect(argv[1], sim, 5, params, 1, fields, 2, grid);
-        if (!c) return stop(prev, pds_last_code());
+        /* the job stopped between two simulations: nothing listens any more */
+        if (!c) return stop(prev, prev && pds_last_code() == PDS_E_CONNECT ? PDS_E_STOPPED : pds_last_code());
         for (long k = 0; k < n_frames; ++k)
             if (pds_send(c, "T", k, frames[k % 50]) < 0) {
                 int rc = pds_last_code();
@@ -150,21 +152,24 @@ int main(int argc, char **argv) {
 """
 
 
-def external_ingest_rate(n_clients: int, seconds: float, frames_per_sim: int = 50) -> tuple[float, float]:
+def external_ingest_rate(n_clients: int, seconds: float, frames_per_sim: int = 50,
+                         ring_mb: float | None = None) -> tuple[float, float]:
     """(New, delivered) fields per second (:func:`_count`) taken by the trainer's ingest path from ``n_clients`` C
-    programs through the ``external`` listener (built from the job config, as ``pdestream train`` builds it); each
-    program sends simulations of ``frames_per_sim`` frames, two at a time (``C_SENDER``: ``pds_end``, then the
-    previous one's ``pds_close``)."""
+    programs through the ``external`` listener (built from the job config, as ``pdestream train`` builds it:
+    in a process of its own unless ``ring_mb`` is 0, ``workers.listener_ring_mb``); each program sends
+    simulations of ``frames_per_sim`` frames, two at a time (``C_SENDER``: ``pds_end``, then the previous one's
+    ``pds_close``)."""
     import shlex
 
     from streaming.assembly import build_solver, sample_spec, worker_args
     from streaming.client_config import flags
     from streaming.config import load_config
     from streaming.design import DesignCursor
-    from streaming.transport.listener import from_config
+    from streaming.transport.launcher import from_config
 
+    ring = {} if ring_mb is None else {"workers.listener_ring_mb": str(ring_mb)}
     cfg = load_config(ROOT / "configs/quickstart.toml", {**FIELD_CASE, "workers.backend": "external",
-                                                          "workers.listen": "127.0.0.1:0"})
+                                                          "workers.listen": "127.0.0.1:0", **ring})
     solver = build_solver(cfg)
     spec = sample_spec(cfg, solver)
     with tempfile.TemporaryDirectory() as tmp:
@@ -172,7 +177,8 @@ def external_ingest_rate(n_clients: int, seconds: float, frames_per_sim: int = 5
         subprocess.run(["cc", "-O2", "sender.c", "-o", "sender", *shlex.split(flags(cflags=True, libs=True))],
                        cwd=tmp, check=True)
         source = from_config(cfg, DesignCursor(solver, 0, "uniform", 0, 1), worker_args(cfg, spec))
-        procs = [subprocess.Popen([str(Path(tmp) / "sender"), source.address, str(i), str(frames_per_sim)])
+        env = {**os.environ, "PDESTREAM_CONNECT_TIMEOUT": "3"}  # the job's end between two simulations: 3 s
+        procs = [subprocess.Popen([str(Path(tmp) / "sender"), source.address, str(i), str(frames_per_sim)], env=env)
                  for i in range(n_clients)]
         try:
             return _count(source, spec, cfg, seconds)
@@ -397,6 +403,8 @@ def main() -> None:
         if args.external_clients:
             n = args.external_clients
             row(r, f"external_{n}c", "external (C clients)", n, external_ingest_rate(n, args.seconds))
+            row(r, f"external_{n}c_threads", "external, listener threads in the trainer", n,
+                external_ingest_rate(n, args.seconds, ring_mb=0))
     for key, values in rounds.items():
         results[key] = float(np.median(values))
         if args.ingest_rounds > 1:

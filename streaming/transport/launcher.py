@@ -63,6 +63,7 @@ from streaming.design import DesignCursor, Task
 from streaming.external_solver import ExternalSolver, command_argv, fill_command
 from streaming.transport.dispatcher import Dispatcher
 from streaming.transport.listener import ClientSource
+from streaming.transport.listener_process import ListenerProcess
 from streaming.transport.reaper import reaped_argv
 from streaming.transport.source import Message
 
@@ -305,7 +306,8 @@ class LaunchSource:
     runner: :class:`LocalRunner` or :class:`RayRunner`. count: processes at a time. See the module docstring.
     """
 
-    def __init__(self, cursor: DesignCursor, solver: ExternalSolver, listener: ClientSource, runner: Any, *,
+    def __init__(self, cursor: DesignCursor, solver: ExternalSolver, listener: ClientSource | ListenerProcess,
+                 runner: Any, *,
                  count: int, max_failures: int, exit_grace: float = EXIT_GRACE_S) -> None:
         section = solver.config
         if not section.command:
@@ -571,13 +573,19 @@ class LaunchSource:
 
 
 # ---------------------------------------------------------------------------------------------- assembly
-def make_listener(cfg: JobConfig, solver: ExternalSolver, overlap: int, listen: str | None = None) -> ClientSource:
-    """The TCP listener the launched programs stream to (``workers.listen`` unless ``listen`` is given)."""
+def make_listener(cfg: JobConfig, solver: Any, overlap: int, listen: str | None = None, *,
+                  expected_sims: int | None = None, own_process: bool = False) -> ClientSource | ListenerProcess:
+    """The TCP listener the programs stream to (``workers.listen`` unless ``listen`` is given), for ``solver``'s
+    channels, grid and parameters; with ``own_process`` (and ``workers.listener_ring_mb`` > 0) in a process of
+    its own (:class:`ListenerProcess`), else in this one."""
     w = cfg.workers
-    return ClientSource(listen or w.listen, None, w.max_inflight, overlap=overlap, channels=solver.channels,
-                        grid=solver.grid, n_params=len(solver.param_space), token=w.token,
-                        client_timeout=w.client_timeout, max_message_bytes=int(w.max_message_mb * 2**20),
-                        chunk_frames=w.chunk_frames)
+    args = (listen or w.listen, expected_sims, w.max_inflight)
+    kwargs = {"overlap": overlap, "channels": solver.channels, "grid": solver.grid,
+              "n_params": len(solver.param_space), "token": w.token, "client_timeout": w.client_timeout,
+              "max_message_bytes": int(w.max_message_mb * 2**20), "chunk_frames": w.chunk_frames}
+    if own_process and w.listener_ring_mb > 0:
+        return ListenerProcess(*args, ring_mb=w.listener_ring_mb, nice=w.nice, **kwargs)
+    return ClientSource(*args, **kwargs)
 
 
 def make_runner(cfg: JobConfig, keep_ray: bool = False) -> LocalRunner | RayRunner:
@@ -598,15 +606,16 @@ def from_config(cfg: JobConfig, cursor: DesignCursor, worker_args: dict[str, Any
     ``solver.external.command`` is set (its runs start here for backend ``local`` or ``external``, in Ray actors
     for ``ray``), else, with ``workers.backend = 'external'``, the bare listener that hand-started clients
     stream to."""
-    if cfg.workers.backend == "external" and (cfg.solver.external is None or not cfg.solver.external.command):
-        from streaming.transport.listener import from_config as listener_from_config
-
-        return listener_from_config(cfg, cursor, worker_args)
-    solver = ExternalSolver(cfg.solver.external)
     overlap = worker_args["window"] + worker_args["targets"] - 1
+    if cfg.workers.backend == "external" and (cfg.solver.external is None or not cfg.solver.external.command):
+        from streaming.assembly import build_solver
+
+        return make_listener(cfg, build_solver(cfg), overlap, expected_sims=cfg.solver.n_sims or None,
+                             own_process=True)
+    solver = ExternalSolver(cfg.solver.external)
     runner = make_runner(cfg)
     try:
-        listener = make_listener(cfg, solver, overlap)
+        listener = make_listener(cfg, solver, overlap, own_process=True)
     except BaseException:
         runner.close()
         raise

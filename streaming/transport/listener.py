@@ -65,11 +65,8 @@ from typing import Any
 
 import numpy as np
 
-from streaming.assembly import build_solver
 from streaming.chunk import WIRE_VERSION, Chunk, ChunkError, SimReport
 from streaming.client import ClientError, parse_address
-from streaming.config import JobConfig
-from streaming.design import DesignCursor
 from streaming.transport.source import Message
 from streaming.transport.wire import (
     MAX_HEADER,
@@ -885,13 +882,3 @@ class ClientSource:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-
-def from_config(cfg: JobConfig, cursor: DesignCursor, worker_args: dict[str, Any], **_: Any) -> ClientSource:
-    """Backend ``external``: listen at ``workers.listen`` for ``solver.n_sims`` simulations (0: until closed)."""
-    solver = build_solver(cfg)
-    w = cfg.workers
-    return ClientSource(w.listen, cfg.solver.n_sims or None, w.max_inflight,
-                        overlap=worker_args["window"] + worker_args["targets"] - 1, channels=solver.channels,
-                        grid=solver.grid, n_params=len(solver.param_space), token=w.token,
-                        client_timeout=w.client_timeout, max_message_bytes=int(w.max_message_mb * 2**20),
-                        chunk_frames=w.chunk_frames)

@@ -4,11 +4,13 @@ simulation reports). The trainer only iterates; it never calls back up the strea
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from streaming.chunk import Chunk, SimReport
-from streaming.design import Task
-from streaming.transport.dispatcher import Dispatcher
+
+if TYPE_CHECKING:  # annotations only: a listener imports this without JAX
+    from streaming.design import Task
+    from streaming.transport.dispatcher import Dispatcher
 
 Message = Chunk | SimReport
 
