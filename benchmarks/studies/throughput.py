@@ -24,8 +24,8 @@ workers send as fast as they can and the receiver takes it all) and with live so
 the trainer, so this one measures that contention too); on a GPU machine the steps run on the device.
 (c) ``ingest_fields_per_s_external_<n>c``: the same ingest path fed by the ``external`` backend's TCP listener
 (in a process of its own, as shipped; ``..._threads``: its reader threads in the trainer's process,
-``workers.listener_ring_mb = 0``) from ``n`` small compiled C programs (the C client, ``pdestream client-
-config``), each sending 64 x 64 float32 fields as fast as it can (simulations of 50 frames, precomputed
+``workers.listener_ring_mb = 0``) from ``n`` small compiled C programs (the C client, ``pdestream
+client-config``), each sending 64 x 64 float32 fields as fast as it can (simulations of 50 frames, precomputed
 values: no solver cost; each simulation ended with ``pds_end`` and closed once the next one was sent, so the
 wait for the job's acknowledgement overlaps the next simulation; the C client carries a closed simulation's
 connection over to the next one); ``--external-clients 0`` skips it.
@@ -73,7 +73,7 @@ class ReplayWorker(SolverWorker):
         return np.concatenate([self._frames] * -(-n // len(self._frames)))[:n]
 
 
-def ingest_rate(backend: str, n_workers: int, seconds: float, replay: bool) -> tuple[float, float]:
+def ingest_rate(backend: str, n_workers: int, seconds: float, replay: bool, nice: int = 0) -> tuple[float, float]:
     """(New, delivered) fields per second received by one process from ``n_workers`` workers (Ray, or MPI via
     mpiexec; see :func:`_count`); ``replay`` workers resend solved frames (transport ceiling), live ones solve
     every task."""
@@ -97,7 +97,7 @@ def ingest_rate(backend: str, n_workers: int, seconds: float, replay: bool) -> t
     solver = build_solver(cfg)
     spec = sample_spec(cfg, solver)
     cursor = DesignCursor(solver, 0, "uniform", 0, cfg.workers.sims_per_task)
-    source = RaySource(cursor, worker_args(cfg, spec), n_workers, cfg.workers.max_inflight, 2, nice=0,
+    source = RaySource(cursor, worker_args(cfg, spec), n_workers, cfg.workers.max_inflight, 2, nice=nice,
                        worker_cls=worker_cls)
     try:
         return _count(source, spec, cfg, seconds)
@@ -153,7 +153,7 @@ int main(int argc, char **argv) {
 
 
 def external_ingest_rate(n_clients: int, seconds: float, frames_per_sim: int = 50,
-                         ring_mb: float | None = None) -> tuple[float, float]:
+                         ring_mb: float | None = None, nice: int = 0) -> tuple[float, float]:
     """(New, delivered) fields per second (:func:`_count`) taken by the trainer's ingest path from ``n_clients`` C
     programs through the ``external`` listener (built from the job config, as ``pdestream train`` builds it:
     in a process of its own unless ``ring_mb`` is 0, ``workers.listener_ring_mb``); each program sends
@@ -169,7 +169,8 @@ def external_ingest_rate(n_clients: int, seconds: float, frames_per_sim: int = 5
 
     ring = {} if ring_mb is None else {"workers.listener_ring_mb": str(ring_mb)}
     cfg = load_config(ROOT / "configs/quickstart.toml", {**FIELD_CASE, "workers.backend": "external",
-                                                          "workers.listen": "127.0.0.1:0", **ring})
+                                                          "workers.listen": "127.0.0.1:0", "workers.nice": str(nice),
+                                                          **ring})
     solver = build_solver(cfg)
     spec = sample_spec(cfg, solver)
     with tempfile.TemporaryDirectory() as tmp:
@@ -364,6 +365,9 @@ def main() -> None:
     parser.add_argument("--backends", nargs="*", default=["ray", "mpi"])
     parser.add_argument("--external-clients", type=int, default=4,
                         help="C programs streaming through the external listener (0: skip)")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="priority drop of the Ray workers and of the external listener's process (the job's "
+                             "workers.nice; 10 as shipped)")
     parser.add_argument("--steps", type=int, default=300, help="training steps for the efficiency runs")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the efficiency runs (see efficiency())")
     parser.add_argument("--skip-efficiency", action="store_true")
@@ -380,7 +384,8 @@ def main() -> None:
         return
     import jax
 
-    results: dict[str, float | str | list[float]] = {"device": str(jax.devices()[0]), "cpus": os.cpu_count() or 0}
+    results: dict[str, float | str | list[float]] = {"device": str(jax.devices()[0]), "cpus": os.cpu_count() or 0,
+                                                     "nice": args.nice}
     print("| round | backend | workers | ingest ceiling, new fields/s (replayed chunks) | delivered incl. overlap "
           "repeats | live heat2d solvers, new fields/s | load average |\n|---|---|---|---|---|---|---|")
     rounds: dict[str, list[float]] = {}
@@ -397,14 +402,14 @@ def main() -> None:
     for r in range(1, args.ingest_rounds + 1):
         for backend in args.backends:
             for w in args.workers:
-                ceiling = ingest_rate(backend, w, args.seconds, replay=True)
-                live = None if args.no_live else ingest_rate(backend, w, args.seconds, replay=False)[0]
+                ceiling = ingest_rate(backend, w, args.seconds, replay=True, nice=args.nice)
+                live = None if args.no_live else ingest_rate(backend, w, args.seconds, replay=False, nice=args.nice)[0]
                 row(r, f"{backend}_{w}w", backend, w, ceiling, live)
         if args.external_clients:
             n = args.external_clients
-            row(r, f"external_{n}c", "external (C clients)", n, external_ingest_rate(n, args.seconds))
+            row(r, f"external_{n}c", "external (C clients)", n, external_ingest_rate(n, args.seconds, nice=args.nice))
             row(r, f"external_{n}c_threads", "external, listener threads in the trainer", n,
-                external_ingest_rate(n, args.seconds, ring_mb=0))
+                external_ingest_rate(n, args.seconds, ring_mb=0, nice=args.nice))
     for key, values in rounds.items():
         results[key] = float(np.median(values))
         if args.ingest_rounds > 1:

@@ -31,6 +31,7 @@ import ctypes
 import logging
 import mmap
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -101,10 +102,8 @@ class ListenerProcess:
         self._error: BaseException | None = None
         self._rlock = threading.Lock()  # one thread reads the pipe at a time (the iterator, or close())
         self._slock = threading.Lock()
-        shm_dir = "/dev/shm" if Path("/dev/shm").is_dir() else None
-        fd, path = tempfile.mkstemp(prefix="pdestream-ring-", dir=shm_dir)
+        fd, path = _ring_file(_HEADER + self._size)
         try:
-            os.ftruncate(fd, _HEADER + self._size)
             self._mm = mmap.mmap(fd, _HEADER + self._size)
         finally:
             os.close(fd)
@@ -125,7 +124,7 @@ class ListenerProcess:
             self._conn.send((path, self._size, nice, (listen, expected_sims, max_inflight), kwargs))
             if not self._conn.poll(_START_TIMEOUT_S):
                 raise ClientSourceError(f"the listener process did not start within {_START_TIMEOUT_S:.0f} s")
-            kind, payload = self._conn.recv()
+            kind, payload = pickle.loads(self._conn.recv_bytes())
         except BaseException:
             self._stop_child()
             raise
@@ -162,7 +161,7 @@ class ListenerProcess:
         try:
             if not self._conn.poll(timeout):
                 return None
-            kind, payload = self._conn.recv()
+            kind, payload = pickle.loads(self._conn.recv_bytes())
         except (EOFError, OSError):
             self._ended = True
             if not self._closed:
@@ -248,6 +247,30 @@ class ListenerProcess:
         self.close()
 
 
+def _ring_file(nbytes: int) -> tuple[int, str]:
+    """A file of ``nbytes`` for the ring, its space reserved up front: in ``/dev/shm`` when it has the room (a
+    container's is often 64 MiB, and a page past the end of a full tmpfs is a SIGBUS, not an error), else in the
+    temporary folder. Returns (descriptor, path)."""
+    if Path("/dev/shm").is_dir():
+        with contextlib.suppress(OSError):  # no room there
+            return _reserved_file("/dev/shm", nbytes)
+    return _reserved_file(None, nbytes)
+
+
+def _reserved_file(folder: str | None, nbytes: int) -> tuple[int, str]:
+    fd, path = tempfile.mkstemp(prefix="pdestream-ring-", dir=folder)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, nbytes)
+        else:
+            os.ftruncate(fd, nbytes)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    return fd, path
+
+
 def _child_main(conn: Connection) -> None:
     """The child: runs the listener and forwards its messages (chunk fields through the ring) until the
     trainer closes it, the stream ends, or the trainer's end of the pipe goes away."""
@@ -262,13 +285,14 @@ def _child_main(conn: Connection) -> None:
     try:
         source = ClientSource(*args, **kwargs)
     except BaseException as e:  # noqa: BLE001  (raised in the trainer)
-        conn.send(("error", e))
+        conn.send_bytes(pickle.dumps(("error", e)))
         return
     send_lock, stop = threading.Lock(), threading.Event()
 
     def send(item: tuple) -> None:
+        data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)  # plain pickle: cheaper than conn.send's
         with send_lock:
-            conn.send(item)
+            conn.send_bytes(data)
 
     def watch() -> None:  # the trainer's commands; its end of the pipe gone = the job is over
         with contextlib.suppress(EOFError, OSError):
