@@ -51,13 +51,13 @@ def check_frames(copies: list[tuple[int, list[int], np.ndarray]], sims: dict[int
 
 
 def test_a_stream_larger_than_the_ring_arrives_intact_when_the_consumer_lets_chunks_go():
-    # 6 simulations x 20 frames of 32x32 float32 in messages of 5 frames (24 KiB with the overlap frame):
-    # 0.5 MiB through a ring of 0.125 MiB, so the ring wraps several times
+    # 6 simulations x 40 frames of 32x32 float32 in messages of 5 frames (24 KiB with the overlap frame): 1.1 MiB
+    # through a ring of 0.5 MiB (room for the 12 messages the clients' windows allow at once), which wraps twice
     rng = np.random.default_rng(0)
-    sims = {s: rng.standard_normal((20, 1, 32, 32)).astype(np.float32) for s in range(6)}
+    sims = {s: rng.standard_normal((40, 1, 32, 32)).astype(np.float32) for s in range(6)}
     copies, reports = [], []
     with ListenerProcess("127.0.0.1:0", expected_sims=6, max_inflight=2, overlap=1, channels=("u",), grid=(32, 32),
-                         n_params=1, ring_mb=0.125) as src:
+                         n_params=1, ring_mb=0.5) as src:
         threads = start(src.address, sims, 5)
         for msg in src:  # each chunk is copied and let go, as the trainer's buffer does
             if isinstance(msg, Chunk):
@@ -143,3 +143,26 @@ def test_a_consumer_waits_through_a_quiet_spell():
         stream(src.address, 3, np.ones((2, 1, 3, 3), np.float32), 2)
         consumer.join(WAIT)
     assert [type(m) for m in got] == [Chunk, SimReport]
+
+
+def test_slabs_assembled_in_the_listener_are_copied_into_the_ring():
+    rng = np.random.default_rng(3)
+    frames = rng.standard_normal((9, 1, 8, 6)).astype(np.float32)
+    rows = [(0, 3), (3, 8)]
+
+    def rank(address: str, r: int) -> None:
+        lo, hi = rows[r]
+        with connect(address, sim_id=5, params=[0.5], fields=["u"], grid=(8, 6), offset=(lo, 0), ranks=2,
+                     batch_frames=2 + r) as client:
+            for i, frame in enumerate(frames[:, :, lo:hi]):
+                client.send("u", frame[0], i)
+
+    with ListenerProcess("127.0.0.1:0", expected_sims=1, overlap=1, ring_mb=1) as src:
+        threads = [threading.Thread(target=rank, args=(src.address, r), daemon=True) for r in range(2)]
+        for t in threads:
+            t.start()
+        copies = [(m.sim_id, m.frame_index.tolist(), np.array(m.fields)) for m in src if isinstance(m, Chunk)]
+        for t in threads:
+            t.join(WAIT)
+    check_frames(copies, {5: frames})
+    assert src.external_report()["ring_chunks"] == len(copies) and src.external_report()["pipe_chunks"] == 0

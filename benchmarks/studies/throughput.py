@@ -29,6 +29,7 @@ client-config``), each sending 64 x 64 float32 fields as fast as it can (simulat
 values: no solver cost; each simulation ended with ``pds_end`` and closed once the next one was sent, so the
 wait for the job's acknowledgement overlaps the next simulation; the C client carries a closed simulation's
 connection over to the next one); ``--external-clients 0`` skips it.
+Every row runs alone: Ray is shut down after its rows (its daemons idle beside the next backend's otherwise).
 Prints a table and writes a flat JSON dict (keys ``ingest_fields_per_s_ray_4w``,
 ``ingest_fields_per_s_mpi_4w``, ``ingest_fields_per_s_external_4c``, ``streaming_efficiency``, ...).
 """
@@ -103,6 +104,9 @@ def ingest_rate(backend: str, n_workers: int, seconds: float, replay: bool, nice
         return _count(source, spec, cfg, seconds)
     finally:
         source.close()
+        import ray
+
+        ray.shutdown()  # the next row (another backend's) runs without Ray's daemons beside it
 
 
 C_SENDER = r"""
