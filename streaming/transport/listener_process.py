@@ -19,8 +19,8 @@ yields:
 
 The child acknowledges a message to its client once the message is in the ring (it is then the trainer's, as
 in the thread listener once taken). The counters of :meth:`external_report` come from the child, refreshed
-every ``_REPORT_S`` s and on :meth:`close`. Ctrl-C reaches the trainer only; the child ends with the job (it
-watches its pipe), and so do the ring's pages.
+with its messages (at most every ``_REPORT_S`` s) and on :meth:`close`. Ctrl-C reaches the trainer only; the
+child ends with the job (it watches its pipe), and so do the ring's pages.
 """
 
 from __future__ import annotations
@@ -101,7 +101,6 @@ class ListenerProcess:
         self._report: dict[str, Any] = {}
         self._error: BaseException | None = None
         self._rlock = threading.Lock()  # one thread reads the pipe at a time (the iterator, or close())
-        self._slock = threading.Lock()
         fd, path = _ring_file(_HEADER + self._size)
         try:
             self._mm = mmap.mmap(fd, _HEADER + self._size)
@@ -183,7 +182,7 @@ class ListenerProcess:
             nbytes = int(np.prod(shape)) * 4
             pos = _HEADER + start % self._size
             holder = (ctypes.c_char * nbytes).from_buffer(self._mm, pos)
-            self._ring.placed(start, start + -(-nbytes // _ALIGN) * _ALIGN)
+            self._ring.placed(start, start + _aligned(nbytes))
             weakref.finalize(holder, self._ring.gone_at, start)
             data = np.frombuffer(holder, np.float32).reshape(shape)
         index = np.arange(frames[0], frames[0] + frames[1]) if isinstance(frames, tuple) else np.asarray(frames)
@@ -219,7 +218,7 @@ class ListenerProcess:
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(OSError), self._slock:
+        with contextlib.suppress(OSError):
             self._conn.send(("close", None))
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
@@ -311,12 +310,12 @@ def _child_main(conn: Connection) -> None:
     try:
         for msg in source:
             if isinstance(msg, Chunk):
-                item = ("chunk", _place(msg, ring, released, size, head, stop))
-                if item[1] is None:
+                placed = _place(msg, ring, released, head, stop)
+                if placed is None:
                     break
-                if item[1][7] is not None:
-                    head = item[1][7] + -(-msg.fields.nbytes // _ALIGN) * _ALIGN
-                through["ring_chunks" if item[1][7] is not None else "pipe_chunks"] += 1
+                record, in_ring, head = placed
+                through["ring_chunks" if in_ring else "pipe_chunks"] += 1
+                item: tuple = ("chunk", record)
             else:
                 item = ("message", msg)
             send(item)
@@ -332,18 +331,19 @@ def _child_main(conn: Connection) -> None:
             send(("end", report()))
 
 
-def _place(msg: Chunk, ring: memoryview, released: np.ndarray, size: int, head: int,
-           stop: threading.Event) -> tuple | None:
-    """The record of ``msg`` for the trainer, its fields copied into the ring at or after ``head`` (waiting for
-    room); a chunk over half the ring carries its fields in the record. None: stopped while waiting."""
+def _place(msg: Chunk, ring: memoryview, released: np.ndarray, head: int,
+           stop: threading.Event) -> tuple[tuple, bool, int] | None:
+    """(The record of ``msg`` for the trainer, whether its fields went into the ring, the ring's next head): the
+    fields copied into the ring at or after ``head`` (waiting for room), or carried in the record (over half the
+    ring, or no room within ``_RING_WAIT_S``). None: stopped while waiting."""
     fields = np.ascontiguousarray(msg.fields, np.float32)
     index = msg.frame_index
     first = int(index[0])
     frames = (first, len(index)) if int(index[-1]) - first + 1 == len(index) else index.tolist()
     meta = (msg.sim_id, frames, msg.params.tolist(), msg.solver, msg.offset, msg.global_grid, fields.shape)
-    need = -(-fields.nbytes // _ALIGN) * _ALIGN
+    size, need = ring.nbytes, _aligned(fields.nbytes)
     if need > size // 2:
-        return (*meta, None, fields)
+        return (*meta, None, fields), False, head
     pos = head % size
     if pos + need > size:  # no room before the end: start over at the ring's beginning
         head += size - pos
@@ -353,12 +353,18 @@ def _place(msg: Chunk, ring: memoryview, released: np.ndarray, size: int, head: 
         if stop.is_set():
             return None
         if time.monotonic() > deadline:  # held for long (kept chunks, or a pause): through the pipe, which blocks
-            return (*meta, None, fields)  # once full, so the clients are still held by a trainer that stops taking
+            return (*meta, None, fields), False, head  # once full: a trainer that stops taking still holds clients
         time.sleep(1e-4)
     # a memoryview copy keeps the interpreter lock (a numpy copy would let a reader thread take it, and this
     # thread would wait to get it back)
     ring[pos:pos + fields.nbytes] = memoryview(fields).cast("B")
-    return (*meta, head, None)
+    return (*meta, head, None), True, head + need
+
+
+def _aligned(nbytes: int) -> int:
+    """``nbytes`` rounded up to a multiple of :data:`_ALIGN` (a chunk's room in the ring)."""
+    return -(-nbytes // _ALIGN) * _ALIGN
+
 
 if __name__ == "__main__":
     _child_main(Connection(int(sys.argv[1])))
