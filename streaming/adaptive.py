@@ -52,7 +52,7 @@ from solvers import Solver, SolverError
 from solvers.params import ParamSpace
 from streaming.config import AdaptiveSection
 from streaming.design import DesignCursor, Task
-from surrogates.training import LOSSES
+from surrogates.training import LOSSES, chain, hold_each
 
 
 # ---------------------------------------------------------------------------- pure pieces
@@ -272,10 +272,9 @@ def make_sample_loss(model: nnx.Module, output_map: Callable | None, loss: str, 
         g = int(group or y.shape[1])
         calls = 1 if x is None else max(y.shape[1] // g, 1)
         u, total = x, 0.0
+        out_map = chain(output_map, None if batch.get("hold") is None else hold_each(batch["hold"]))
         for i in range(calls):
-            out = m(u, cond)
-            if output_map is not None:
-                out = output_map(u, out)
+            out = out_map(u, m(u, cond))
             t = y[:, i * g : (i + 1) * g]
             li = jax.vmap(lambda p, t: fn(p[None], t[None]))(out, t)
             if relative:

@@ -81,6 +81,23 @@ def build_validation(cfg: JobConfig, solver: Solver) -> Validation:
     return Validation(frames[finite], params, cfg.validation.rollout_steps, hold)
 
 
+def held_in_training(cfg: JobConfig, solver: Solver) -> Callable[[np.ndarray], np.ndarray | None] | None:
+    """``solver.held_cells`` when the solver holds cells whose place depends on the parameters (obstacles) and the
+    samples carry the parameters, so the train step can hold them too; None when nothing of the kind is held (a
+    frozen border is in the surrogate's output map already)."""
+    if solver.frozen_border or cfg.sample.kind == "field":
+        return None
+    space = solver.param_space
+    if solver.held_cells(np.stack([space.low, (space.low + space.high) / 2, space.high])) is None:
+        return None
+    if not cfg.sample.condition_on_params:
+        print(f"pdestream train: {solver.name}'s obstacle cells are held at validation and use but not in the train "
+              "step, whose samples do not carry the parameters; set sample.condition_on_params = true to hold them "
+              "there too", file=sys.stderr, flush=True)
+        return None
+    return solver.held_cells
+
+
 def _cursor_state(source: Source, cursor: DesignCursor) -> Callable[[], dict]:
     """What checkpoints save of the design: the dispatcher's state and failure count, read under its lock
     (external solvers choose their own simulations: the cursor stays where it is)."""
@@ -207,7 +224,7 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
                       normalizer=normalizer, metadata=meta, validation=validation, run_dir=run_dir, metrics=metrics,
                       checkpoints=checkpoints, mode=mode,
                       cursor_state=_cursor_state(source, cursor), parallel=parallel,
-                      design=getattr(source, "dispatcher", None))
+                      design=getattr(source, "dispatcher", None), held_cells=held_in_training(cfg, solver))
     if restored is not None:
         trainer.restore(restored[0], restored[2])
     interrupted = None

@@ -30,7 +30,10 @@ state, buffer, normaliser and design cursor.
 Training goes through the surrogate's model-space output map (``model.predict = "increment"``, the
 solver's frozen border held), over ``optim.unroll`` autoregressive model calls per sample (a linear
 curriculum, ``surrogates.training.linear_unroll``; samples are then cut with the targets of every call,
-the workers' chunks carry the frames they need), with ``optim.input_noise``.
+the workers' chunks carry the frames they need), with ``optim.input_noise``. Where the solver holds cells
+that depend on the parameters (obstacles: ``Solver.held_cells``), every batch carries each sample's mask
+(``"hold"``, from its parameters) and the train step holds those cells in every call, as validation and
+the exported surrogate do.
 
 With ``solver.design = "adaptive"`` every batch carries its samples' simulation ids; every
 ``solver.adaptive.loss_every`` steps the per-sample loss (forward passes before the update, through the
@@ -200,19 +203,46 @@ class Counters:
     dropped_messages: list[str] = field(default_factory=list)
 
 
+class HeldCells:
+    """The held cells of parameter rows, ``held_cells(params (N, P)) -> bool (N, C, *grid) | None`` (the solver's),
+    kept per distinct row (a batch draws from a few hundred simulations; at most ``limit`` rows are kept)."""
+
+    def __init__(self, held_cells: Callable[[np.ndarray], np.ndarray | None], channels: int, grid: tuple[int, ...],
+                 limit: int = 4096) -> None:
+        self.held_cells, self.shape, self.limit = held_cells, (channels, *grid), limit
+        self._masks: dict[bytes, np.ndarray] = {}
+
+    def __call__(self, params: np.ndarray) -> np.ndarray:
+        """``(B, P)`` -> bool ``(B, C, *grid)``."""
+        keys = [r.tobytes() for r in np.ascontiguousarray(params)]
+        rows = dict(zip(keys, params, strict=True))
+        missing = [k for k in rows if k not in self._masks]
+        if missing:
+            if len(self._masks) + len(missing) > self.limit:
+                self._masks.clear()
+                missing = list(rows)
+            held = self.held_cells(np.stack([rows[k] for k in missing]))
+            for i, k in enumerate(missing):
+                self._masks[k] = np.zeros(self.shape, bool) if held is None else held[i]
+        return np.stack([self._masks[k] for k in keys])
+
+
 class Trainer:
     """Runs ``optim.steps`` gradient steps on samples streamed through ``buffer``."""
 
     def __init__(self, *, cfg: Any, spec: SampleSpec, model: nnx.Module, optimizer: nnx.Optimizer,
                  schedule: Any, buffer: Buffer, normalizer: Normalizer, metadata: Any, validation: Validation | None,
                  run_dir: Path, metrics: MetricsLog, checkpoints: Checkpoints, mode: str,
-                 cursor_state: Callable[[], dict], parallel: Parallel | None = None, design: Any = None) -> None:
+                 cursor_state: Callable[[], dict], parallel: Parallel | None = None, design: Any = None,
+                 held_cells: Callable[[np.ndarray], np.ndarray | None] | None = None) -> None:
         self.cfg, self.spec, self.model, self.optimizer = cfg, spec, model, optimizer
         self.schedule, self.buffer, self.normalizer, self.metadata = schedule, buffer, normalizer, metadata
         self.validation, self.run_dir, self.metrics, self.checkpoints = validation, run_dir, metrics, checkpoints
         self.mode, self.cursor_state, self.parallel = mode, cursor_state, parallel
         # design = "adaptive": per-sample losses go up to ``design`` (the dispatcher) as per-simulation means
         self.design = design if cfg.solver.design == "adaptive" else None
+        # obstacle cells of each sample from its parameters (samples carry them as cond); None: nothing held
+        self._held = None if held_cells is None else HeldCells(held_cells, len(metadata.channels), tuple(metadata.grid))
         self._sim_losses = SimLosses()
         self._sample_loss = None if self.design is None else make_sample_loss(
             model, self.metadata.output_map(), cfg.optim.loss, relative=cfg.solver.adaptive.relative)
@@ -338,7 +368,8 @@ class Trainer:
 
         def encode(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
             """Samples as cut (streaming.samples) -> the model-space batch of the train step."""
-            return sur.encode_batch(batch.get("x"), batch["y"], batch.get("cond"), batch["t"])
+            out = sur.encode_batch(batch.get("x"), batch["y"], batch.get("cond"), batch["t"])
+            return out if "hold" not in batch else {**out, "hold": batch["hold"]}
 
         self._encode = jax.jit(encode)
         self._norm_ready.set()
@@ -370,7 +401,7 @@ class Trainer:
         while True:
             got = self.buffer.sample_batch(b)
             if got is not None:
-                return self._with_ids(got)
+                return self._finish(got)
             if self._error is not None or self._stop.is_set():
                 return None
             if self.buffer.is_exhausted(b) or (self._source_done.is_set() and len(self.buffer) < b):
@@ -424,7 +455,7 @@ class Trainer:
                 batch = self.buffer.sample_batch(self.local_batch)
                 if not self._agreed(batch is not None) or batch is None:
                     return
-                yield self._put(self._with_ids(batch))
+                yield self._put(self._finish(batch))
         else:
             threading.Thread(target=self._receiver, args=(source,), daemon=True, name="receiver").start()
             while not (self._norm_fitted() and self.buffer.ready()):
@@ -594,12 +625,16 @@ class Trainer:
         if len(ids):
             self.design.report_losses(ids, values)
 
-    def _with_ids(self, got: tuple[np.ndarray, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """A drawn batch; with a loss-steered design it carries each sample's simulation id (``sim_id`` (B,))."""
+    def _finish(self, got: tuple[np.ndarray, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """A drawn batch with what the step needs beside the samples: with a loss-steered design each sample's
+        simulation id (``sim_id`` (B,)), where the solver holds parameter-dependent cells their masks (``hold``
+        bool (B, C, *grid))."""
         keys, batch = got
-        if self.design is None:
-            return batch
-        return {**batch, "sim_id": keys[:, 0].astype(np.int32)}
+        if self.design is not None:
+            batch = {**batch, "sim_id": keys[:, 0].astype(np.int32)}
+        if self._held is not None:
+            batch = {**batch, "hold": self._held(batch["cond"])}
+        return batch
 
     def save_checkpoint(self) -> None:
         if self.design is not None:  # losses gathered so far go into the design state this checkpoint holds

@@ -5,6 +5,8 @@ Batches are dicts of arrays:
   "y"    (B, S*C_out, *grid) target: S = 1 frame group, or S >= the model calls of an unrolled step
   "cond" (B, cond_dim)      optional conditioning vector (PDE parameters and/or time)
   "unroll" ()               optional int, pushed-forward steps for this batch (see make_train_step)
+  "hold" (B, C, *grid)      optional bool, cells each sample's output frames copy from its last input frame
+                            (obstacles whose place depends on the parameters; see `hold_each`)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "TrainStep",
     "chain",
     "hold",
+    "hold_each",
     "increment",
     "linear_unroll",
     "make_eval_step",
@@ -63,12 +66,25 @@ def hold(mask: Any, channels: int) -> OutputMap:
     return lambda x, y: jnp.where(mask, _last_frame(x, y, channels), y)
 
 
-def chain(*maps: OutputMap) -> OutputMap:
-    """The output maps applied in order (``chain()`` is the identity)."""
+def hold_each(mask: jax.Array) -> OutputMap:
+    """``hold`` with a mask per sample: bool ``(B, C, *grid)``, C the channels of one frame (e.g. a batch's
+    obstacle cells, from each simulation's parameters)."""
+    channels = mask.shape[1]
+
+    def apply(x: jax.Array, y: jax.Array) -> jax.Array:
+        every_frame = jnp.tile(mask, (1, y.shape[1] // channels) + (1,) * (mask.ndim - 2))
+        return jnp.where(every_frame, _last_frame(x, y, channels), y)
+
+    return apply
+
+
+def chain(*maps: OutputMap | None) -> OutputMap:
+    """The output maps applied in order, None entries skipped (``chain()`` is the identity)."""
 
     def apply(x: jax.Array, y: jax.Array) -> jax.Array:
         for m in maps:
-            y = m(x, y)
+            if m is not None:
+                y = m(x, y)
         return y
 
     return apply
@@ -155,11 +171,17 @@ def _check_batch(batch: Mapping[str, Any], needs_x: bool) -> None:
     if not isinstance(batch, Mapping) or "y" not in batch:
         raise SurrogateError('a batch must be a dict with keys "x", "y" and optionally "cond"')
     if needs_x and batch.get("x") is None:
-        raise SurrogateError('this batch has no "x"; pushforward needs the input field x')
-    unknown = set(batch) - {"x", "y", "cond", "unroll"}
+        raise SurrogateError('this batch has no "x"; pushforward, unrolled steps, input noise and held cells need '
+                             "the input field x")
+    unknown = set(batch) - {"x", "y", "cond", "unroll", "hold"}
     if unknown:
         raise SurrogateError(
-            f"unknown batch key(s) {sorted(unknown)}; allowed: x, y, cond, unroll"
+            f"unknown batch key(s) {sorted(unknown)}; allowed: x, y, cond, unroll, hold"
+        )
+    if "hold" in batch and np.shape(batch["hold"])[0] != np.shape(batch["y"])[0]:
+        raise SurrogateError(
+            f'batch["hold"] {np.shape(batch["hold"])}: need one bool mask (C, *grid) per sample of batch["y"] '
+            f'{np.shape(batch["y"])}'
         )
 
 
@@ -219,15 +241,16 @@ class TrainStep:
         self._donate = donate
         self.resplit()
 
-    def _call(self, model: nnx.Module) -> Callable[[jax.Array, jax.Array | None], jax.Array]:
-        """One model call ``(x, cond) -> frames``, through the output map."""
-        if self.output_map is None:
+    def _call(self, model: nnx.Module, hold: jax.Array | None) -> Callable[[jax.Array, jax.Array | None], jax.Array]:
+        """One model call ``(x, cond) -> frames``, through the output map, then the batch's held cells."""
+        if self.output_map is None and hold is None:
             return model
-        return lambda x, cond: self.output_map(x, model(x, cond))
+        out_map = chain(self.output_map, None if hold is None else hold_each(hold))
+        return lambda x, cond: out_map(x, model(x, cond))
 
     def _step(self, state: nnx.State, batch: dict[str, Any], steps: int) -> tuple[nnx.State, jax.Array]:
         model, optimizer = nnx.merge(self._graphdef, state)
-        x, y, cond = batch.get("x"), batch["y"], batch.get("cond")
+        x, y, cond, hold = batch.get("x"), batch["y"], batch.get("cond"), batch.get("hold")
         if self.input_noise:  # a fresh draw per optimiser step: reproducible, and resumes with the optimiser;
             # drawn flat (see models.common)
             key = jax.random.fold_in(self._key, optimizer.step[...])
@@ -238,13 +261,13 @@ class TrainStep:
             n = batch.get("unroll", self.pushforward)
             if not isinstance(n, int):  # traced: clip so a bad value cannot run away
                 n = jnp.clip(n, 0, self.pushforward)
-            x = _push(self._call(model), x, cond, n)
+            x = _push(self._call(model, hold), x, cond, n)
             if y.shape[1] > group:  # a target per model call: the ones after the pushed steps
                 start = n
         y = jax.lax.dynamic_slice_in_dim(y, start * group, steps * group, axis=1)
 
         def loss_of(m: nnx.Module) -> jax.Array:
-            call, u, total = self._call(m), x, 0.0
+            call, u, total = self._call(m, hold), x, 0.0
             for i in range(steps):  # back-propagation through the whole unroll
                 out = call(u, cond)
                 total = total + self.loss_fn(out, y[:, i * group : (i + 1) * group])
@@ -263,7 +286,7 @@ class TrainStep:
     def __call__(self, batch: Mapping[str, Any], steps: int = 1) -> jax.Array:
         """One optimisation step on `batch`, through `steps` autoregressive model calls; returns the loss
         before the update (device scalar)."""
-        _check_batch(batch, needs_x=self.pushforward > 0 or steps > 1 or self.input_noise > 0)
+        _check_batch(batch, needs_x=self.pushforward > 0 or steps > 1 or self.input_noise > 0 or "hold" in batch)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise SurrogateError(f"steps={steps!r} must be an integer >= 1")
         groups = batch["y"].shape[1] // self._group(batch["y"])
@@ -330,6 +353,7 @@ def make_train_step(
       donate: donate the state buffers to the jitted step (default; halves the memory).
       output_map: applied to every model output, `(x, out) -> frames` (`increment`, `hold`, `chain` of
         them), in the pushed and unrolled calls alike, so training sees what the Surrogate computes.
+        A batch's "hold" masks (`hold_each`) are applied after it, in every call too.
       input_noise: standard deviation (normalised units) of Gaussian noise added to batch["x"] before the
         first call, so the model learns to correct the small errors of its own rollouts (noise injection,
         Sanchez-Gonzalez et al. 2020, "Learning to simulate complex physics with graph networks", ICML,
