@@ -172,6 +172,16 @@ class Chunk:
         """True when every field value and parameter is finite (no NaN or Inf)."""
         return bool(np.isfinite(self.fields).all() and np.isfinite(self.params).all())
 
+    def frames(self, start: int, stop: int) -> Chunk:
+        """Frames ``start .. stop - 1`` as a chunk of views into this one (not checked again: a slice of a checked
+        chunk is one)."""
+        out = object.__new__(Chunk)
+        for name, value in (("sim_id", self.sim_id), ("frame_index", self.frame_index[start:stop]),
+                            ("fields", self.fields[start:stop]), ("params", self.params), ("solver", self.solver),
+                            ("offset", self.offset), ("global_grid", self.global_grid)):
+            object.__setattr__(out, name, value)
+        return out
+
     def sample_keys(self) -> np.ndarray:
         """De-duplication keys: int64 ``(n_frames, 2)``, row ``i`` is ``(sim_id, frame_index[i])`` (a frame index)."""
         keys = np.empty((self.n_frames, 2), dtype=np.int64)

@@ -174,6 +174,20 @@ def test_chunk_wire_round_trip_json_and_raw_bytes():
     assert back.global_grid == (32, 6)
 
 
+def test_chunk_frames_are_views_equal_to_a_checked_chunk_of_the_same_frames():
+    c = _chunk(sim_id=4, n=7, offset=(8, 0), global_grid=(32, 6))
+    part = c.frames(2, 5)
+    ref = Chunk(c.sim_id, c.frame_index[2:5], c.fields[2:5], c.params, c.solver, c.offset, c.global_grid)
+    for name in ("sim_id", "solver", "offset", "global_grid"):
+        assert getattr(part, name) == getattr(ref, name)
+    for name in ("frame_index", "fields", "params"):
+        np.testing.assert_array_equal(getattr(part, name), getattr(ref, name))
+        assert getattr(part, name).dtype == getattr(ref, name).dtype
+        assert np.shares_memory(getattr(part, name), getattr(c, name))  # views, no copy
+        assert not getattr(part, name).flags.writeable
+    assert part.fields.flags.c_contiguous and part.n_frames == 3 and c.frames(5, 99).n_frames == 2
+
+
 def test_chunk_from_wire_float64_sender_and_errors():
     c = _chunk(n=2)
     header, array = c.to_wire()

@@ -162,7 +162,7 @@ def external_ingest_rate(n_clients: int, seconds: float, frames_per_sim: int = 5
     programs through the ``external`` listener (built from the job config, as ``pdestream train`` builds it:
     in a process of its own unless ``ring_mb`` is 0, ``workers.listener_ring_mb``); each program sends
     simulations of ``frames_per_sim`` frames, two at a time (``C_SENDER``: ``pds_end``, then the previous one's
-    ``pds_close``)."""
+    ``pds_close``), niced by ``nice`` as the launcher nices the programs it starts."""
     import shlex
 
     from streaming.assembly import build_solver, sample_spec, worker_args
@@ -183,8 +183,9 @@ def external_ingest_rate(n_clients: int, seconds: float, frames_per_sim: int = 5
                        cwd=tmp, check=True)
         source = from_config(cfg, DesignCursor(solver, 0, "uniform", 0, 1), worker_args(cfg, spec))
         env = {**os.environ, "PDESTREAM_CONNECT_TIMEOUT": "3"}  # the job's end between two simulations: 3 s
-        procs = [subprocess.Popen([str(Path(tmp) / "sender"), source.address, str(i), str(frames_per_sim)], env=env)
-                 for i in range(n_clients)]
+        niced = ["nice", "-n", str(nice)] if nice else []  # as the launcher starts solver programs (workers.nice)
+        procs = [subprocess.Popen([*niced, str(Path(tmp) / "sender"), source.address, str(i), str(frames_per_sim)],
+                                  env=env) for i in range(n_clients)]
         try:
             return _count(source, spec, cfg, seconds)
         finally:
@@ -370,8 +371,8 @@ def main() -> None:
     parser.add_argument("--external-clients", type=int, default=4,
                         help="C programs streaming through the external listener (0: skip)")
     parser.add_argument("--nice", type=int, default=0,
-                        help="priority drop of the Ray workers and of the external listener's process (the job's "
-                             "workers.nice; 10 as shipped)")
+                        help="priority drop of the Ray workers, of the external listener's process and of the C "
+                             "programs (the job's workers.nice; 10 as shipped)")
     parser.add_argument("--steps", type=int, default=300, help="training steps for the efficiency runs")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the efficiency runs (see efficiency())")
     parser.add_argument("--skip-efficiency", action="store_true")

@@ -845,9 +845,7 @@ class ClientSource:
         cf = self.chunk_frames
         if cf is None or chunk.n_frames - k <= cf:
             return [chunk], finite
-        return [Chunk(chunk.sim_id, chunk.frame_index[max(s - self.overlap, 0):s + cf],
-                      chunk.fields[max(s - self.overlap, 0):s + cf], chunk.params, chunk.solver)
-                for s in range(k, chunk.n_frames, cf)], finite
+        return [chunk.frames(max(s - self.overlap, 0), s + cf) for s in range(k, chunk.n_frames, cf)], finite
 
     # ------------------------------------------------------------------ shutdown
     def close(self) -> None:
