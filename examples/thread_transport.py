@@ -8,7 +8,7 @@ The worked example of docs/transports.md. Register it and name it in a config:
     # then workers.backend = "threads"
 
 JAX releases the GIL while a compiled solver runs, so the threads solve in parallel. Everything about
-the design (which task next, requeue after a failure, the failure budget, checkpoint state) is the
+the design (which task next, requeue after a failure, the failure budget, checkpoint state, pacing) is the
 dispatcher's; this file only moves tasks out and messages back, with a bounded queue for backpressure.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 from streaming.config import JobConfig
 from streaming.design import DesignCursor, Task
-from streaming.transport.dispatcher import Dispatcher
+from streaming.transport.dispatcher import HOLD, Dispatcher
 from streaming.transport.source import Message
 from streaming.worker import SolverWorker
 
@@ -39,6 +39,7 @@ class ThreadSource:
         self.cursor, self.dispatcher = cursor, Dispatcher(cursor, max_failures)
         self._queue: queue.Queue = queue.Queue(maxsize=max_inflight)
         self._inbox = [queue.Queue() for _ in range(count)]
+        self._held: list[int] = []  # threads whose task the dispatcher holds back (pacing): asked again later
         self._closed = threading.Event()
         self._threads = [threading.Thread(target=self._work, args=(i, worker_cls(**worker_args)), daemon=True)
                          for i in range(count)]
@@ -65,7 +66,11 @@ class ThreadSource:
         self._put(_END)
 
     def _assign(self, idx: int) -> None:
-        self._inbox[idx].put(None if self._closed.is_set() else self.dispatcher.next_task(idx))
+        task = None if self._closed.is_set() else self.dispatcher.next_task(idx)
+        if task is HOLD:
+            self._held.append(idx)
+        else:
+            self._inbox[idx].put(task)
 
     def __iter__(self) -> Iterator[Message]:
         for idx, t in enumerate(self._threads):
@@ -73,6 +78,10 @@ class ThreadSource:
             self._assign(idx)
         running = len(self._threads)
         while running and not self._closed.is_set():
+            if self._held and self.dispatcher.wait_for_task(0.0):  # the trainer's losses let a held task go
+                held, self._held = self._held, []
+                for idx in held:
+                    self._assign(idx)
             try:
                 item = self._queue.get(timeout=0.2)
             except queue.Empty:

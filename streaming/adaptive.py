@@ -35,6 +35,15 @@ draw is a function of the seed, the simulation id and the state at the time of t
 the local backend continues exactly (with Ray or MPI the losses arrive while workers run, so the draws depend
 on timing, as the stream itself does). The parameters of every simulation handed out are kept: ``P`` floats per
 simulation in each checkpoint.
+
+Pacing (``ahead`` > 0). Fast simulations on a background backend could all be handed out before the first loss
+report, and steering would never act. With ``ahead`` = k a new task goes out only while ``n < max(warmup, m + 1)
++ k``, ``n`` the simulations handed out so far and ``m`` the index of the newest one with at least one loss
+report (-1 before any); the task then takes ``sims_per_task`` simulations, so ``n <= max(warmup, m + 1) + k +
+sims_per_task - 1`` at all times (requeued simulations always go out). The newest reported simulation, not the
+number reported, sets the bound: a simulation whose samples are never drawn for a loss (a full reservoir keeps few
+of a late one) or that was dropped (NaN) would otherwise hold its place for good. The local backend is not held:
+the trainer pulls its stream between steps and could not report the losses it waits for.
 """
 
 from __future__ import annotations
@@ -160,6 +169,7 @@ class AdaptiveCursor(DesignCursor):
         self.origin: dict[int, str] = {}  # "base" or "proposal"
         self.table: dict[int, tuple[float, int]] = {}
         self.reports = 0
+        self.newest_reported = -1  # index (in this cursor's sequence) of the newest simulation with a loss report
         self._sobol: dict[int, np.ndarray] = {}
 
     def _spread_point(self, k: int) -> np.ndarray:
@@ -216,10 +226,18 @@ class AdaptiveCursor(DesignCursor):
         self._recent.append(task.params)
         return task
 
+    def holds(self) -> bool:
+        """Whether pacing holds the next new task back (module docstring): ``ahead`` > 0, no requeued simulation
+        waits, simulations are left and ``n >= max(warmup, m + 1) + ahead``."""
+        o = self.options
+        return (o.ahead > 0 and not self.pending and not self.exhausted()
+                and self._index(self.next_id) >= max(o.warmup, self.newest_reported + 1) + o.ahead)
+
     def observe(self, sim_ids: np.ndarray, losses: np.ndarray) -> None:
         """Take per-simulation training losses ``(n,)`` of simulations ``sim_ids`` ``(n,)``."""
         self.reports += 1
         mine = [k for k, i in enumerate(np.asarray(sim_ids).tolist()) if i in self.drawn]
+        self.newest_reported = max([self.newest_reported, *map(self._index, np.asarray(sim_ids)[mine].tolist())])
         self.table = update_losses(self.table, np.asarray(sim_ids)[mine], np.asarray(losses)[mine], self.reports,
                                    self.options.ema, self.options.memory)
 
@@ -229,6 +247,7 @@ class AdaptiveCursor(DesignCursor):
             "drawn": [[i, self.origin[i], *self.drawn[i].tolist()] for i in sorted(self.drawn)],
             "losses": [[i, v, r] for i, (v, r) in sorted(self.table.items())],
             "reports": self.reports,
+            "newest_reported": self.newest_reported,
         }
         return d
 
@@ -242,6 +261,7 @@ class AdaptiveCursor(DesignCursor):
         self.origin = {int(r[0]): str(r[1]) for r in a["drawn"]}
         self.table = {int(r[0]): (float(r[1]), int(r[2])) for r in a["losses"]}
         self.reports = int(a["reports"])
+        self.newest_reported = int(a.get("newest_reported", -1))  # absent: written before pacing, which was off
 
 
 def make_cursor(solver: Solver, section: Any, sims_per_task: int, offset: int = 0, stride: int = 1) -> DesignCursor:

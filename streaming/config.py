@@ -53,6 +53,10 @@ class AdaptiveSection(_Section):
     loss_every: int = Field(4, ge=1, description="gradient steps between per-sample loss evaluations (on the "
                             "step's batch: one forward pass per model call of optim.unroll.end)")
     report_every: int = Field(20, ge=1, description="gradient steps between loss reports to the design")
+    ahead: int = Field(0, ge=0, description="pacing: a new task goes out only while fewer than max(warmup, m + 1) "
+                       "+ ahead simulations have been handed out, m the index of the newest simulation with a reported "
+                       "loss (-1 before any); free workers wait for the trainer's next report. Backends ray, mpi and "
+                       "external (not local, which runs in step with the trainer). 0 = off")
 
 
 class SolverSection(_Section):
@@ -152,12 +156,16 @@ class BufferSection(_Section):
     def _watermark(self) -> BufferSection:
         if self.watermark > self.capacity:
             raise ValueError(f"buffer.watermark={self.watermark} exceeds buffer.capacity={self.capacity}")
-        consumes = self.kind in ("fifo", "firo") or self.max_reuse is not None  # drawn samples leave the buffer
-        if self.ingest_ratio is not None and self.ingest_ratio < 1 and consumes:
+        if self.ingest_ratio is not None and self.ingest_ratio < 1 and self.consumes:
             raise ValueError(f"buffer.ingest_ratio={self.ingest_ratio} is below 1 with a {self.kind} buffer whose "
                              "samples leave after max_reuse draws: it would empty while the workers are held back; "
                              "use ingest_ratio >= 1, or a reservoir without max_reuse")
         return self
+
+    @property
+    def consumes(self) -> bool:
+        """Drawn samples leave the buffer (fifo, firo, or after ``max_reuse`` draws)."""
+        return self.kind in ("fifo", "firo") or self.max_reuse is not None
 
 
 class WorkersSection(_Section):
@@ -250,6 +258,18 @@ class JobConfig(_Section):
         need = self.sample.window + (self.sample.horizon * calls if self.sample.kind != "field" else 0)
         if need > frames:
             raise ValueError(f"a sample needs {need} frames but a simulation has only {frames}; raise solver.steps")
+        a = self.solver.adaptive
+        if self.solver.design == "adaptive" and a.ahead:  # pacing waits for the trainer: it must be able to train
+            if self.buffer.consumes:
+                raise ValueError("solver.adaptive.ahead with a buffer whose samples leave after max_reuse draws: it "
+                                 "can run dry while the design waits for losses the trainer has yet to report; use "
+                                 "a reservoir without max_reuse, or ahead = 0")
+            paced = a.warmup + a.ahead  # simulations handed out before the first report
+            samples = paced * (frames - (1 if self.sample.kind == "field" else need) + 1)
+            if (self.solver.n_sims == 0 or self.solver.n_sims > paced) and samples < self.buffer.watermark:
+                raise ValueError(f"solver.adaptive.warmup + ahead = {paced} simulations give {samples} samples, below "
+                                 f"buffer.watermark={self.buffer.watermark}: training would never start to report "
+                                 "losses; raise ahead or lower buffer.watermark")
         return self
 
 

@@ -89,6 +89,11 @@ class DesignCursor:
     def exhausted(self) -> bool:
         return not self.pending and self.n_sims > 0 and self.next_id >= self.first_id + self.n_sims
 
+    def holds(self) -> bool:
+        """Whether the next task waits for the trainer's losses (a fixed design never waits; see
+        :meth:`streaming.adaptive.AdaptiveCursor.holds`)."""
+        return False
+
     def next_task(self) -> Task | None:
         """The next task, or None when the design is exhausted."""
         ids = self.pending[: self.sims_per_task]

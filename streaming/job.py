@@ -85,7 +85,7 @@ def held_in_training(cfg: JobConfig, solver: Solver) -> Callable[[np.ndarray], n
     """``solver.held_cells`` when the solver holds cells whose place depends on the parameters (obstacles) and the
     samples carry the parameters, so the train step can hold them too; None when nothing of the kind is held (a
     frozen border is in the surrogate's output map already)."""
-    if solver.frozen_border or cfg.sample.kind == "field":
+    if solver.frozen_border or cfg.sample.kind == "field" or not hasattr(solver, "held_cells"):  # external: none
         return None
     space = solver.param_space
     if solver.held_cells(np.stack([space.low, (space.low + space.high) / 2, space.high])) is None:
@@ -220,6 +220,8 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
             print(f"pdestream train: clients need the token PDESTREAM_TOKEN={source.token}", file=sys.stderr,
                   flush=True)
     mode = "sync" if cfg.workers.backend == "local" or offline is not None else "background"  # sync: exact resume
+    if getattr(source, "dispatcher", None) is not None:  # pacing waits for losses a sync trainer could not report
+        source.dispatcher.paced = mode == "background"
     trainer = Trainer(cfg=cfg, spec=spec, model=model, optimizer=optimizer, schedule=schedule, buffer=buffer,
                       normalizer=normalizer, metadata=meta, validation=validation, run_dir=run_dir, metrics=metrics,
                       checkpoints=checkpoints, mode=mode,

@@ -7,6 +7,8 @@ through the registry from a config, as a job builds it.
 - one that always raises: the job stops with JobFailed past workers.max_failures;
 - close() while another thread iterates: the iteration ends promptly;
 - checkpoint state mid-stream: in-flight simulations are pending, never lost;
+- a paced design (``solver.adaptive.ahead``; not ``local``, which runs in step with the trainer): workers wait
+  while the dispatcher holds tasks back, and go on once the losses are reported;
 - a worker process SIGKILLed mid-task (``ray`` and ``external`` only: the ``local`` and ``threads`` workers live in
   the trainer's own process, so there is no worker to lose apart from the job): the loss is noticed within
   LOSS_NOTICED_S, the task requeued and counted as one failure, every simulation reported once.
@@ -32,9 +34,10 @@ import numpy as np
 import pytest
 
 from solvers import get_solver
+from streaming.adaptive import AdaptiveCursor
 from streaming.assembly import build_solver, sample_spec, worker_args
 from streaming.chunk import SimReport
-from streaming.config import load_config
+from streaming.config import AdaptiveSection, load_config
 from streaming.design import DesignCursor
 from streaming.errors import JobFailed
 from streaming.transport import BACKENDS, Backend, make_source, register
@@ -81,19 +84,29 @@ class SleepingWorker(SolverWorker):
         raise RuntimeError("the sleeping worker was not killed")
 
 
-def _source(kind, tmp_path, n_sims=N_SIMS, max_failures=2, worker_cls=SolverWorker):
+def _cursor(solver, n_sims, ahead):
+    """The cases' design (tasks of 2): lhs, or with ``ahead`` the loss-steered one, paced (warmup 2)."""
+    if not ahead:
+        return DesignCursor(solver, n_sims, "lhs", 0, 2)
+    return AdaptiveCursor(solver, n_sims, 0, 2, AdaptiveSection(warmup=2, ahead=ahead))
+
+
+def _source(kind, tmp_path, n_sims=N_SIMS, max_failures=2, worker_cls=SolverWorker, ahead=0):
     if kind == "external":
-        return _external_source(tmp_path, n_sims, max_failures, worker_cls)
+        source = _external_source(tmp_path, n_sims, max_failures, worker_cls, ahead)
+        source.dispatcher.paced = bool(ahead)
+        return source
     cfg = load_config("configs/quickstart.toml", {
         "solver.config": "{ n = 6 }", "solver.steps": str(STEPS), "solver.n_sims": str(n_sims),
         "workers.backend": kind, "workers.count": "2", "workers.sims_per_task": "2", "workers.chunk_frames": "4",
         "workers.max_failures": str(max_failures), "workers.max_inflight": "2"})
     solver = get_solver("heat2d", n=6)
-    cursor = DesignCursor(solver, n_sims, "lhs", 0, 2)
+    cursor = _cursor(solver, n_sims, ahead)
     args = worker_args(cfg, sample_spec(cfg, solver))
-    if kind in SOURCE_HOOKS:
-        return SOURCE_HOOKS[kind](cfg, cursor, args, worker_cls)
-    return make_source(cfg, cursor, args, worker_cls=worker_cls)
+    hook = SOURCE_HOOKS.get(kind)
+    source = hook(cfg, cursor, args, worker_cls) if hook else make_source(cfg, cursor, args, worker_cls=worker_cls)
+    source.dispatcher.paced = bool(ahead)  # as a job whose trainer consumes in the background sets it
+    return source
 
 
 CLIENT = '''
@@ -123,7 +136,7 @@ with connect(address, sim_id=int(sim_id), params=[float(kappa)], fields=["T"], g
 '''
 
 
-def _external_source(tmp_path, n_sims, max_failures, worker_cls):
+def _external_source(tmp_path, n_sims, max_failures, worker_cls, ahead):
     """Backend external with a command: CLIENT per simulation (STEPS + 1 frames of a 6 x 6 field), through the
     registry; worker_cls's marker / always become the program's arguments."""
     script = tmp_path / "contract_client.py"
@@ -139,8 +152,8 @@ def _external_source(tmp_path, n_sims, max_failures, worker_cls):
         "workers.sims_per_task": "2", "workers.chunk_frames": "4", "workers.max_failures": str(max_failures),
         "workers.max_inflight": "2"})
     solver = build_solver(cfg)
-    cursor = DesignCursor(solver, n_sims, "lhs", 0, 2)
-    return make_source(cfg, cursor, worker_args(cfg, sample_spec(cfg, solver)), worker_cls=worker_cls)
+    return make_source(cfg, _cursor(solver, n_sims, ahead), worker_args(cfg, sample_spec(cfg, solver)),
+                       worker_cls=worker_cls)
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +250,37 @@ def test_checkpoint_state_mid_stream_loses_nothing(kind, tmp_path, ray_up):
         accounted = sorted(state["done"] + state["pending"])
         assert accounted == list(range(state["next_id"])), state  # every issued id: done or to be re-run
         assert {i for ids in in_flight for i in ids} - set(state["done"]) <= set(state["pending"])
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "local"])  # local: in step with the trainer, not paced
+def test_a_paced_design_holds_the_workers_until_losses_come(kind, tmp_path, ray_up):
+    """Warmup 2, ahead 1, tasks of 2: 4 simulations go out, then the workers wait (nothing more comes while no loss
+    is reported, and the stream does not end); a loss for simulation 3 lets the last task go."""
+    source = _source(kind, tmp_path, ahead=1)
+    done, ended = [], threading.Event()
+
+    def consume():  # the trainer's receiver thread; this test's thread reports the losses, as the train loop does
+        for msg in source:
+            if isinstance(msg, SimReport):
+                done.append(msg.sim_id)
+        ended.set()
+
+    t = threading.Thread(target=consume, daemon=True)
+    try:
+        t.start()
+        deadline = time.monotonic() + 120
+        while len(done) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # unpaced, the last task would be out by now
+        assert sorted(done) == [0, 1, 2, 3] and not ended.is_set(), done
+        assert source.dispatcher.state_dict()["next_id"] == 4 and not source.dispatcher.finished()
+        source.dispatcher.report_losses(np.asarray([3]), np.asarray([1.0]))
+        assert ended.wait(120), f"the stream did not end after the losses were reported: {done}"
+    finally:
+        source.close()
+    state = source.dispatcher.state_dict()
+    assert sorted(done) == list(range(N_SIMS)) and source.dispatcher.failures == 0
+    assert (state["next_id"], state["pending"], state["done"]) == (N_SIMS, [], list(range(N_SIMS)))
 
 
 LOSS_NOTICED_S = 60.0  # from the SIGKILL to the failure counted; headroom for a loaded 2-core machine

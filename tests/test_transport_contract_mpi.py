@@ -2,7 +2,7 @@
 run by rank 0 of a real ``mpiexec -disable-auto-cleanup -n 3`` launch with ranks 1 and 2 as solver workers
 (``tests/mpi_contract_driver.py``); plus MPI's requeue on a lost worker (a worker rank SIGKILLed mid-task).
 
-The five contract cases share one launch (the case that stops the job comes last: its workers leave);
+The six contract cases share one launch (the case that stops the job comes last: its workers leave);
 the lost worker gets its own launch.
 """
 
@@ -20,6 +20,7 @@ BIN = Path(sys.executable).parent
 DRIVER = Path(__file__).parent / "mpi_contract_driver.py"
 CASES = ["a_finite_design_arrives_whole", "a_raising_simulation_is_requeued_and_counted",
          "close_while_another_thread_iterates", "checkpoint_state_mid_stream_loses_nothing",
+         "a_paced_design_holds_the_workers_until_losses_come",
          "failures_past_the_budget_stop_the_job"]  # the last one ends the workers
 
 pytestmark = pytest.mark.skipif(not (BIN / "mpiexec").exists(), reason="needs mpiexec (the mpich wheel)")

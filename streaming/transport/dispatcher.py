@@ -3,7 +3,9 @@
 A transport (Ray actors, MPI ranks, the in-process worker) only moves tasks out and messages back; it
 asks the dispatcher what to do at each event:
 
-- :meth:`next_task` — a worker is free: the next task of the design (or None: nothing left);
+- :meth:`next_task` — a worker is free: the next task of the design (or None: nothing left; or :data:`HOLD`:
+  not now, pacing waits for the trainer's losses, :mod:`streaming.adaptive`; the worker stays idle and asks again
+  once :meth:`wait_for_task` says a task may go, which :meth:`report_losses` or a requeue wakes);
 - :meth:`on_message` — a message came from a worker: a finished or dropped simulation's report marks
   it done in the design;
 - :meth:`task_done` — a worker finished its task;
@@ -32,20 +34,41 @@ from streaming.errors import JobFailed
 FINISHED = ("done", "nan")  # report statuses after which a simulation is never run again
 
 
-class Dispatcher:
-    """Hands out ``cursor``'s tasks to workers (any hashable id) and takes them back when a worker is lost."""
+class Hold:
+    """:meth:`Dispatcher.next_task`'s answer while pacing holds the next task back: not now, ask again later."""
 
-    def __init__(self, cursor: DesignCursor, max_failures: int = 0) -> None:
-        self.cursor, self.max_failures = cursor, max_failures
+    def __repr__(self) -> str:
+        return "HOLD"
+
+
+HOLD = Hold()
+
+
+class Dispatcher:
+    """Hands out ``cursor``'s tasks to workers (any hashable id) and takes them back when a worker is lost.
+
+    ``paced``: hold new tasks back while the design says so (``cursor.holds()``); set for a trainer that consumes
+    the stream in the background, never for one that pulls it between its steps (it could not report the losses
+    the design waits for)."""
+
+    def __init__(self, cursor: DesignCursor, max_failures: int = 0, paced: bool = False) -> None:
+        self.cursor, self.max_failures, self.paced = cursor, max_failures, paced
         self.failures = 0
         self._running: dict[Hashable, Task] = {}
         self._lock = threading.Lock()
+        self._may_go = threading.Condition(self._lock)  # notified when losses or a requeue may let a task go
 
-    def next_task(self, worker: Hashable) -> Task | None:
-        """The next task for ``worker`` (recorded as in flight), or None when the design is exhausted."""
+    def _holds(self) -> bool:
+        return self.paced and self.cursor.holds()
+
+    def next_task(self, worker: Hashable) -> Task | Hold | None:
+        """The next task for ``worker`` (recorded as in flight), :data:`HOLD` while pacing holds it back, or None
+        when the design is exhausted."""
         with self._lock:
             if worker in self._running:
                 raise RuntimeError(f"worker {worker!r} asked for a task while it still runs one")
+            if self._holds():
+                return HOLD
             task = self.cursor.next_task()
             if task is not None:
                 self._running[worker] = task
@@ -62,6 +85,13 @@ class Dispatcher:
         to the design (a loss-steered design draws the next parameters from them; a fixed one ignores them)."""
         with self._lock:
             self.cursor.observe(sim_ids, losses)
+            self._may_go.notify_all()
+
+    def wait_for_task(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s while pacing holds new tasks back; True once :meth:`next_task` would not answer
+        :data:`HOLD` (woken by :meth:`report_losses` and by a requeue, without polling)."""
+        with self._lock:
+            return self._may_go.wait_for(lambda: not self._holds(), timeout)
 
     def design_histograms(self) -> dict[str, np.ndarray]:
         """``{"design/NAME": values (n,)}``: each parameter of the simulations handed out since the last call."""
@@ -80,6 +110,7 @@ class Dispatcher:
             task = self._running.pop(worker, None)
             if task is not None:
                 self.cursor.requeue(task)
+                self._may_go.notify_all()
             self.failures += 1
             failures = self.failures
         if failures > self.max_failures:
@@ -89,7 +120,8 @@ class Dispatcher:
         return task
 
     def finished(self) -> bool:
-        """True once every simulation of a finite design is done or dropped and no task is out."""
+        """True once every simulation of a finite design is done or dropped and no task is out (never while tasks
+        are only held back: the design is not exhausted)."""
         with self._lock:
             return not self._running and self.cursor.exhausted()
 

@@ -16,7 +16,9 @@ from streaming.worker import SolverWorker
 
 class LocalSource:
     """Runs tasks one after the other with an in-process worker. A task that raises is requeued and
-    counts against ``max_failures`` (the dispatcher's rule, as on every transport)."""
+    counts against ``max_failures`` (the dispatcher's rule, as on every transport). Never paced
+    (``solver.adaptive.ahead``): the trainer pulls this stream between its steps, a batch's worth of samples
+    (``buffer.ingest_ratio`` batches') per step, and could not report the losses a held task would wait for."""
 
     def __init__(self, cursor: DesignCursor, worker: SolverWorker, max_failures: int = 0) -> None:
         self.cursor, self.worker = cursor, worker

@@ -8,7 +8,8 @@ launcher adds what the listener lacks, the design:
   none: hand-started clients choose their own simulations). ``workers.count`` slots each take a task
   (``workers.sims_per_task`` simulations) and run its simulations one after the other, one process each;
   at most ``workers.count`` processes run at a time, each with ``workers.max_inflight`` messages
-  unacknowledged (the listener's flow control);
+  unacknowledged (the listener's flow control). A slot whose task the dispatcher holds back (pacing,
+  :mod:`streaming.adaptive`) stays free and asks again between messages (at least every :data:`_POLL_S`);
 - where processes run is ``workers.backend``: ``local`` or ``external`` (subprocesses of the trainer's process) or
   ``ray`` (a subprocess inside a Ray actor per slot, on any node; the data still comes over TCP, so set
   ``workers.listen`` to an address the nodes reach);
@@ -61,7 +62,7 @@ from streaming.chunk import Chunk, SimReport
 from streaming.config import ConfigError, JobConfig
 from streaming.design import DesignCursor, Task
 from streaming.external_solver import ExternalSolver, command_argv, fill_command
-from streaming.transport.dispatcher import Dispatcher
+from streaming.transport.dispatcher import HOLD, Dispatcher
 from streaming.transport.listener import ClientSource
 from streaming.transport.listener_process import ListenerProcess
 from streaming.transport.reaper import reaped_argv
@@ -326,6 +327,7 @@ class LaunchSource:
         self.timeout = section.timeout
         self.frames = section.frames
         self._slots = [_Slot() for _ in range(count)]
+        self._held: set[int] = set()  # slots whose task the dispatcher holds back (pacing)
         self._runs: dict[int, _Run] = {}  # wire id -> the live run
         self._attempts: dict[int, int] = {}  # sim id -> attempts started
         self._tmp = Path(tempfile.mkdtemp(prefix="pdestream-launch-"))
@@ -352,7 +354,11 @@ class LaunchSource:
         self._pump_thread.start()
         for i in range(len(self._slots)):
             self._assign(i)
-        while not self._closed and any(s.task is not None for s in self._slots):
+        while not self._closed and (self._held or any(s.task is not None for s in self._slots)):
+            if self._held and self.dispatcher.wait_for_task(0.0):
+                held, self._held = sorted(self._held), set()
+                for i in held:
+                    self._assign(i)
             try:
                 item = self._queue.get(timeout=_POLL_S)
             except queue.Empty:
@@ -393,7 +399,8 @@ class LaunchSource:
 
     # ------------------------------------------------------------------ slots and runs
     def _assign(self, i: int) -> None:
-        """Give slot ``i`` its next simulation: the rest of its task, or a new task (None: nothing left)."""
+        """Give slot ``i`` its next simulation: the rest of its task, or a new task (None: nothing left; held back
+        by pacing: the slot waits in ``_held``)."""
         slot = self._slots[i]
         while True:
             if slot.task is not None and slot.next_index < len(slot.task.sim_ids):
@@ -403,7 +410,10 @@ class LaunchSource:
                 return
             if slot.task is not None:
                 self.dispatcher.task_done(i)
-            slot.task, slot.next_index = self.dispatcher.next_task(i), 0
+            task = self.dispatcher.next_task(i)
+            if task is HOLD:
+                self._held.add(i)
+            slot.task, slot.next_index = None if task is HOLD else task, 0
             if slot.task is None:
                 return
 

@@ -16,7 +16,9 @@ JAX processes.
 Protocol (worker -> trainer unless noted), with tags:
 
 - ``TASK`` (trainer -> worker): a pickled :class:`~streaming.design.Task`, or None to stop (sent once the
-  design is finished: a rank with nothing left to run waits, since a lost rank's task may come back);
+  design is finished: a rank with nothing left to run waits, since a lost rank's task may come back). The answer to
+  a rank whose task the dispatcher holds back (pacing, :mod:`streaming.adaptive`) is deferred: the trainer asks
+  the design again while it waits for messages, and sends the task once the trainer's losses let it go;
 - ``HEADER``: a small pickled dict: a chunk's wire header, a simulation report, ``failed`` (the solver raised:
   the trainer puts the task's unfinished simulations back in the design cursor, see below),
   ``task_done``/``bye``, or ``pong``;
@@ -73,7 +75,7 @@ from streaming.chunk import Chunk
 from streaming.config import JobConfig
 from streaming.design import DesignCursor, Task
 from streaming.errors import JobFailed
-from streaming.transport.dispatcher import Dispatcher
+from streaming.transport.dispatcher import HOLD, Dispatcher
 from streaming.transport.source import Message
 from streaming.transport.wire import report_from_header, report_header
 from streaming.worker import SimReport, SolverWorker
@@ -300,7 +302,8 @@ class MPISource:
         self._alive = set(self.workers)
         self._last_seen: dict[int, float] = {}
         self._finished: set[int] = set()  # ranks that said bye and wait for the final word
-        self._idle: list[int] = []  # ranks waiting for a task while others finish theirs
+        self._idle: list[int] = []  # ranks waiting for a task while others finish theirs, or held back (pacing)
+        self._held = False  # a rank of _idle waits because pacing held its task back
         self._said_goodbye = False
         self._to_release: list[int] = []  # ranks that answered the last PING and wait for release()
         self.lost: list[int] = []  # worker ranks declared lost, in order
@@ -355,7 +358,8 @@ class MPISource:
         """Hand ``rank`` its next task; with none left while other ranks still run theirs, keep it waiting (a
         lost rank's task may come back to the design); None (stop) once the design is finished or closing."""
         task = None if self._closing else self.dispatcher.next_task(rank)
-        if task is None and not self._closing and not self.dispatcher.finished():
+        self._held = self._held or task is HOLD
+        if task is HOLD or (task is None and not self._closing and not self.dispatcher.finished()):
             self._idle.append(rank)
             return
         self._send(task, rank, TASK)
@@ -430,6 +434,9 @@ class MPISource:
         rank is left to wait for."""
         pause, check_at = 5e-5, time.monotonic() + 0.25
         while self._alive:
+            if self._held and self.dispatcher.wait_for_task(0.0):  # the trainer's losses let the held tasks go
+                self._held = False
+                self._wake_idle()
             self._drain_heartbeats()
             if self.comm.Iprobe(source=self._mpi.ANY_SOURCE, tag=HEADER, status=status):
                 return True

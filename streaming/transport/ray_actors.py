@@ -15,6 +15,9 @@
   full (the buffer's (sim id, step) de-duplication drops what had already arrived), and counts a failure; after
   ``max_failures`` failures the job stops with :class:`~streaming.errors.JobFailed`.
 - :meth:`RaySource.report` says which node each actor ran on, restarts included.
+- An actor whose task the dispatcher holds back (pacing, :mod:`streaming.adaptive`) stays idle until the
+  trainer's next loss report lets a task go: with every actor idle the stream sleeps on the dispatcher, which the
+  report wakes; otherwise it asks again between messages (at least every :data:`HOLD_POLL_S`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from streaming.config import JobConfig
 from streaming.design import DesignCursor, Task
 from streaming.errors import JobFailed
-from streaming.transport.dispatcher import Dispatcher
+from streaming.transport.dispatcher import HOLD, Dispatcher
 from streaming.transport.ray_cluster import ensure_ray, logs_dir
 from streaming.transport.source import Message
 from streaming.worker import SolverWorker
@@ -40,6 +43,7 @@ from streaming.worker import SolverWorker
 _ACTOR_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError)
 RESTART_TIMEOUT_S = 300.0  # how long a dead actor may take to come back (Ray restarts it, on another node if need be)
 _TASK_ERRORS = (*_ACTOR_ERRORS, RayTaskError)  # RayTaskError: the simulation raised; the actor lives on
+HOLD_POLL_S = 0.1  # while actors are held back and others stream: how often at least the design is asked again
 
 
 class _RayWorker:
@@ -109,6 +113,7 @@ class RaySource:
         self._restarting: dict[Any, tuple[int, float]] = {}  # `where` call to a dead actor -> (index, deadline)
         self._ask_again: list[tuple[float, int, float]] = []  # (when, index, deadline): dead actors to call again
         self._active: dict[Any, int] = {}  # streaming generator -> index of the actor running it
+        self._held: set[int] = set()  # actors whose task the dispatcher holds back (pacing)
         self._closed = False
         self._iter_thread: threading.Thread | None = None  # the thread inside __iter__, if any
 
@@ -143,7 +148,9 @@ class RaySource:
 
     def _start(self, idx: int) -> None:
         task = self.dispatcher.next_task(idx)
-        if task is None:
+        if task is HOLD:
+            self._held.add(idx)
+        if task is None or task is HOLD:
             return
         gen = self.actors[idx].run.options(_generator_backpressure_num_objects=self.max_inflight).remote(
             task, self.bundle_bytes)
@@ -196,6 +203,14 @@ class RaySource:
             self._restarting[self.actors[idx].where.remote()] = (idx, deadline)
         return min([1.0, *(when - now for when, _, _ in self._ask_again)])
 
+    def _release_held(self, timeout: float) -> None:
+        """Start the held-back actors once the dispatcher lets a task go, waiting for that up to ``timeout`` s
+        (an actor held again stays held)."""
+        if self.dispatcher.wait_for_task(timeout):
+            held, self._held = sorted(self._held), set()
+            for idx in held:
+                self._start(idx)
+
     def __iter__(self) -> Iterator[Message]:
         self._iter_thread = threading.current_thread()
         try:
@@ -207,11 +222,15 @@ class RaySource:
         for idx in range(len(self.actors)):
             self._start(idx)
         # the stream ends with every actor back
-        while (self._active or self._restarting or self._ask_again) and not self._closed:
+        while (self._active or self._restarting or self._ask_again or self._held) and not self._closed:
             wait = self._call_restarting()
+            if self._held:  # with nothing else to wait for, sleep until the trainer's losses let a task go
+                self._release_held(0.0 if self._active or self._restarting else wait)
+                wait = min(wait, HOLD_POLL_S)
             refs = [*self._active, *self._restarting]
             if not refs:
-                time.sleep(wait)
+                if not self._held:
+                    time.sleep(wait)
                 continue
             ready, _ = ray.wait(refs, num_returns=1, timeout=wait)
             if not ready:
@@ -263,6 +282,7 @@ class RaySource:
         while self._iter_thread not in (None, threading.current_thread()) and time.monotonic() < deadline:
             time.sleep(0.02)
         self._active.clear()  # after the consuming thread left: it owns the table while it iterates
+        self._held.clear()
         self._restarting.clear()
         self._ask_again.clear()
         if self._started_ray:
