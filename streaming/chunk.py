@@ -172,15 +172,23 @@ class Chunk:
         """True when every field value and parameter is finite (no NaN or Inf)."""
         return bool(np.isfinite(self.fields).all() and np.isfinite(self.params).all())
 
-    def frames(self, start: int, stop: int) -> Chunk:
-        """Frames ``start .. stop - 1`` as a chunk of views into this one (not checked again: a slice of a checked
-        chunk is one)."""
-        out = object.__new__(Chunk)
-        for name, value in (("sim_id", self.sim_id), ("frame_index", self.frame_index[start:stop]),
-                            ("fields", self.fields[start:stop]), ("params", self.params), ("solver", self.solver),
-                            ("offset", self.offset), ("global_grid", self.global_grid)):
+    @classmethod
+    def checked(cls, sim_id: int, frame_index: np.ndarray, fields: np.ndarray, params: np.ndarray, solver: str,
+                offset: tuple[int, ...], global_grid: tuple[int, ...]) -> Chunk:
+        """A chunk of parts a chunk was already checked with (int64 ``frame_index``, float32 C-contiguous ``fields``
+        and ``params``, tuples), e.g. sent by the process that checked it: stored as read-only views, not checked
+        again."""
+        out = object.__new__(cls)
+        for name, value in (("sim_id", sim_id), ("frame_index", _frozen_view(frame_index)),
+                            ("fields", _frozen_view(fields)), ("params", _frozen_view(params)), ("solver", solver),
+                            ("offset", offset), ("global_grid", global_grid)):
             object.__setattr__(out, name, value)
         return out
+
+    def frames(self, start: int, stop: int) -> Chunk:
+        """Frames ``start .. stop - 1`` as a chunk of views into this one (a slice of a checked chunk is one)."""
+        return Chunk.checked(self.sim_id, self.frame_index[start:stop], self.fields[start:stop], self.params,
+                             self.solver, self.offset, self.global_grid)
 
     def sample_keys(self) -> np.ndarray:
         """De-duplication keys: int64 ``(n_frames, 2)``, row ``i`` is ``(sim_id, frame_index[i])`` (a frame index)."""

@@ -185,9 +185,10 @@ class ListenerProcess:
             self._ring.placed(start, start + _aligned(nbytes))
             weakref.finalize(holder, self._ring.gone_at, start)
             data = np.frombuffer(holder, np.float32).reshape(shape)
-        index = np.arange(frames[0], frames[0] + frames[1]) if isinstance(frames, tuple) else np.asarray(frames)
-        return Chunk(sim_id=sim_id, frame_index=index, fields=data, params=np.asarray(params, np.float32),
-                     solver=solver, offset=offset, global_grid=global_grid)
+        index = (np.arange(frames[0], frames[0] + frames[1], dtype=np.int64) if isinstance(frames, tuple)
+                 else np.asarray(frames, np.int64))
+        # checked by the child's listener, which sent its parts
+        return Chunk.checked(sim_id, index, data, np.asarray(params, np.float32), solver, offset, global_grid)
 
     def external_report(self) -> dict[str, Any]:
         """The child listener's counters (:meth:`ClientSource.external_report`) and the chunks it passed through
