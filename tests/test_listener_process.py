@@ -166,3 +166,24 @@ def test_slabs_assembled_in_the_listener_are_copied_into_the_ring():
             t.join(WAIT)
     check_frames(copies, {5: frames})
     assert src.external_report()["ring_chunks"] == len(copies) and src.external_report()["pipe_chunks"] == 0
+
+
+def test_messages_the_listener_has_ready_at_once_reach_the_trainer_in_one_batch():
+    # one message of 40 frames cut into 8 chunks of 5 (chunk_frames): the listener yields them back to back, so the
+    # child sends their records together; the stream is the same
+    rng = np.random.default_rng(3)
+    sims = {0: rng.standard_normal((40, 1, 16, 16)).astype(np.float32)}
+    copies, n = [], 0
+    with ListenerProcess("127.0.0.1:0", expected_sims=1, max_inflight=2, overlap=1, chunk_frames=5, channels=("u",),
+                         grid=(16, 16), n_params=1) as src:
+        threads = start(src.address, sims, 40)
+        for msg in src:
+            n += 1
+            if isinstance(msg, Chunk):
+                copies.append((msg.sim_id, msg.frame_index.tolist(), np.array(msg.fields)))
+        for t in threads:
+            t.join(WAIT)
+    check_frames(copies, sims)
+    report = src.external_report()
+    assert len(copies) == 8 and report["ring_chunks"] == 8 and n == 9  # 8 chunks and the simulation's report
+    assert 1 <= report["pipe_batches"] <= 3  # the 8 chunks of one message in one batch (the report may follow alone)

@@ -275,6 +275,7 @@ class ClientSource:
         self._handoff: queue.SimpleQueue = queue.SimpleQueue()  # accepted connections for idle reader threads
         self._idle_readers = 0  # reader threads waiting on _handoff and not yet handed a connection
         self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._yields_left = 0  # messages of the event being yielded that come after the current one
         self._closed = False
         self._listener = _bind(listen)
         host, port = self._listener.getsockname()[:2]
@@ -326,6 +327,11 @@ class ClientSource:
         return self.expected_sims is not None and self.sims_finished >= self.expected_sims
 
     # ------------------------------------------------------------------ iteration (the consumer's thread)
+    def ready(self) -> bool:
+        """Whether the iterator holds more to yield or has events queued (asking it for the next message would
+        probably not wait): a consumer that forwards messages may gather them until it would."""
+        return self._yields_left > 0 or not self._events.empty()
+
     def __iter__(self) -> Iterator[Message]:
         while not self._closed and not self.finished:
             try:
@@ -338,7 +344,8 @@ class ClientSource:
                 out = self._on_end(conn)
             else:
                 out = self._on_lost(conn, payload)
-            for msg, taken in out:
+            for i, (msg, taken) in enumerate(out):
+                self._yields_left = len(out) - 1 - i
                 yield msg
                 if self._closed:
                     return

@@ -9,10 +9,11 @@ child process (``python -m streaming.transport.listener_process``, talking over 
 yields:
 
 - a chunk's fields go into a ring of shared memory (``ring_mb``) and a small record (simulation id, frame
-  indices, parameters, where in the ring) through a pipe; the trainer's chunk is a view of the ring, and its
-  bytes are handed back to the child once the last reference to that view is gone (so a consumer may keep a
-  chunk as long as it likes; while it does, the ring holds it and the child waits for room, which holds the
-  clients through their acknowledgement windows);
+  indices, parameters, where in the ring) through a pipe, in one batch with the records of the other messages
+  the listener has ready at once (:meth:`ClientSource.ready`: fewer pipe messages for the trainer's loop to
+  read); the trainer's chunk is a view of the ring, and its bytes are handed back to the child once the last
+  reference to that view is gone (so a consumer may keep a chunk as long as it likes; while it does, the ring
+  holds it and the child waits for room, which holds the clients through their acknowledgement windows);
 - a chunk larger than half the ring, one that finds no room there for ``_RING_WAIT_S`` (the trainer keeps the
   chunks before it, or pauses), and every simulation report travel through the pipe itself (which blocks once
   full, so a trainer that stops taking still holds the clients; one that keeps chunks never stalls the stream).
@@ -40,7 +41,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ _ALIGN = 64  # every chunk starts at a multiple of this in the ring
 _POLL_S = 0.1  # how often a waiting side checks for close()
 _REPORT_S = 0.5  # the child's counters go to the trainer this often
 _RING_WAIT_S = 0.2  # a chunk that finds no room in the ring for this long goes through the pipe
+_BATCH = 64  # the most messages the child gathers into one batch for the trainer
 _START_TIMEOUT_S = 120.0
 log = logging.getLogger(__name__)
 
@@ -144,37 +146,35 @@ class ListenerProcess:
             with self._rlock:
                 if self._ended:
                     break
-                item = self._pull(_POLL_S)
-            if item is None:
-                continue
-            kind, payload = item
-            if kind == "chunk":
-                yield self._chunk(*payload)
-            elif kind == "message":
-                yield payload
+                items = self._pull(_POLL_S)
+            for kind, payload in items:
+                if self._closed:
+                    break
+                yield self._chunk(*payload) if kind == "chunk" else payload
         if self._error is not None:
             raise self._error
 
-    def _pull(self, timeout: float) -> tuple[str, Any] | None:
-        """The child's next item (None: none within ``timeout``); reports, the end and errors are taken in here."""
+    def _pull(self, timeout: float) -> list[tuple[str, Any]]:
+        """The child's next batch of items, ``("chunk", record)`` or ``("message", report)`` (none within
+        ``timeout``: empty); its counters, the end and errors are taken in here."""
         try:
             if not self._conn.poll(timeout):
-                return None
+                return []
             kind, payload = pickle.loads(self._conn.recv_bytes())
         except (EOFError, OSError):
             self._ended = True
             if not self._closed:
                 self._error = ClientSourceError(f"the listener process exited (exit code {self._proc.poll()}); "
                                                 "the external clients lost their job")
-            return None
+            return []
         if kind in ("report", "end"):
             self._report = payload
             self._ended = kind == "end"
-            return None
+            return []
         if kind == "error":
             self._error, self._ended = payload, True
-            return None
-        return kind, payload
+            return []
+        return payload
 
     def _chunk(self, sim_id: int, frames: tuple | list, params: list, solver: str, offset: tuple,
                global_grid: tuple, shape: tuple, start: int | None, data: np.ndarray | None) -> Chunk:
@@ -192,7 +192,8 @@ class ListenerProcess:
 
     def external_report(self) -> dict[str, Any]:
         """The child listener's counters (:meth:`ClientSource.external_report`) and the chunks it passed through
-        the ring and through the pipe (``ring_chunks``, ``pipe_chunks``), as of its last report."""
+        the ring and through the pipe (``ring_chunks``, ``pipe_chunks``) and the batches their records went in
+        (``pipe_batches``), as of its last report."""
         return dict(self._report)
 
     @property
@@ -303,40 +304,53 @@ def _child_main(conn: Connection) -> None:
     send(("ready", {"address": source.address, "token": source.token, "token_generated": source.token_generated,
                     "report": source.external_report()}))
     threading.Thread(target=watch, daemon=True, name="listener-watch").start()
-    head, reported, through = 0, time.monotonic(), {"ring_chunks": 0, "pipe_chunks": 0}
+    head, reported, through = 0, time.monotonic(), {"ring_chunks": 0, "pipe_chunks": 0, "pipe_batches": 0}
 
     def report() -> dict[str, Any]:
         return {**source.external_report(), **through}
 
+    items: list[tuple] = []  # gathered while the listener has more ready, sent as one batch
+
+    def flush() -> None:
+        if items:
+            send(("items", items[:]))
+            items.clear()
+            through["pipe_batches"] += 1
+
     try:
         for msg in source:
             if isinstance(msg, Chunk):
-                placed = _place(msg, ring, released, head, stop)
+                placed = _place(msg, ring, released, head, stop, flush)
                 if placed is None:
                     break
                 record, in_ring, head = placed
                 through["ring_chunks" if in_ring else "pipe_chunks"] += 1
-                item: tuple = ("chunk", record)
+                items.append(("chunk", record))
             else:
-                item = ("message", msg)
-            send(item)
+                items.append(("message", msg))
+            if not source.ready() or len(items) >= _BATCH:
+                flush()
             if time.monotonic() - reported > _REPORT_S:
+                flush()
                 send(("report", report()))
                 reported = time.monotonic()
     except BaseException as e:  # noqa: BLE001  (raised in the trainer)
         with contextlib.suppress(OSError):
+            flush()
             send(("error", e))
     finally:
         source.close()
         with contextlib.suppress(OSError):
+            flush()
             send(("end", report()))
 
 
-def _place(msg: Chunk, ring: memoryview, released: np.ndarray, head: int,
-           stop: threading.Event) -> tuple[tuple, bool, int] | None:
+def _place(msg: Chunk, ring: memoryview, released: np.ndarray, head: int, stop: threading.Event,
+           flush: Callable[[], None]) -> tuple[tuple, bool, int] | None:
     """(The record of ``msg`` for the trainer, whether its fields went into the ring, the ring's next head): the
-    fields copied into the ring at or after ``head`` (waiting for room), or carried in the record (over half the
-    ring, or no room within ``_RING_WAIT_S``). None: stopped while waiting."""
+    fields copied into the ring at or after ``head`` (waiting for room, after ``flush()`` sent the records the
+    trainer needs to hand room back), or carried in the record (over half the ring, or no room within
+    ``_RING_WAIT_S``). None: stopped while waiting."""
     fields = np.ascontiguousarray(msg.fields, np.float32)
     index = msg.frame_index
     first = int(index[0])
@@ -349,6 +363,8 @@ def _place(msg: Chunk, ring: memoryview, released: np.ndarray, head: int,
     if pos + need > size:  # no room before the end: start over at the ring's beginning
         head += size - pos
         pos = 0
+    if head + need - int(released[0]) > size:
+        flush()
     deadline = time.monotonic() + _RING_WAIT_S
     while head + need - int(released[0]) > size:  # the trainer still holds the bytes there
         if stop.is_set():
