@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streaming.config import WorkersSection
 from streaming.design import Task
 from streaming.worker import SolverWorker
 
@@ -370,9 +371,9 @@ def main() -> None:
     parser.add_argument("--backends", nargs="*", default=["ray", "mpi"])
     parser.add_argument("--external-clients", type=int, default=4,
                         help="C programs streaming through the external listener (0: skip)")
-    parser.add_argument("--nice", type=int, default=0,
+    parser.add_argument("--nice", type=int, default=WorkersSection().nice,
                         help="priority drop of the Ray workers, of the external listener's process and of the C "
-                             "programs (the job's workers.nice; 10 as shipped)")
+                             "programs (default: the job's workers.nice as shipped)")
     parser.add_argument("--steps", type=int, default=300, help="training steps for the efficiency runs")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the efficiency runs (see efficiency())")
     parser.add_argument("--skip-efficiency", action="store_true")
