@@ -42,7 +42,10 @@ report, and steering would never act. With ``ahead`` = k a new task goes out onl
 report (-1 before any); the task then takes ``sims_per_task`` simulations, so ``n <= max(warmup, m + 1) + k +
 sims_per_task - 1`` at all times (requeued simulations always go out). The newest reported simulation, not the
 number reported, sets the bound: a simulation whose samples are never drawn for a loss (a full reservoir keeps few
-of a late one) or that was dropped (NaN) would otherwise hold its place for good. The local backend is not held:
+of a late one) or that was dropped (NaN) would otherwise hold its place for good; and a simulation that finished
+with none of its samples admitted to the buffer will never be reported, so the trainer says so
+(:meth:`AdaptiveCursor.no_loss`) and it counts as reported: else, once the buffer turns most samples away, the
+``ahead`` newest simulations could all be such and hand-out would stop for good. The local backend is not held:
 the trainer pulls its stream between steps and could not report the losses it waits for.
 """
 
@@ -240,6 +243,11 @@ class AdaptiveCursor(DesignCursor):
         self.newest_reported = max([self.newest_reported, *map(self._index, np.asarray(sim_ids)[mine].tolist())])
         self.table = update_losses(self.table, np.asarray(sim_ids)[mine], np.asarray(losses)[mine], self.reports,
                                    self.options.ema, self.options.memory)
+
+    def no_loss(self, sim_ids: np.ndarray) -> None:
+        """Simulations the trainer will never report a loss for count as reported for pacing (module docstring)."""
+        mine = [self._index(i) for i in np.asarray(sim_ids).tolist() if i in self.drawn]
+        self.newest_reported = max([self.newest_reported, *mine])
 
     def state_dict(self, in_flight: list | None = None) -> dict:
         d = super().state_dict(in_flight)

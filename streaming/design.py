@@ -118,6 +118,10 @@ class DesignCursor:
         """Per-simulation training losses from the trainer; a fixed design ignores them (see
         :class:`streaming.adaptive.AdaptiveCursor`)."""
 
+    def no_loss(self, sim_ids: np.ndarray) -> None:
+        """Simulations the trainer will report no loss for (dropped, or none of their samples entered the buffer); a
+        fixed design ignores them (see :meth:`streaming.adaptive.AdaptiveCursor.no_loss`)."""
+
     def mark_done(self, sim_ids: np.ndarray) -> None:
         self.done.update(int(i) for i in np.asarray(sim_ids).tolist())
 

@@ -244,6 +244,7 @@ class Trainer:
         # obstacle cells of each sample from its parameters (samples carry them as cond); None: nothing held
         self._held = None if held_cells is None else HeldCells(held_cells, len(metadata.channels), tuple(metadata.grid))
         self._sim_losses = SimLosses()
+        self._admitted: dict[int, int] = {}  # loss-steered design: samples each running simulation got into the buffer
         self._sample_loss = None if self.design is None else make_sample_loss(
             model, self.metadata.output_map(), cfg.optim.loss, relative=cfg.solver.adaptive.relative)
         self.is_main = parallel is None or parallel.is_main
@@ -303,6 +304,8 @@ class Trainer:
                 c.sims_dropped += 1
                 c.dropped_messages.append(msg.message)
             self.buffer.forget([msg.sim_id])  # finished: its keys cannot come again (bounded de-dup memory)
+            if self.design is not None and not self._admitted.pop(msg.sim_id, 0):
+                self.design.no_loss(np.asarray([msg.sim_id]))  # none in the buffer: no loss will ever come
             return 0
         keys, samples = cut(msg, self.spec)
         c.chunks += 1
@@ -316,8 +319,12 @@ class Trainer:
             while not self.buffer.wait_for_room(len(keys), timeout=0.5):
                 if self._stop.is_set():
                     return 0
+        turned_away = self.buffer.n_discarded  # this thread is the buffer's one producer: the difference is ours
         new = int(self.buffer.put_many(keys, samples).sum())
         c.samples_new += new
+        if self.design is not None:
+            kept = new - (self.buffer.n_discarded - turned_away)
+            self._admitted[msg.sim_id] = self._admitted.get(msg.sim_id, 0) + kept
         return new
 
     def _fit_normalizer(self, samples: dict[str, np.ndarray]) -> None:

@@ -145,3 +145,42 @@ def test_a_paced_ray_job_steers_and_finishes_every_simulation(tmp_path, monkeypa
     assert "proposal" in cursor.origin.values()
     saved = json.loads((Path(summary["run_dir"]) / "checkpoints/150/meta/metadata").read_text())["cursor"]
     assert saved["adaptive"]["newest_reported"] == cursor.newest_reported >= 16 - ahead - 1
+
+
+def test_a_simulation_without_a_loss_to_come_counts_as_reported():
+    cursor = _cursor(ahead=2)  # warmup 4, tasks of 2
+    d = Dispatcher(cursor, paced=True)
+    assert _hand_out(d) == (list(range(6)), HOLD)
+    d.no_loss(np.asarray([5]))  # its samples were all turned away: m = 5, 6 + 2 = 8 > 6
+    assert cursor.newest_reported == 5 and d.wait_for_task(0.0)
+    assert _hand_out(d) == ([6, 7], HOLD)
+    assert 5 not in cursor.table  # no loss recorded for it: the proposal does not use it
+
+
+def test_the_trainer_says_which_finished_simulations_got_nothing_into_the_buffer(tmp_path, monkeypatch):
+    """A reservoir of 4 simulations' samples turns most of the later ones away: the simulations that finished with
+    none admitted are reported as having no loss to come, and never one whose loss the trainer did report."""
+    no_loss, observed = [], []
+
+    class Recording(AdaptiveCursor):
+        def no_loss(self, sim_ids):
+            no_loss.extend(np.asarray(sim_ids).tolist())
+            super().no_loss(sim_ids)
+
+        def observe(self, sim_ids, losses):
+            observed.extend(np.asarray(sim_ids).tolist())
+            super().observe(sim_ids, losses)
+
+    monkeypatch.setattr(job, "make_cursor", lambda solver, section, sims_per_task, offset=0, stride=1: Recording(
+        solver, section.n_sims, section.seed, sims_per_task, section.adaptive))
+    cfg = load_config("configs/quickstart.toml", {
+        **SMALL, "solver.n_sims": "40", "solver.adaptive": "{ warmup = 4, loss_every = 1, report_every = 1 }",
+        "model.hparams": "{ modes = 4, width = 8, depth = 1 }", "optim.steps": "80", "optim.batch_size": "8",
+        "buffer.capacity": "40", "workers.backend": "local", "workers.sims_per_task": "1",
+        "workers.chunk_frames": "10", "validation.n_sims": "2", "validation.interval": "80",
+        "checkpoint.interval": "80", "logging.progress": "false", "logging.tensorboard": "false",
+        "logging.run_dir": str(tmp_path)})
+    summary = run_job(cfg)
+    assert summary["sims_done"] == 40
+    assert no_loss and not set(no_loss) & set(observed)
+    assert not set(range(4)) & set(no_loss)  # the first simulations filled the buffer

@@ -87,6 +87,13 @@ class Dispatcher:
             self.cursor.observe(sim_ids, losses)
             self._may_go.notify_all()
 
+    def no_loss(self, sim_ids: np.ndarray) -> None:
+        """The trainer's word that ``sim_ids`` ``(n,)`` will have no loss to report (finished with none of their
+        samples admitted to the buffer): pacing stops waiting for them."""
+        with self._lock:
+            self.cursor.no_loss(sim_ids)
+            self._may_go.notify_all()
+
     def wait_for_task(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s while pacing holds new tasks back; True once :meth:`next_task` would not answer
         :data:`HOLD` (woken by :meth:`report_losses` and by a requeue, without polling)."""
