@@ -222,6 +222,10 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
     mode = "sync" if cfg.workers.backend == "local" or offline is not None else "background"  # sync: exact resume
     if getattr(source, "dispatcher", None) is not None:  # pacing waits for losses a sync trainer could not report
         source.dispatcher.paced = mode == "background"
+        if mode == "background" and cfg.solver.design == "adaptive" and not cfg.solver.adaptive.ahead:
+            print(f"pdestream train: solver.design='adaptive' on the {cfg.workers.backend} backend hands simulations "
+                  "out as workers come free, before the losses can steer them; set solver.adaptive.ahead (e.g. "
+                  f"{cfg.workers.count * cfg.workers.sims_per_task}) to pace them", file=sys.stderr, flush=True)
     trainer = Trainer(cfg=cfg, spec=spec, model=model, optimizer=optimizer, schedule=schedule, buffer=buffer,
                       normalizer=normalizer, metadata=meta, validation=validation, run_dir=run_dir, metrics=metrics,
                       checkpoints=checkpoints, mode=mode,

@@ -111,7 +111,7 @@ def test_a_pacing_that_could_never_train_is_refused(overrides, needle):
     load_config("configs/quickstart.toml", {**SMALL, "solver.adaptive": "{ warmup = 2, ahead = 2 }"})
 
 
-def test_a_paced_ray_job_steers_and_finishes_every_simulation(tmp_path, monkeypatch):
+def test_a_paced_ray_job_steers_and_finishes_every_simulation(tmp_path, monkeypatch, capsys):
     """Simulations far faster than training: unpaced, all 16 go out before the first report and every one is a base
     draw. Paced, the job still finishes all of them, at every hand-out no more than ``max(warmup, m + 1) + ahead``
     (tasks of 1, so no task overshoots) were out, and the later ones were drawn near the reported losses."""
@@ -143,6 +143,7 @@ def test_a_paced_ray_job_steers_and_finishes_every_simulation(tmp_path, monkeypa
     assert summary["sims_done"] == 16 and sorted(cursor.done) == list(range(16))
     assert all(n <= max(warmup, m + 1) + ahead for n, m in log), log
     assert "proposal" in cursor.origin.values()
+    assert "set solver.adaptive.ahead" not in capsys.readouterr().err  # paced: no hint
     saved = json.loads((Path(summary["run_dir"]) / "checkpoints/150/meta/metadata").read_text())["cursor"]
     assert saved["adaptive"]["newest_reported"] == cursor.newest_reported >= 16 - ahead - 1
 

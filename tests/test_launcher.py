@@ -388,10 +388,12 @@ def test_log_scaled_parameters_in_the_design(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", ["local", "external"])
-def test_the_adaptive_design_steers_the_launched_runs(tmp_path: Path, backend: str) -> None:
+def test_the_adaptive_design_steers_the_launched_runs(tmp_path: Path, backend: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """solver.design = "adaptive" through the launcher: the trainer's per-simulation losses reach the design, which
     draws later runs' parameters from its proposal (simulations stream until the step budget, one new sample per
-    step), and the launcher leaves nothing running; the checkpoint holds the design's state."""
+    step), and the launcher leaves nothing running; the checkpoint holds the design's state. Unpaced on a background
+    backend, the job says how to pace it."""
     cfg = _flaky_config(tmp_path, "plain", **{
         "workers.backend": f'"{backend}"', "solver.n_sims": "0", "solver.design": '"adaptive"',
         "solver.adaptive": "{ warmup = 4, loss_every = 1, report_every = 1 }", "optim.steps": "60",
@@ -402,3 +404,5 @@ def test_the_adaptive_design_steers_the_launched_runs(tmp_path: Path, backend: s
     origins = [r[1] for r in cursor["adaptive"]["drawn"]]
     assert origins[:4] == ["base"] * 4 and "proposal" in origins, origins
     assert cursor["adaptive"]["reports"] > 0 and cursor["adaptive"]["losses"]  # what the trainer reported
+    hint = "set solver.adaptive.ahead (e.g. 2) to pace them" in capsys.readouterr().err
+    assert hint == (backend == "external")
