@@ -259,7 +259,8 @@ class JobConfig(_Section):
         if need > frames:
             raise ValueError(f"a sample needs {need} frames but a simulation has only {frames}; raise solver.steps")
         a = self.solver.adaptive
-        if self.solver.design == "adaptive" and a.ahead:  # pacing waits for the trainer: it must be able to train
+        # pacing waits for the trainer, which must be able to train (the local backend is not paced)
+        if self.solver.design == "adaptive" and a.ahead and self.workers.backend != "local":
             if self.buffer.consumes:
                 raise ValueError("solver.adaptive.ahead with a buffer whose samples leave after max_reuse draws: it "
                                  "can run dry while the design waits for losses the trainer has yet to report; use "

@@ -108,6 +108,7 @@ SMALL = {"solver.design": "adaptive", "solver.config": "{ n = 14 }", "solver.ste
 def test_a_pacing_that_could_never_train_is_refused(overrides, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config("configs/quickstart.toml", {**SMALL, **overrides})
+    load_config("configs/quickstart.toml", {**SMALL, **overrides, "workers.backend": "local"})  # not paced there
     load_config("configs/quickstart.toml", {**SMALL, "solver.adaptive": "{ warmup = 2, ahead = 2 }"})
 
 
