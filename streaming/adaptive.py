@@ -240,12 +240,16 @@ class AdaptiveCursor(DesignCursor):
         """Take per-simulation training losses ``(n,)`` of simulations ``sim_ids`` ``(n,)``."""
         self.reports += 1
         mine = [k for k, i in enumerate(np.asarray(sim_ids).tolist()) if i in self.drawn]
-        self.newest_reported = max([self.newest_reported, *map(self._index, np.asarray(sim_ids)[mine].tolist())])
+        self._reported(np.asarray(sim_ids)[mine])
         self.table = update_losses(self.table, np.asarray(sim_ids)[mine], np.asarray(losses)[mine], self.reports,
                                    self.options.ema, self.options.memory)
 
     def no_loss(self, sim_ids: np.ndarray) -> None:
         """Simulations the trainer will never report a loss for count as reported for pacing (module docstring)."""
+        self._reported(sim_ids)
+
+    def _reported(self, sim_ids: np.ndarray) -> None:
+        """Pacing waits for ``sim_ids`` no longer: the newest reported simulation moves up to them."""
         mine = [self._index(i) for i in np.asarray(sim_ids).tolist() if i in self.drawn]
         self.newest_reported = max([self.newest_reported, *mine])
 

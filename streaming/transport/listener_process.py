@@ -309,7 +309,9 @@ def _child_main(conn: Connection) -> None:
     def report() -> dict[str, Any]:
         return {**source.external_report(), **through}
 
-    items: list[tuple] = []  # gathered while the listener has more ready, sent as one batch
+    # gathered while the listener has more ready, sent as one batch; a chunk that carries its fields goes at once,
+    # so that the pipe, not this list, holds the clients back while the trainer does not take
+    items: list[tuple] = []
 
     def flush() -> None:
         if items:
@@ -319,6 +321,7 @@ def _child_main(conn: Connection) -> None:
 
     try:
         for msg in source:
+            carries_fields = False
             if isinstance(msg, Chunk):
                 placed = _place(msg, ring, released, head, stop, flush)
                 if placed is None:
@@ -326,9 +329,10 @@ def _child_main(conn: Connection) -> None:
                 record, in_ring, head = placed
                 through["ring_chunks" if in_ring else "pipe_chunks"] += 1
                 items.append(("chunk", record))
+                carries_fields = not in_ring
             else:
                 items.append(("message", msg))
-            if not source.ready() or len(items) >= _BATCH:
+            if carries_fields or not source.ready() or len(items) >= _BATCH:
                 flush()
             if time.monotonic() - reported > _REPORT_S:
                 flush()
