@@ -247,6 +247,7 @@ def run_job(cfg: JobConfig | None = None, resume: str | Path | None = None, comm
         raise
     finally:
         source.close()
+        trainer.join_threads()
         metrics.close()
         checkpoints.close()
     summary["run_dir"] = str(run_dir)

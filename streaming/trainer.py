@@ -269,6 +269,7 @@ class Trainer:
         self._norm_samples = 0
         self._error: BaseException | None = None
         self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
         self._source_done = threading.Event()
         self._norm_ready = threading.Event()
         if parallel is not None:  # one of N processes: global mesh, this process's share of the batch
@@ -431,8 +432,23 @@ class Trainer:
         except BaseException as e:
             self._error = e
         finally:
-            with contextlib.suppress(queue.Full):
-                out.put(None, timeout=5)
+            if not self._stop.is_set():  # the loop still reads: tell it the stream ended
+                with contextlib.suppress(queue.Full):
+                    out.put(None, timeout=5)
+
+    def _start_thread(self, target: Callable, arg: Any, name: str) -> None:
+        t = threading.Thread(target=target, args=(arg,), daemon=True, name=name)
+        self._threads.append(t)
+        t.start()
+
+    def join_threads(self, timeout: float = 10.0) -> None:
+        """Stop the receiver and prefetch threads and wait for them (the source closed first, so the receiver's
+        read returns). A thread left running at interpreter exit would drop the last reference to this trainer
+        there and free device arrays after JAX has shut down, which aborts the process."""
+        self._stop.set()
+        end = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(end - time.monotonic(), 0.0))
 
     def _batches(self, source: Iterable) -> Iterator[dict]:
         if self.mode == "sync":
@@ -464,7 +480,7 @@ class Trainer:
                     return
                 yield self._put(self._finish(batch))
         else:
-            threading.Thread(target=self._receiver, args=(source,), daemon=True, name="receiver").start()
+            self._start_thread(self._receiver, source, name="receiver")
             while not (self._norm_fitted() and self.buffer.ready()):
                 if self._error is not None and self.parallel is None:
                     raise self._error
@@ -474,7 +490,7 @@ class Trainer:
             self._agree_ready()
             self._check_ready()
             q: queue.Queue = queue.Queue(maxsize=2)
-            threading.Thread(target=self._prefetcher, args=(q,), daemon=True, name="prefetch").start()
+            self._start_thread(self._prefetcher, q, name="prefetch")
             while self._agreed((batch := q.get()) is not None) and batch is not None:
                 yield batch
             if self._error is not None:

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,9 @@ def test_ray_job_end_to_end(ray_cluster, tmp_path):
     summary = run_job(cfg)
     assert summary["steps"] == 30 and summary["samples_received"] >= 32 and summary["duplicates"] == 0
     assert np.isfinite(summary["best_val_one_step_rel_l2"])
+    # the trainer's threads end with the job: one left running at interpreter exit would drop the last reference
+    # to the trainer there, after JAX has shut down, and abort the process
+    assert not [t.name for t in threading.enumerate() if t.name in ("receiver", "prefetch")]
 
 
 def test_ray_job_rate_matched_ingest(ray_cluster, tmp_path):
