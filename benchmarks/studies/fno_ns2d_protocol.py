@@ -12,8 +12,8 @@ with 1000 fixed training simulations, 500 epochs of batch 20 (25,000 steps, each
 through the 40-step rollout), 200 test simulations.
 
 Ours: ``configs/ns2d_fno.toml`` (FNO modes 12, width 20, depth 4; AdamW lr 1e-3, wd 1e-4, cosine;
-``next_step`` samples with a 10-frame window, teacher-forced one-step MSE loss, no rollout
-training), trained *online* on a fresh stream (local backend, reservoir) through
+``next_step`` samples with a 10-frame window, the next state predicted, teacher-forced one-step MSE
+loss, no rollout training: pinned by ``online_vs_offline.PINNED``), trained *online* on a fresh stream (local backend, reservoir) through
 :func:`streaming.job.run_job`, scored on test simulations drawn with their own seed. The solver
 runs at 64 x 64 with ETDRK4, dt = 2e-2 (the paper's generator: 256 x 256, dt = 1e-4, Crank-Nicolson
 viscosity + explicit advection, then subsampled; see :mod:`solvers.ns2d`), so the data are close to
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.studies.online_vs_offline import COMMON, run_online, test_set, write_json
+from benchmarks.studies.online_vs_offline import COMMON, PINNED, run_online, test_set, write_json
 from streaming.config import JobConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (configs/)
@@ -71,7 +71,7 @@ SCALES: dict[str, tuple[dict[str, str], int, int, int, int, int]] = {
 
 def protocol_config(scale: str, run_dir: str | Path) -> JobConfig:
     return load_config(ROOT / "configs" / "ns2d_fno.toml",
-                       {**COMMON, **SCALES[scale][0], "logging.run_dir": str(run_dir)})
+                       {**COMMON, **PINNED["fno_ns2d"], **SCALES[scale][0], "logging.run_dir": str(run_dir)})
 
 
 def trajectory_rel_l2(sur: Any, frames: np.ndarray, n_in: int, n_out: int, batch: int = 16) -> np.ndarray:

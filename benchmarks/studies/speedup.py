@@ -135,9 +135,11 @@ def ns2d_job(run_dir: str, quick: bool = False) -> tuple[Any, dict]:
                  "workers": {"sims_per_task": 2, "chunk_frames": 11}, "optim": {"batch_size": 4},
                  "buffer": {"capacity": 64, "watermark": 4}, "validation": {"n_sims": 1, "rollout_steps": 2}}
         return _job("ns2d", "configs/ns2d_fno.toml", {}, small, run_dir, 4)
-    small = {"solver": {"steps": 20_000, "n_sims": 8},  # 21 frames a simulation -> 11 ten-frame windows
+    small = {"solver": {"config": {"n": 64, "dt": 1e-3}, "steps": 20_000, "every": 1000, "n_sims": 8},
+             # 21 frames a simulation -> 11 ten-frame windows; the next state, one model call per sample
+             "model": {"predict": "state"},
              "workers": {"sims_per_task": 4, "chunk_frames": 21},
-             "optim": {"batch_size": 8, "lr": 2e-3},
+             "optim": {"batch_size": 8, "lr": 2e-3, "unroll": {"start": 1, "end": 1, "ramp_steps": 0}},
              "buffer": {"capacity": 1024, "watermark": 16},
              "validation": {"n_sims": 2, "rollout_steps": 5}}
     return _job("ns2d", "configs/ns2d_fno.toml", {}, small, run_dir, 400)
