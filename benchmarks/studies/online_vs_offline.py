@@ -75,10 +75,12 @@ SCALES = ("tiny", "small", "full")
 COMMON = {"workers.backend": "local", "logging.progress": "false", "logging.tensorboard": "false",
           "checkpoint.interval": "1000000000"}
 # Training options each pair keeps whatever its shipped config says, so recorded figures stay reproducible:
-# the FNO pair predicts the next state, one model call per sample (configs/ns2d_fno.toml now trains increments
-# through an unroll curriculum for its own CPU budget).
+# one model call per sample, the FNO predicting the next state, MP-PDE at the paper's lr (configs/ns2d_fno.toml
+# and configs/burgers_mppde.toml now train through an unroll curriculum for their own CPU budgets); and a
+# batch's worth of new samples per step (buffer.ingest_ratio unset, pair_config).
 PINNED: dict[str, dict[str, str]] = {
     "fno_ns2d": {"model.predict": '"state"', "optim.unroll": "{ start = 1, end = 1 }"},
+    "mppde_burgers1d": {"optim.lr": "1e-4", "optim.unroll": "{ start = 1, end = 1 }"},
 }
 
 
@@ -173,6 +175,7 @@ def pair_config(pair: str, scale: str, run_dir: str | Path) -> JobConfig:
     size = SIZES[scale][pair]
     cfg = load_config(ROOT / "configs" / PAIRS[pair], {**COMMON, **PINNED.get(pair, {}), **size.overrides,
                                                        "logging.run_dir": str(run_dir)})
+    cfg = with_updates(cfg, buffer={"ingest_ratio": None})
     if size.rollout_steps is None:
         cfg = with_updates(cfg, validation={"rollout_steps": full_rollout_steps(cfg)})
     return cfg
