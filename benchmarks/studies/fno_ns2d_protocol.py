@@ -14,10 +14,11 @@ through the 40-step rollout), 200 test simulations.
 Ours: ``configs/ns2d_fno.toml`` (FNO modes 12, width 20, depth 4; AdamW lr 1e-3, wd 1e-4, cosine;
 ``next_step`` samples with a 10-frame window, the next state predicted, teacher-forced one-step MSE
 loss, no rollout training: pinned by ``online_vs_offline.PINNED``), trained *online* on a fresh stream
-(local backend, reservoir) through :func:`streaming.job.run_job`, scored on test simulations drawn
-with their own seed. The solver runs at 64 x 64 with ETDRK4, dt = 2e-2 (the paper's generator: 256 x 256, dt = 1e-4, Crank-Nicolson
-viscosity + explicit advection, then subsampled; see :mod:`solvers.ns2d`), so the data are close to
-but not the paper's files. The exported surrogate is the best by validation (4-16 simulations).
+(local backend, reservoir) through :func:`streaming.job.run_job`, scored on test simulations drawn with
+their own seed. The solver runs at 64 x 64 with ETDRK4, dt = 2e-2 (the paper's generator: 256 x 256, dt
+= 1e-4, Crank-Nicolson viscosity + explicit advection, then subsampled; see :mod:`solvers.ns2d`), so the
+data are close to but not the paper's files. The exported surrogate is the best by validation (4-16
+simulations).
 
 Scales: ``tiny`` (tests; 16 x 16, 13 frames, window 2: not the protocol), ``reduced`` (2 CPU
 cores: 150 steps x batch 20, about 75 fresh simulations, 8 test simulations), ``full`` (one GPU):
