@@ -3,8 +3,8 @@
 Method. A fitness-proportional kernel proposal in the unit cube of the parameter space, after the adaptive
 multiple importance sampling of Melissa's Breed (Dymchenko, Purandare & Raffin, "MelissaDL x Breed: Towards
 Data-Efficient On-line Supervised Training of Multi-parametric Surrogates with Active Learning", 2024). The
-trainer reports a running training loss per simulation (:func:`make_sample_loss`: rolled out through the
-autoregressive calls a sample carries targets for, ``optim.unroll.end``, optionally ``relative``); simulation ``i``
+trainer reports a running training loss per simulation (each sample's loss from the train step's own forward
+pass, the mean over the calls it unrolls, optionally ``relative``; :class:`SimLosses`); simulation ``i``
 (its index ``k`` in this cursor's sequence) gets its parameters from
 
 - the base design (``lhs``, ``sobol`` or ``uniform``, the same point a fixed design would give it) for the first
@@ -51,20 +51,15 @@ the trainer pulls its stream between steps and could not report the losses it wa
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from scipy.stats import qmc
 
 from solvers import Solver, SolverError
 from solvers.params import ParamSpace
 from streaming.config import AdaptiveSection
 from streaming.design import DesignCursor, Task
-from surrogates.training import LOSSES, chain, hold_each
 
 
 # ---------------------------------------------------------------------------- pure pieces
@@ -286,39 +281,7 @@ def make_cursor(solver: Solver, section: Any, sims_per_task: int, offset: int = 
                           offset=offset, stride=stride)
 
 
-# ---------------------------------------------------------------------------- losses per sample
-def make_sample_loss(model: nnx.Module, output_map: Callable | None, loss: str, relative: bool = False) -> Callable:
-    """A jitted ``f(model_state, encoded_batch) -> (B,)``: the loss of each sample (normalised units, the train
-    step's output map and loss function), rolled out through as many autoregressive model calls as the sample
-    carries targets for (``optim.unroll.end``; one call, teacher forced, without unrolling) and averaged over
-    the calls, so the per-simulation loss follows the rollout error the surrogate is judged by. ``relative``:
-    each call's loss divided by the loss of predicting zero (for ``mse`` the squared relative L2 error)."""
-    graphdef = nnx.graphdef(model)
-    fn = LOSSES[loss]
-    group = getattr(model, "out_channels", None)
-
-    @jax.jit
-    def per_sample(state: nnx.State, batch: dict) -> jax.Array:
-        m = nnx.merge(graphdef, state)
-        x, y, cond = batch.get("x"), batch["y"], batch.get("cond")
-        g = int(group or y.shape[1])
-        calls = 1 if x is None else max(y.shape[1] // g, 1)
-        u, total = x, 0.0
-        out_map = chain(output_map, None if batch.get("hold") is None else hold_each(batch["hold"]))
-        for i in range(calls):
-            out = out_map(u, m(u, cond))
-            t = y[:, i * g : (i + 1) * g]
-            li = jax.vmap(lambda p, t: fn(p[None], t[None]))(out, t)
-            if relative:
-                li = li / jnp.maximum(jax.vmap(lambda t: fn(jnp.zeros_like(t)[None], t[None]))(t), 1e-12)
-            total = total + li
-            if i + 1 < calls:
-                u = jnp.concatenate([u, out], axis=1)[:, -u.shape[1] :]  # the last W frames, as the train step
-        return total / calls
-
-    return per_sample
-
-
+# ---------------------------------------------------------------------------- losses per simulation
 class SimLosses:
     """The trainer's running per-simulation loss between two reports: sums and counts by simulation id."""
 

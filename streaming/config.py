@@ -50,8 +50,8 @@ class AdaptiveSection(_Section):
     ema: float = Field(0.5, gt=0, le=1, description="weight of a new report in a simulation's running loss")
     relative: bool = Field(False, description="report each sample's loss divided by the loss of predicting zero "
                            "(mse: the squared relative L2 error, the scale the rollout error is judged on)")
-    loss_every: int = Field(4, ge=1, description="gradient steps between per-sample loss evaluations (on the "
-                            "step's batch: one forward pass per model call of optim.unroll.end)")
+    loss_every: int = Field(1, ge=1, description="gradient steps between the per-sample losses kept (the train "
+                            "step's own, from its forward pass: no extra model call)")
     report_every: int = Field(20, ge=1, description="gradient steps between loss reports to the design")
     ahead: int = Field(0, ge=0, description="pacing: a new task goes out only while fewer than max(warmup, m + 1) "
                        "+ ahead simulations have been handed out, m the index of the newest simulation with a reported "

@@ -36,8 +36,8 @@ that depend on the parameters (obstacles: ``Solver.held_cells``), every batch ca
 the exported surrogate do.
 
 With ``solver.design = "adaptive"`` every batch carries its samples' simulation ids; every
-``solver.adaptive.loss_every`` steps the per-sample loss (forward passes before the update, through the
-autoregressive calls a sample carries targets for: ``streaming.adaptive.make_sample_loss``) is
+``solver.adaptive.loss_every`` steps the train step's own per-sample loss (its forward pass before the
+update, the mean over the calls it unrolls; ``relative``: each over the loss of predicting zero) is
 added to a running per-simulation mean, which goes up to the design through ``design.report_losses``
 every ``report_every`` steps and before each checkpoint (:mod:`streaming.adaptive`); validation adds the
 rollout error per parameter bin and the logs a histogram per parameter of the simulations handed out.
@@ -68,7 +68,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from streaming.adaptive import SimLosses, make_sample_loss, per_sim_errors, region_errors
+from streaming.adaptive import SimLosses, per_sim_errors, region_errors
 from streaming.assembly import model_calls
 from streaming.buffers import Buffer
 from streaming.checkpoint import Checkpoints
@@ -245,8 +245,7 @@ class Trainer:
         self._held = None if held_cells is None else HeldCells(held_cells, len(metadata.channels), tuple(metadata.grid))
         self._sim_losses = SimLosses()
         self._admitted: dict[int, int] = {}  # loss-steered design: samples each running simulation got into the buffer
-        self._sample_loss = None if self.design is None else make_sample_loss(
-            model, self.metadata.output_map(), cfg.optim.loss, relative=cfg.solver.adaptive.relative)
+        self._step_losses: list[tuple[np.ndarray, jax.Array]] = []  # (sim ids, the step's per-sample losses)
         self.is_main = parallel is None or parallel.is_main
         self.step = 0
         self.best_val = float("inf")  # the validation.select error of the exported surrogate
@@ -255,9 +254,10 @@ class Trainer:
         self.history: list[dict] = []
         self.counters = Counters()
         o = cfg.optim
+        kind = None if self.design is None else ("relative" if cfg.solver.adaptive.relative else "absolute")
         self.train_step = make_train_step(model, optimizer, loss=o.loss, pushforward=o.pushforward,
                                           output_map=self.metadata.output_map(), input_noise=o.input_noise,
-                                          seed=o.seed)
+                                          seed=o.seed, sample_losses=kind)
         self.unroll = linear_unroll(o.unroll.start, o.unroll.end, o.unroll.ramp_steps)
         if spec.calls != model_calls(cfg):
             raise ValueError(f"the sample spec holds the targets of {spec.calls} model call(s) but optim trains "
@@ -530,10 +530,10 @@ class Trainer:
                         break
                     with ctrl_c.hold():  # the step donates the old state: never stop half-way through it
                         encoded = self._encode(batch)
-                        if self.design is not None and self.step % cfg.solver.adaptive.loss_every == 0:
-                            self._sim_losses.add(np.asarray(batch["sim_id"]),  # before the update, as the loss
-                                                 np.asarray(self._sample_loss(self.train_step.model_state, encoded)))
                         losses.append(self.train_step(encoded, self.unroll(self.step)))
+                        if self.design is not None and self.step % cfg.solver.adaptive.loss_every == 0:
+                            # the step's own per-sample losses (before its update); read at the next report
+                            self._step_losses.append((np.asarray(batch["sim_id"]), self.train_step.sample_losses))
                         self.step += 1
                         if self.design is not None and self.step % cfg.solver.adaptive.report_every == 0:
                             self._report_losses()
@@ -644,6 +644,9 @@ class Trainer:
 
     def _report_losses(self) -> None:
         """Send the per-simulation mean losses gathered since the last report up to the design."""
+        for sim_ids, per_sample in self._step_losses:
+            self._sim_losses.add(sim_ids, np.asarray(per_sample))
+        self._step_losses = []
         ids, values = self._sim_losses.take()
         if len(ids):
             self.design.report_losses(ids, values)

@@ -221,7 +221,10 @@ class TrainStep:
         output_map: OutputMap | None = None,
         input_noise: float = 0.0,
         seed: int = 0,
+        sample_losses: str | None = None,
     ) -> None:
+        if sample_losses not in (None, "absolute", "relative"):
+            raise SurrogateError(f"sample_losses={sample_losses!r}: use None, 'absolute' or 'relative'")
         if isinstance(pushforward, bool) or not isinstance(pushforward, int) or pushforward < 0:
             raise SurrogateError(f"pushforward={pushforward!r} must be an integer >= 0")
         if pushforward and getattr(model, "in_channels", None) != getattr(model, "out_channels", None):
@@ -239,6 +242,8 @@ class TrainStep:
         self.input_noise = float(input_noise)
         self._key = jax.random.key(seed)
         self._donate = donate
+        self.sample_losses_kind = sample_losses
+        self.sample_losses: jax.Array | None = None
         self.resplit()
 
     def _call(self, model: nnx.Module, hold: jax.Array | None) -> Callable[[jax.Array, jax.Array | None], jax.Array]:
@@ -248,7 +253,16 @@ class TrainStep:
         out_map = chain(self.output_map, None if hold is None else hold_each(hold))
         return lambda x, cond: out_map(x, model(x, cond))
 
-    def _step(self, state: nnx.State, batch: dict[str, Any], steps: int) -> tuple[nnx.State, jax.Array]:
+    def _per_sample(self, out: jax.Array, target: jax.Array) -> jax.Array:
+        """Each sample's loss ``(B,)`` of one call (no gradient); ``relative``: over the loss of predicting zero."""
+        out, target = jax.lax.stop_gradient(out), jax.lax.stop_gradient(target)
+        li = jax.vmap(lambda p, t: self.loss_fn(p[None], t[None]))(out, target)
+        if self.sample_losses_kind == "relative":
+            li = li / jnp.maximum(jax.vmap(lambda t: self.loss_fn(jnp.zeros_like(t)[None], t[None]))(target), 1e-12)
+        return li
+
+    def _step(self, state: nnx.State, batch: dict[str, Any],
+              steps: int) -> tuple[nnx.State, jax.Array, jax.Array | None]:
         model, optimizer = nnx.merge(self._graphdef, state)
         x, y, cond, hold = batch.get("x"), batch["y"], batch.get("cond"), batch.get("hold")
         if self.input_noise:  # a fresh draw per optimiser step: reproducible, and resumes with the optimiser;
@@ -266,18 +280,21 @@ class TrainStep:
                 start = n
         y = jax.lax.dynamic_slice_in_dim(y, start * group, steps * group, axis=1)
 
-        def loss_of(m: nnx.Module) -> jax.Array:
-            call, u, total = self._call(m, hold), x, 0.0
+        def loss_of(m: nnx.Module) -> tuple[jax.Array, jax.Array | None]:
+            call, u, total, per = self._call(m, hold), x, 0.0, None
             for i in range(steps):  # back-propagation through the whole unroll
                 out = call(u, cond)
-                total = total + self.loss_fn(out, y[:, i * group : (i + 1) * group])
+                t = y[:, i * group : (i + 1) * group]
+                total = total + self.loss_fn(out, t)
+                if self.sample_losses_kind is not None:
+                    per = self._per_sample(out, t) + (0.0 if per is None else per)
                 if i + 1 < steps:
                     u = _next(out, u)
-            return total / steps
+            return total / steps, None if per is None else per / steps
 
-        loss, grads = nnx.value_and_grad(loss_of)(model)
+        (loss, per), grads = nnx.value_and_grad(loss_of, has_aux=True)(model)
         optimizer.update(model, grads)
-        return nnx.state((model, optimizer)), loss
+        return nnx.state((model, optimizer)), loss, per
 
     def _group(self, y: Any) -> int:
         """Channels of one model call's output (the model's out_channels; y's own when it has none)."""
@@ -296,7 +313,7 @@ class TrainStep:
                 f'batch["y"] holds {groups} model call(s) of targets; {steps} unrolled call(s) after up to '
                 f"{self.pushforward} pushed one(s) need {need}"
             )
-        self._state, loss = self._jitted(self._state, dict(batch), steps)
+        self._state, loss, self.sample_losses = self._jitted(self._state, dict(batch), steps)
         self._synced = False
         return loss
 
@@ -331,6 +348,7 @@ def make_train_step(
     output_map: OutputMap | None = None,
     input_noise: float = 0.0,
     seed: int = 0,
+    sample_losses: str | None = None,
 ) -> TrainStep:
     """A jitted training step `step(batch, steps=1) -> loss` that updates model/optimizer state in place.
 
@@ -360,6 +378,10 @@ def make_train_step(
         sec. 4.3). Drawn from `seed` folded with the optimiser's step count. 0 (default): off, the step
         computes exactly what it did without the option.
       seed: the noise's PRNG seed.
+      sample_losses: None (default), "absolute" or "relative": each step also keeps each sample's loss, the mean
+        over the step's unrolled calls (the same forward pass, no gradient), in `step.sample_losses` (B,)
+        (a device array, valid until the next step); "relative": each call's loss over the loss of predicting
+        zero (for mse the squared relative L2 error).
 
     Unrolled training: `step(batch, steps=n)` with batch["y"] holding the targets of S >= n consecutive
     model calls `(B, S * C_out, *grid)` (frame groups in time order) advances x autoregressively through
@@ -377,7 +399,7 @@ def make_train_step(
     jax.jit's pytree flattening of the state, which matters for small models.
     """
     return TrainStep(model, optimizer, loss, pushforward, donate, output_map=output_map,
-                     input_noise=input_noise, seed=seed)
+                     input_noise=input_noise, seed=seed, sample_losses=sample_losses)
 
 
 # --------------------------------------------------------------------------- eval step

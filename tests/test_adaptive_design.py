@@ -14,7 +14,6 @@ from streaming.adaptive import (
     base_rank,
     from_base,
     held_out_grid,
-    make_sample_loss,
     region_errors,
     smooth_losses,
     to_unit,
@@ -205,15 +204,13 @@ def test_validation_on_a_held_out_grid_or_sobol_set(kind, n):
 
 
 @pytest.mark.parametrize("calls", [1, 3])
-def test_per_sample_loss_rolls_out_through_the_targets_a_sample_carries(calls):
+def test_train_step_keeps_each_samples_loss_over_the_calls_it_unrolls(calls):
     import optax
     from flax import nnx
 
     from surrogates.models.fno import FNO, FNOHparams
     from surrogates.training import make_train_step
 
-    model = FNO(in_channels=2, out_channels=1, ndim=1, cond_dim=1, hparams=FNOHparams(modes=4, width=8, depth=1),
-                rngs=nnx.Rngs(0))
     def incr(x, out):
         return x[:, -1:] + out  # predict the increment over the last of the W = 2 input frames
 
@@ -222,28 +219,33 @@ def test_per_sample_loss_rolls_out_through_the_targets_a_sample_carries(calls):
              "y": rng.standard_normal((6, calls, 16)).astype(np.float32),
              "cond": rng.standard_normal((6, 1)).astype(np.float32)}
     batch["y"][3] *= 10  # one sample far off: its loss stands out
-    per_sample = np.asarray(make_sample_loss(model, incr, "mse")(nnx.state(model), batch))
-    assert per_sample.shape == (6,) and per_sample.argmax() == 3
-    # by hand: the mean over the calls of each call's MSE, the window advancing by the predicted frame
-    u, want = batch["x"], np.zeros(6)
-    for i in range(calls):
-        out = np.asarray(incr(u, model(u, batch["cond"])))
-        want += np.mean((out - batch["y"][:, i : i + 1]) ** 2, axis=(1, 2)) / calls
-        u = np.concatenate([u, out], axis=1)[:, -2:]
-    np.testing.assert_allclose(per_sample, want, rtol=1e-4)
-    # and its batch mean is the loss the train step reports for the same unroll, before its update
-    # relative: each call's loss over that of predicting zero (for mse the squared relative L2 error)
-    rel = np.asarray(make_sample_loss(model, incr, "mse", relative=True)(nnx.state(model), batch))
-    u, want_rel = batch["x"], np.zeros(6)
-    for i in range(calls):
-        out = np.asarray(incr(u, model(u, batch["cond"])))
-        t = batch["y"][:, i : i + 1]
-        want_rel += np.sum((out - t) ** 2, axis=(1, 2)) / np.sum(t**2, axis=(1, 2)) / calls
-        u = np.concatenate([u, out], axis=1)[:, -2:]
-    np.testing.assert_allclose(rel, want_rel, rtol=1e-4)
-    assert rel[3] < per_sample[3] / 10  # scaled by its own size (targets 10x larger)
-    step = make_train_step(model, nnx.Optimizer(model, optax.sgd(0.0), wrt=nnx.Param), output_map=incr)
-    np.testing.assert_allclose(float(step(batch, calls)), per_sample.mean(), rtol=1e-4)
+    got = {}
+    for kind in ("absolute", "relative"):
+        model = FNO(in_channels=2, out_channels=1, ndim=1, cond_dim=1, hparams=FNOHparams(modes=4, width=8, depth=1),
+                    rngs=nnx.Rngs(0))
+        # by hand, before the update: the mean over the calls of each call's MSE (relative: over the MSE of
+        # predicting zero), the window advancing by the predicted frame
+        u, want = batch["x"], np.zeros(6)
+        for i in range(calls):
+            out = np.asarray(incr(u, model(u, batch["cond"])))
+            t = batch["y"][:, i : i + 1]
+            err = np.mean((out - t) ** 2, axis=(1, 2))
+            want += (err / np.mean(t**2, axis=(1, 2)) if kind == "relative" else err) / calls
+            u = np.concatenate([u, out], axis=1)[:, -2:]
+        step = make_train_step(model, nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param), output_map=incr,
+                               sample_losses=kind)
+        loss = float(step(batch, calls))
+        got[kind] = np.asarray(step.sample_losses)
+        assert got[kind].shape == (6,)
+        np.testing.assert_allclose(got[kind], want, rtol=1e-4)
+        if kind == "absolute":  # the batch mean of the per-sample losses is the step's loss
+            np.testing.assert_allclose(loss, got[kind].mean(), rtol=1e-4)
+        step(batch, calls)  # the next step's losses follow the updated model
+        assert not np.allclose(np.asarray(step.sample_losses), got[kind])
+    assert got["absolute"].argmax() == 3
+    assert got["relative"][3] < got["absolute"][3] / 10  # scaled by its own size (targets 10x larger)
+    with pytest.raises(Exception, match="sample_losses='squared'"):
+        make_train_step(model, nnx.Optimizer(model, optax.sgd(0.0), wrt=nnx.Param), sample_losses="squared")
 
 
 def _ks_cursor(spread, offset=0, stride=1):
