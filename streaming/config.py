@@ -48,8 +48,9 @@ class AdaptiveSection(_Section):
                             "proportional to loss ** exponent (0: uniform over recent simulations)")
     memory: int = Field(256, ge=1, description="the most recently reported simulations the proposal uses")
     ema: float = Field(0.5, gt=0, le=1, description="weight of a new report in a simulation's running loss")
-    relative: bool = Field(False, description="report each sample's loss divided by the loss of predicting zero "
-                           "(mse: the squared relative L2 error, the scale the rollout error is judged on)")
+    relative: bool = Field(True, description="report each sample's loss divided by the loss of predicting zero "
+                           "(mse: the squared relative L2 error, the scale the rollout error is judged on); false: "
+                           "the loss itself, which starves regions whose fields are small (decayed flows)")
     loss_every: int = Field(1, ge=1, description="gradient steps between the per-sample losses kept (the train "
                             "step's own, from its forward pass: no extra model call)")
     report_every: int = Field(20, ge=1, description="gradient steps between loss reports to the design")
