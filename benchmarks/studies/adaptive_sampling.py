@@ -2,6 +2,7 @@
 
     python -m benchmarks.studies.adaptive_sampling --json F [--png F] [--seeds 3] [--first-seed 0] [--ics 4]
         [--test-seed N] [--scale medium|small|tiny] [--problems burgers1d,ks1d] [--set KEY=VALUE ...]
+    python -m benchmarks.studies.adaptive_sampling --combine A.json B.json ... --json F [--png F]
 
 Per problem and seed, two local-backend jobs that differ only in ``solver.design``: the base design
 (``lhs``) and ``adaptive`` (:mod:`streaming.adaptive`, base ``lhs``). Both train the same FNO for the same
@@ -25,7 +26,8 @@ alike.
 Written per problem: ``<problem>_p99_error_ratio`` (adaptive / lhs of the 99th percentile of the per-simulation
 test errors, each the mean over seeds), ``<problem>_mean_error_ratio``, ``<problem>_wall_time_ratio`` (job wall
 time) and the per-seed values; ``--png`` draws the error against the parameter (mean over seeds and initial
-conditions) and where each design put its training simulations.
+conditions) and where each design put its training simulations. ``--combine`` pools the seeds of runs that
+share options and held-out set (more seeds without rerunning the first ones) and recomputes the ratios.
 """
 
 from __future__ import annotations
@@ -179,19 +181,52 @@ def run_problem(problem: str, seeds: list[int], scale: dict, tmp: str, extra: di
                          "p99_ratio": ratio(runs["adaptive"]["p99"], runs["lhs"]["p99"]),
                          "mean_ratio": ratio(runs["adaptive"]["mean"], runs["lhs"]["mean"]),
                          "wall_time_ratio": ratio(runs["adaptive"]["wall_s"], runs["lhs"]["wall_s"])})
-    m = {d: {q: float(np.mean([s[d][q] for s in per_seed])) for q in ("p99", "mean", "wall_s")}
-         for d in ("lhs", "adaptive")}
     space = build_solver(cfg).param_space
     return {
         "parameter": space.params[j].name, "test_params": params[:, j].tolist(), "seeds": seeds,
-        "test_ics_per_point": ics, "test_seed": test_seed,
-        "p99_error_ratio": ratio(m["adaptive"]["p99"], m["lhs"]["p99"]),
-        "mean_error_ratio": ratio(m["adaptive"]["mean"], m["lhs"]["mean"]),
-        "wall_time_ratio": ratio(m["adaptive"]["wall_s"], m["lhs"]["wall_s"]),
-        "mean_over_seeds": m, "per_seed": per_seed,
+        "test_ics_per_point": ics, "test_seed": test_seed, **aggregate(per_seed),
         "unit_range": [space.params[j].low, space.params[j].high], "log": space.params[j].log,
         "test_unit": to_unit(space, params)[:, j].tolist(),
     }
+
+
+def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ratios (adaptive / lhs) of the means over the seeds of the p99 error, mean error and wall time."""
+    m = {d: {q: float(np.mean([s[d][q] for s in per_seed])) for q in ("p99", "mean", "wall_s")}
+         for d in ("lhs", "adaptive")}
+    return {"p99_error_ratio": ratio(m["adaptive"]["p99"], m["lhs"]["p99"]),
+            "mean_error_ratio": ratio(m["adaptive"]["mean"], m["lhs"]["mean"]),
+            "wall_time_ratio": ratio(m["adaptive"]["wall_s"], m["lhs"]["wall_s"]),
+            "mean_over_seeds": m, "per_seed": per_seed}
+
+
+SAME = ("scale", "adaptive", "overrides")  # what runs combined must share, beside each problem's test set
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs of the study over disjoint seeds with the same options and held-out set: the per-seed
+    results pooled, the ratios recomputed over all the seeds."""
+    first = runs[0]
+    for r in runs[1:]:
+        diff = [k for k in SAME if r.get(k) != first.get(k)]
+        if diff or sorted(r["problems"]) != sorted(first["problems"]):
+            raise ValueError(f"--combine: the runs differ in {', '.join(diff) or 'problems'}; combine only runs of "
+                             "the same options")
+    out = {**first, "command": "python -m benchmarks.studies.adaptive_sampling " + " ".join(sys.argv[1:]),
+           "combined": [r["command"] for r in runs], "total_s": round(sum(r["total_s"] for r in runs), 1)}
+    out["problems"] = {}
+    for prob, p in first["problems"].items():
+        parts = [r["problems"][prob] for r in runs]
+        if any((q["test_seed"], q["test_ics_per_point"], q["test_params"]) !=
+               (p["test_seed"], p["test_ics_per_point"], p["test_params"]) for q in parts):
+            raise ValueError(f"--combine: {prob}: the runs have different held-out sets (--test-seed, --ics)")
+        seeds = [s for q in parts for s in q["seeds"]]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"--combine: {prob}: a training seed appears in more than one run")
+        out["problems"][prob] = {**p, "seeds": seeds, **aggregate([s for q in parts for s in q["per_seed"]])}
+        for q in ("p99_error_ratio", "mean_error_ratio", "wall_time_ratio"):
+            out[f"{prob}_{q}"] = out["problems"][prob][q]
+    return out
 
 
 def figure(results: dict[str, Any], path: str) -> None:
@@ -248,7 +283,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated subset of " + ",".join(PROBLEMS))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="job config override for both designs, e.g. --set solver.adaptive.floor=0.2")
+    ap.add_argument("--combine", nargs="+", metavar="JSON", help="instead of running: pool the seeds of earlier "
+                    "runs (same options and held-out set, disjoint seeds) and write their ratios over all the seeds")
     args = ap.parse_args(argv)
+    if args.combine:
+        try:
+            results = combine([json.loads(Path(f).read_text()) for f in args.combine])
+        except (OSError, ValueError, KeyError) as e:
+            print(f"adaptive_sampling: {e}", file=sys.stderr)
+            return 2
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+        if args.png:
+            figure(results, args.png)
+        report(results)
+        return 0
     bad = [kv for kv in args.set if "=" not in kv]
     if bad:
         print(f"adaptive_sampling: --set {bad[0]!r}: write KEY=VALUE, e.g. solver.adaptive.floor=0.2", file=sys.stderr)
@@ -283,10 +331,15 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     if args.png:
         figure(results, args.png)
-    for prob in problems:
-        print(f"{prob}: p99 ratio {results[f'{prob}_p99_error_ratio']:.3f}, mean ratio "
-              f"{results[f'{prob}_mean_error_ratio']:.3f}, wall-time ratio {results[f'{prob}_wall_time_ratio']:.3f}")
+    report(results)
     return 0
+
+
+def report(results: dict[str, Any]) -> None:
+    for prob in results["problems"]:
+        print(f"{prob}: p99 ratio {results[f'{prob}_p99_error_ratio']:.3f}, mean ratio "
+              f"{results[f'{prob}_mean_error_ratio']:.3f}, wall-time ratio {results[f'{prob}_wall_time_ratio']:.3f} "
+              f"({len(results['problems'][prob]['seeds'])} seeds)")
 
 
 if __name__ == "__main__":
