@@ -39,7 +39,6 @@ class ThreadSource:
         self.cursor, self.dispatcher = cursor, Dispatcher(cursor, max_failures)
         self._queue: queue.Queue = queue.Queue(maxsize=max_inflight)
         self._inbox = [queue.Queue() for _ in range(count)]
-        self._held: list[int] = []  # threads whose task the dispatcher holds back (pacing): asked again later
         self._closed = threading.Event()
         self._threads = [threading.Thread(target=self._work, args=(i, worker_cls(**worker_args)), daemon=True)
                          for i in range(count)]
@@ -67,9 +66,7 @@ class ThreadSource:
 
     def _assign(self, idx: int) -> None:
         task = None if self._closed.is_set() else self.dispatcher.next_task(idx)
-        if task is HOLD:
-            self._held.append(idx)
-        else:
+        if task is not HOLD:  # HOLD: the dispatcher keeps the thread until it releases it
             self._inbox[idx].put(task)
 
     def __iter__(self) -> Iterator[Message]:
@@ -78,10 +75,8 @@ class ThreadSource:
             self._assign(idx)
         running = len(self._threads)
         while running and not self._closed.is_set():
-            if self._held and self.dispatcher.wait_for_task(0.0):  # the trainer's losses let a held task go
-                held, self._held = self._held, []
-                for idx in held:
-                    self._assign(idx)
+            for idx in self.dispatcher.released():  # the trainer's losses let held tasks go
+                self._assign(idx)
             try:
                 item = self._queue.get(timeout=0.2)
             except queue.Empty:

@@ -37,18 +37,19 @@ def test_hands_out_at_most_ahead_beyond_the_newest_reported_simulation():
     d = Dispatcher(cursor, paced=True)
     ids, answer = _hand_out(d)
     assert ids == list(range(8)) and answer is HOLD  # n = 6 < 4 + 3 lets a last task of 2 go: 8 out, then held
-    assert not d.finished() and not d.wait_for_task(0.0)
+    assert not d.finished() and d.holding() and d.released(0.0) == []
     d.report_losses(np.arange(4), np.ones(4))  # the warmup's losses: m + 1 = 4 = warmup, still 4 + 3
-    assert _hand_out(d) == ([], HOLD)
+    assert _hand_out(d) == ([], HOLD) and d.released(0.0) == []
 
     woke = []
-    waiter = threading.Thread(target=lambda: woke.append((d.wait_for_task(10.0), time.monotonic())))
+    waiter = threading.Thread(target=lambda: woke.append((d.released(10.0), time.monotonic())))
     waiter.start()
     time.sleep(0.2)
     reported = time.monotonic()
     d.report_losses(np.asarray([5]), np.asarray([2.0]))  # m = 5: 6 + 3 = 9 > 8, one more task
     waiter.join()
-    assert woke[0][0] and woke[0][1] - reported < 1.0  # woken by the report, not by the timeout
+    assert woke[0][0] == ["w"] and woke[0][1] - reported < 1.0  # woken by the report, not by the timeout
+    assert not d.holding()  # handed back: the worker asks again
     ids, answer = _hand_out(d)
     assert ids == [8, 9] and answer is HOLD
     assert any(cursor.origin[i] == "proposal" for i in ids)  # drawn after the report, near the reported losses
@@ -56,13 +57,16 @@ def test_hands_out_at_most_ahead_beyond_the_newest_reported_simulation():
 
 def test_a_requeued_task_goes_out_while_new_ones_are_held():
     cursor = _cursor(ahead=1, warmup=2)
-    d = Dispatcher(cursor, max_failures=1, paced=True)
+    d = Dispatcher(cursor, max_failures=2, paced=True)
     first = d.next_task("a")  # 0, 1
-    assert d.next_task("b").sim_ids.tolist() == [2, 3] and d.next_task("c") is HOLD
+    assert d.next_task("b").sim_ids.tolist() == [2, 3] and d.next_task("c") is HOLD and d.next_task("d") is HOLD
     d.worker_lost("a", "test")
-    assert d.wait_for_task(0.0)
+    assert d.released(0.0) == ["c", "d"] and not d.holding()  # in the order they were held
     np.testing.assert_array_equal(d.next_task("c").sim_ids, first.sim_ids)
-    assert d.next_task("d") is HOLD
+    assert d.next_task("d") is HOLD and d.holding()
+    # a held worker the transport asks again before it is released leaves the held list when it gets a task
+    d.worker_lost("b", "test")
+    assert d.next_task("d").sim_ids.tolist() == [2, 3] and not d.holding() and d.released(0.0) == []
 
 
 def test_ahead_zero_and_an_unpaced_dispatcher_hand_out_as_before():
@@ -154,7 +158,7 @@ def test_a_simulation_without_a_loss_to_come_counts_as_reported():
     d = Dispatcher(cursor, paced=True)
     assert _hand_out(d) == (list(range(6)), HOLD)
     d.no_loss(np.asarray([5]))  # its samples were all turned away: m = 5, 6 + 2 = 8 > 6
-    assert cursor.newest_reported == 5 and d.wait_for_task(0.0)
+    assert cursor.newest_reported == 5 and d.released(0.0)
     assert _hand_out(d) == ([6, 7], HOLD)
     assert 5 not in cursor.table  # no loss recorded for it: the proposal does not use it
 

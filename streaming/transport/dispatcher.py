@@ -4,8 +4,9 @@ A transport (Ray actors, MPI ranks, the in-process worker) only moves tasks out 
 asks the dispatcher what to do at each event:
 
 - :meth:`next_task` — a worker is free: the next task of the design (or None: nothing left; or :data:`HOLD`:
-  not now, pacing waits for the trainer's losses, :mod:`streaming.adaptive`; the worker stays idle and asks again
-  once :meth:`wait_for_task` says a task may go, which :meth:`report_losses` or a requeue wakes);
+  not now, pacing waits for the trainer's losses, :mod:`streaming.adaptive`; the dispatcher remembers the worker,
+  which stays idle until :meth:`released` hands it back, once :meth:`report_losses` or a requeue lets a task go;
+  :meth:`holding` says whether any worker waits so);
 - :meth:`on_message` — a message came from a worker: a finished or dropped simulation's report marks
   it done in the design;
 - :meth:`task_done` — a worker finished its task;
@@ -55,6 +56,7 @@ class Dispatcher:
         self.cursor, self.max_failures, self.paced = cursor, max_failures, paced
         self.failures = 0
         self._running: dict[Hashable, Task] = {}
+        self._held: list[Hashable] = []  # workers answered HOLD, in order, until released() hands them back
         self._lock = threading.Lock()
         self._may_go = threading.Condition(self._lock)  # notified when losses or a requeue may let a task go
 
@@ -68,7 +70,11 @@ class Dispatcher:
             if worker in self._running:
                 raise RuntimeError(f"worker {worker!r} asked for a task while it still runs one")
             if self._holds():
+                if worker not in self._held:
+                    self._held.append(worker)
                 return HOLD
+            if worker in self._held:  # asked again by the transport before released() handed it back
+                self._held.remove(worker)
             task = self.cursor.next_task()
             if task is not None:
                 self._running[worker] = task
@@ -94,11 +100,20 @@ class Dispatcher:
             self.cursor.no_loss(sim_ids)
             self._may_go.notify_all()
 
-    def wait_for_task(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s while pacing holds new tasks back; True once :meth:`next_task` would not answer
-        :data:`HOLD` (woken by :meth:`report_losses` and by a requeue, without polling)."""
+    def holding(self) -> bool:
+        """Whether a worker waits because :meth:`next_task` answered it :data:`HOLD`."""
         with self._lock:
-            return self._may_go.wait_for(lambda: not self._holds(), timeout)
+            return bool(self._held)
+
+    def released(self, timeout: float = 0.0) -> list[Hashable]:
+        """The workers held back, in the order they were, once a task may go: waits up to ``timeout`` s for that
+        (woken by :meth:`report_losses` and by a requeue, without polling); [] if none is held or none may go yet.
+        Ask :meth:`next_task` for each again (it may answer :data:`HOLD` again)."""
+        with self._lock:
+            if not self._held or not self._may_go.wait_for(lambda: not self._holds(), timeout):
+                return []
+            held, self._held = self._held, []
+            return held
 
     def design_histograms(self) -> dict[str, np.ndarray]:
         """``{"design/NAME": values (n,)}``: each parameter of the simulations handed out since the last call."""

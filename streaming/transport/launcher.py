@@ -327,7 +327,6 @@ class LaunchSource:
         self.timeout = section.timeout
         self.frames = section.frames
         self._slots = [_Slot() for _ in range(count)]
-        self._held: set[int] = set()  # slots whose task the dispatcher holds back (pacing)
         self._runs: dict[int, _Run] = {}  # wire id -> the live run
         self._attempts: dict[int, int] = {}  # sim id -> attempts started
         self._tmp = Path(tempfile.mkdtemp(prefix="pdestream-launch-"))
@@ -354,11 +353,9 @@ class LaunchSource:
         self._pump_thread.start()
         for i in range(len(self._slots)):
             self._assign(i)
-        while not self._closed and (self._held or any(s.task is not None for s in self._slots)):
-            if self._held and self.dispatcher.wait_for_task(0.0):
-                held, self._held = sorted(self._held), set()
-                for i in held:
-                    self._assign(i)
+        while not self._closed and (self.dispatcher.holding() or any(s.task is not None for s in self._slots)):
+            for i in self.dispatcher.released():  # the trainer's losses let the held slots' tasks go
+                self._assign(i)
             try:
                 item = self._queue.get(timeout=_POLL_S)
             except queue.Empty:
@@ -400,7 +397,7 @@ class LaunchSource:
     # ------------------------------------------------------------------ slots and runs
     def _assign(self, i: int) -> None:
         """Give slot ``i`` its next simulation: the rest of its task, or a new task (None: nothing left; held back
-        by pacing: the slot waits in ``_held``)."""
+        by pacing: the dispatcher keeps the slot until it releases it)."""
         slot = self._slots[i]
         while True:
             if slot.task is not None and slot.next_index < len(slot.task.sim_ids):
@@ -411,8 +408,6 @@ class LaunchSource:
             if slot.task is not None:
                 self.dispatcher.task_done(i)
             task = self.dispatcher.next_task(i)
-            if task is HOLD:
-                self._held.add(i)
             slot.task, slot.next_index = None if task is HOLD else task, 0
             if slot.task is None:
                 return

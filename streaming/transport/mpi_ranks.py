@@ -303,7 +303,6 @@ class MPISource:
         self._last_seen: dict[int, float] = {}
         self._finished: set[int] = set()  # ranks that said bye and wait for the final word
         self._idle: list[int] = []  # ranks waiting for a task while others finish theirs, or held back (pacing)
-        self._held = False  # a rank of _idle waits because pacing held its task back
         self._said_goodbye = False
         self._to_release: list[int] = []  # ranks that answered the last PING and wait for release()
         self.lost: list[int] = []  # worker ranks declared lost, in order
@@ -358,7 +357,6 @@ class MPISource:
         """Hand ``rank`` its next task; with none left while other ranks still run theirs, keep it waiting (a
         lost rank's task may come back to the design); None (stop) once the design is finished or closing."""
         task = None if self._closing else self.dispatcher.next_task(rank)
-        self._held = self._held or task is HOLD
         if task is HOLD or (task is None and not self._closing and not self.dispatcher.finished()):
             self._idle.append(rank)
             return
@@ -434,8 +432,7 @@ class MPISource:
         rank is left to wait for."""
         pause, check_at = 5e-5, time.monotonic() + 0.25
         while self._alive:
-            if self._held and self.dispatcher.wait_for_task(0.0):  # the trainer's losses let the held tasks go
-                self._held = False
+            if self.dispatcher.released():  # the trainer's losses let the held tasks go (held ranks are idle)
                 self._wake_idle()
             self._drain_heartbeats()
             if self.comm.Iprobe(source=self._mpi.ANY_SOURCE, tag=HEADER, status=status):

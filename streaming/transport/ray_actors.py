@@ -113,7 +113,6 @@ class RaySource:
         self._restarting: dict[Any, tuple[int, float]] = {}  # `where` call to a dead actor -> (index, deadline)
         self._ask_again: list[tuple[float, int, float]] = []  # (when, index, deadline): dead actors to call again
         self._active: dict[Any, int] = {}  # streaming generator -> index of the actor running it
-        self._held: set[int] = set()  # actors whose task the dispatcher holds back (pacing)
         self._closed = False
         self._iter_thread: threading.Thread | None = None  # the thread inside __iter__, if any
 
@@ -147,9 +146,7 @@ class RaySource:
         return self.dispatcher.failures
 
     def _start(self, idx: int) -> None:
-        task = self.dispatcher.next_task(idx)
-        if task is HOLD:
-            self._held.add(idx)
+        task = self.dispatcher.next_task(idx)  # HOLD: the dispatcher keeps the actor until released()
         if task is None or task is HOLD:
             return
         gen = self.actors[idx].run.options(_generator_backpressure_num_objects=self.max_inflight).remote(
@@ -203,13 +200,6 @@ class RaySource:
             self._restarting[self.actors[idx].where.remote()] = (idx, deadline)
         return min([1.0, *(when - now for when, _, _ in self._ask_again)])
 
-    def _release_held(self, timeout: float) -> None:
-        """Start the held-back actors once the dispatcher lets a task go, waiting for that up to ``timeout`` s
-        (an actor held again stays held)."""
-        if self.dispatcher.wait_for_task(timeout):
-            held, self._held = sorted(self._held), set()
-            for idx in held:
-                self._start(idx)
 
     def __iter__(self) -> Iterator[Message]:
         self._iter_thread = threading.current_thread()
@@ -222,14 +212,18 @@ class RaySource:
         for idx in range(len(self.actors)):
             self._start(idx)
         # the stream ends with every actor back
-        while (self._active or self._restarting or self._ask_again or self._held) and not self._closed:
+        while not self._closed:
+            held = self.dispatcher.holding()
+            if not (self._active or self._restarting or self._ask_again or held):
+                break
             wait = self._call_restarting()
-            if self._held:  # with nothing else to wait for, sleep until the trainer's losses let a task go
-                self._release_held(0.0 if self._active or self._restarting else wait)
+            if held:  # with nothing else to wait for, sleep until the trainer's losses let a task go
+                for idx in self.dispatcher.released(0.0 if self._active or self._restarting else wait):
+                    self._start(idx)
                 wait = min(wait, HOLD_POLL_S)
             refs = [*self._active, *self._restarting]
             if not refs:
-                if not self._held:
+                if not held:
                     time.sleep(wait)
                 continue
             ready, _ = ray.wait(refs, num_returns=1, timeout=wait)
@@ -282,7 +276,6 @@ class RaySource:
         while self._iter_thread not in (None, threading.current_thread()) and time.monotonic() < deadline:
             time.sleep(0.02)
         self._active.clear()  # after the consuming thread left: it owns the table while it iterates
-        self._held.clear()
         self._restarting.clear()
         self._ask_again.clear()
         if self._started_ray:
