@@ -283,23 +283,25 @@ def make_cursor(solver: Solver, section: Any, sims_per_task: int, offset: int = 
 
 # ---------------------------------------------------------------------------- losses per simulation
 class SimLosses:
-    """The trainer's running per-simulation loss between two reports: sums and counts by simulation id."""
+    """The trainer's per-sample losses between two reports, and their mean per simulation. ``add`` keeps the
+    step's arrays as they are (device arrays: no host sync on the training loop); ``take`` reads them."""
 
     def __init__(self) -> None:
-        self.sum: dict[int, float] = {}
-        self.count: dict[int, int] = {}
+        self._pending: list[tuple[np.ndarray, Any]] = []
 
-    def add(self, sim_ids: np.ndarray, losses: np.ndarray) -> None:
-        for i, v in zip(np.asarray(sim_ids).tolist(), np.asarray(losses, np.float64).tolist(), strict=True):
-            self.sum[i] = self.sum.get(i, 0.0) + v
-            self.count[i] = self.count.get(i, 0) + 1
+    def add(self, sim_ids: np.ndarray, losses: Any) -> None:
+        """Samples' simulation ids ``(B,)`` and their losses ``(B,)`` (any array, read at :meth:`take`)."""
+        self._pending.append((np.asarray(sim_ids), losses))
 
     def take(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean loss per simulation since the last take: ids ``(n,)`` int64 and losses ``(n,)`` float64."""
-        ids = sorted(self.sum)
-        out = (np.asarray(ids, np.int64), np.asarray([self.sum[i] / self.count[i] for i in ids], np.float64))
-        self.sum, self.count = {}, {}
-        return out
+        if not self._pending:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        ids = np.concatenate([i for i, _ in self._pending]).astype(np.int64)
+        vals = np.concatenate([np.asarray(v, np.float64).reshape(-1) for _, v in self._pending])
+        self._pending = []
+        uniq, inv = np.unique(ids, return_inverse=True)
+        return uniq, np.bincount(inv, weights=vals) / np.bincount(inv)
 
 
 # ---------------------------------------------------------------------------- held-out evaluation

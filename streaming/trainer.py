@@ -245,7 +245,6 @@ class Trainer:
         self._held = None if held_cells is None else HeldCells(held_cells, len(metadata.channels), tuple(metadata.grid))
         self._sim_losses = SimLosses()
         self._admitted: dict[int, int] = {}  # loss-steered design: samples each running simulation got into the buffer
-        self._step_losses: list[tuple[np.ndarray, jax.Array]] = []  # (sim ids, the step's per-sample losses)
         self.is_main = parallel is None or parallel.is_main
         self.step = 0
         self.best_val = float("inf")  # the validation.select error of the exported surrogate
@@ -533,7 +532,7 @@ class Trainer:
                         losses.append(self.train_step(encoded, self.unroll(self.step)))
                         if self.design is not None and self.step % cfg.solver.adaptive.loss_every == 0:
                             # the step's own per-sample losses (before its update); read at the next report
-                            self._step_losses.append((np.asarray(batch["sim_id"]), self.train_step.sample_losses))
+                            self._sim_losses.add(batch["sim_id"], self.train_step.sample_losses)
                         self.step += 1
                         if self.design is not None and self.step % cfg.solver.adaptive.report_every == 0:
                             self._report_losses()
@@ -644,9 +643,6 @@ class Trainer:
 
     def _report_losses(self) -> None:
         """Send the per-simulation mean losses gathered since the last report up to the design."""
-        for sim_ids, per_sample in self._step_losses:
-            self._sim_losses.add(sim_ids, np.asarray(per_sample))
-        self._step_losses = []
         ids, values = self._sim_losses.take()
         if len(ids):
             self.design.report_losses(ids, values)

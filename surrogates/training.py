@@ -242,7 +242,7 @@ class TrainStep:
         self.input_noise = float(input_noise)
         self._key = jax.random.key(seed)
         self._donate = donate
-        self.sample_losses_kind = sample_losses
+        self._sample_losses_kind = sample_losses
         self.sample_losses: jax.Array | None = None
         self.resplit()
 
@@ -257,7 +257,7 @@ class TrainStep:
         """Each sample's loss ``(B,)`` of one call (no gradient); ``relative``: over the loss of predicting zero."""
         out, target = jax.lax.stop_gradient(out), jax.lax.stop_gradient(target)
         li = jax.vmap(lambda p, t: self.loss_fn(p[None], t[None]))(out, target)
-        if self.sample_losses_kind == "relative":
+        if self._sample_losses_kind == "relative":
             li = li / jnp.maximum(jax.vmap(lambda t: self.loss_fn(jnp.zeros_like(t)[None], t[None]))(target), 1e-12)
         return li
 
@@ -286,7 +286,7 @@ class TrainStep:
                 out = call(u, cond)
                 t = y[:, i * group : (i + 1) * group]
                 total = total + self.loss_fn(out, t)
-                if self.sample_losses_kind is not None:
+                if self._sample_losses_kind is not None:
                     per = self._per_sample(out, t) + (0.0 if per is None else per)
                 if i + 1 < steps:
                     u = _next(out, u)

@@ -248,6 +248,21 @@ def test_train_step_keeps_each_samples_loss_over_the_calls_it_unrolls(calls):
         make_train_step(model, nnx.Optimizer(model, optax.sgd(0.0), wrt=nnx.Param), sample_losses="squared")
 
 
+def test_sim_losses_mean_per_simulation_read_at_take():
+    import jax.numpy as jnp
+
+    from streaming.adaptive import SimLosses
+
+    acc = SimLosses()
+    acc.add(np.asarray([3, 1, 3]), jnp.asarray([1.0, 2.0, 5.0]))  # device arrays, as the train step gives them
+    acc.add(np.asarray([1]), jnp.asarray([4.0]))
+    ids, means = acc.take()
+    assert ids.tolist() == [1, 3] and ids.dtype == np.int64
+    np.testing.assert_allclose(means, [3.0, 3.0])
+    ids, means = acc.take()  # emptied by the take
+    assert ids.size == 0 and means.size == 0
+
+
 def _ks_cursor(spread, offset=0, stride=1):
     opts = AdaptiveSection(floor=0.25, warmup=8, bandwidth=0.05, spread=spread)
     return AdaptiveCursor(get_solver("ks1d"), 0, seed=5, sims_per_task=4, options=opts, offset=offset, stride=stride)

@@ -72,3 +72,10 @@ def test_combine_pools_the_seeds_and_recomputes_the_ratios(tmp_path, capsys):
         assert study.main(["--combine", str(a), str(b), "--json", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err and not out.exists()
+    for text, needle in [("not json", "is not JSON"),
+                         (json.dumps({"scale": "medium", "adaptive": "0.5", "overrides": {}, "problems": {"ks1d": {}}}),
+                          "not this study's --json output")]:
+        b.write_text(text)
+        assert study.main(["--combine", str(a), str(b), "--json", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err and not out.exists()

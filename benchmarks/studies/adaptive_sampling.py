@@ -292,9 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.combine:
         try:
-            results = combine([json.loads(Path(f).read_text()) for f in args.combine])
-        except (OSError, ValueError, KeyError) as e:
+            results = combine([read_result(f) for f in args.combine])
+        except (OSError, ValueError) as e:
             print(f"adaptive_sampling: {e}", file=sys.stderr)
+            return 2
+        except KeyError as e:
+            print(f"adaptive_sampling: --combine: a file is not this study's --json output (no key {e}); pass the "
+                  "JSON files the study wrote", file=sys.stderr)
             return 2
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
         if args.png:
@@ -337,6 +341,14 @@ def main(argv: list[str] | None = None) -> int:
         figure(results, args.png)
     report(results)
     return 0
+
+
+def read_result(path: str) -> dict[str, Any]:
+    """One run's ``--json`` output; ValueError naming the file if it is not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--combine: {path} is not JSON ({e}); pass the JSON files the study wrote") from e
 
 
 def report(results: dict[str, Any]) -> None:

@@ -200,7 +200,6 @@ class RaySource:
             self._restarting[self.actors[idx].where.remote()] = (idx, deadline)
         return min([1.0, *(when - now for when, _, _ in self._ask_again)])
 
-
     def __iter__(self) -> Iterator[Message]:
         self._iter_thread = threading.current_thread()
         try:
