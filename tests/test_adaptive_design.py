@@ -303,3 +303,32 @@ def test_spread_base_draws_fill_the_space_evenly():
     assert np.bincount((u * 16).astype(int), minlength=16).max() == 1
     # spread draws are a function of the seed and the index alone, so a new cursor reproduces them
     np.testing.assert_array_equal(_ks_cursor(True).params_of(np.arange(8)), _ks_cursor(True).params_of(np.arange(8)))
+
+
+class _ShiftedRollout:
+    """A surrogate whose rollout returns the truth plus 0.01 everywhere (the start frame kept as given)."""
+
+    def __init__(self, truth: np.ndarray) -> None:
+        self.truth = truth
+
+    def rollout(self, start, n, cond=None, t0=0.0):
+        return np.concatenate([start[:, None], self.truth[:, 1 : n + 1] + 0.01], axis=1)
+
+
+def test_trajectory_error_stays_finite_where_a_field_decays_to_zero():
+    from types import SimpleNamespace
+
+    from streaming.adaptive import per_sim_errors
+
+    amp = np.asarray([1.0, 0.1, 1e-6])  # a field that decays to a millionth of its start
+    frames = amp[None, :, None, None] * np.ones((1, 3, 1, 4))
+    spec = SimpleNamespace(kind="step", window=1, condition_on_params=False, frame_dt=0.1)
+    sur, params = _ShiftedRollout(frames), np.zeros((1, 1))
+    # per frame: 0.01 / 0.1 and 0.01 / 1e-6, averaged
+    np.testing.assert_allclose(per_sim_errors(sur, spec, frames, params, 2, over="frame"),
+                               [(0.1 + 1e4) / 2], rtol=1e-6)
+    # trajectory: the error's norm over both frames over the truth's
+    np.testing.assert_allclose(per_sim_errors(sur, spec, frames, params, 2, over="trajectory"),
+                               [np.sqrt(2 * 0.01**2 / (0.1**2 + 1e-12))], rtol=1e-6)
+    with pytest.raises(Exception, match="use 'frame' or 'trajectory'"):
+        per_sim_errors(sur, spec, frames, params, 2, over="space")

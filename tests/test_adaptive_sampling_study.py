@@ -41,11 +41,12 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, needle):
 
 def _run(seeds, p99s, test_seed=888_000, floor="0.5"):
     """A study result of one problem with the given seeds and per-seed (lhs, adaptive) p99 errors."""
-    per_seed = [{"seed": s, "lhs": {"p99": a, "mean": 1.0, "wall_s": 10.0},
-                 "adaptive": {"p99": b, "mean": 2.0, "wall_s": 11.0}} for s, (a, b) in zip(seeds, p99s, strict=True)]
+    per_seed = [{"seed": s, "lhs": {"p99": a, "mean": 1.0, "wall_s": 10.0, "p99_frame": 3 * a, "mean_frame": 1.0},
+                 "adaptive": {"p99": b, "mean": 2.0, "wall_s": 11.0, "p99_frame": 3 * b, "mean_frame": 4.0}}
+                for s, (a, b) in zip(seeds, p99s, strict=True)]
     prob = {"seeds": seeds, "test_seed": test_seed, "test_ics_per_point": 16, "test_params": [0.1, 0.2],
             **study.aggregate(per_seed)}
-    return {"scale": "medium", "adaptive": floor, "overrides": {}, "command": f"run {seeds}", "total_s": 5.0,
+    return {"scale": "medium", "adaptive": floor, "overrides": {}, "error": "trajectory relative L2", "command": f"run {seeds}", "total_s": 5.0,
             "problems": {"ks1d": prob}}
 
 
@@ -61,19 +62,23 @@ def test_combine_pools_the_seeds_and_recomputes_the_ratios(tmp_path, capsys):
     assert r["problems"]["ks1d"]["seeds"] == [10, 11, 12, 13]
     assert r["ks1d_p99_error_ratio"] == pytest.approx(1.25 / 1.5)  # means over 4 seeds: (0.5+0.5+2+2)/4, 6/4
     assert r["ks1d_mean_error_ratio"] == pytest.approx(2.0) and r["ks1d_wall_time_ratio"] == pytest.approx(1.1)
+    assert r["ks1d_p99_error_ratio_frame"] == pytest.approx(1.25 / 1.5)
+    assert r["ks1d_mean_error_ratio_frame"] == pytest.approx(4.0)
     assert r["total_s"] == 10.0 and r["combined"] == ["run [10, 11]", "run [12, 13]"]
     assert "(4 seeds)" in capsys.readouterr().out
     # runs that cannot be pooled: one line, exit status 2, nothing written
     for bad, needle in [(_run([11, 12], [(1, 1), (1, 1)]), "more than one run"),
                         (_run([20], [(1, 1)], test_seed=555_000), "different held-out sets"),
-                        (_run([20], [(1, 1)], floor="0.3"), "differ in adaptive")]:
+                        (_run([20], [(1, 1)], floor="0.3"), "differ in adaptive"),
+                        ({**_run([20], [(1, 1)]), "error": None}, "differ in error")]:  # a per-frame-error run
         b.write_text(json.dumps(bad))
         out.unlink(missing_ok=True)
         assert study.main(["--combine", str(a), str(b), "--json", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err and not out.exists()
     for text, needle in [("not json", "is not JSON"),
-                         (json.dumps({"scale": "medium", "adaptive": "0.5", "overrides": {}, "problems": {"ks1d": {}}}),
+                         (json.dumps({"scale": "medium", "adaptive": "0.5", "overrides": {}, "error": "trajectory relative L2",
+                                     "problems": {"ks1d": {}}}),
                           "not this study's --json output")]:
         b.write_text(text)
         assert study.main(["--combine", str(a), str(b), "--json", str(out)]) == 2
