@@ -46,7 +46,8 @@ def _run(seeds, p99s, test_seed=888_000, floor="0.5"):
                 for s, (a, b) in zip(seeds, p99s, strict=True)]
     prob = {"seeds": seeds, "test_seed": test_seed, "test_ics_per_point": 16, "test_params": [0.1, 0.2],
             **study.aggregate(per_seed)}
-    return {"scale": "medium", "adaptive": floor, "overrides": {}, "error": "trajectory relative L2", "command": f"run {seeds}", "total_s": 5.0,
+    return {"scale": "medium", "adaptive": floor, "overrides": {}, "error": "trajectory relative L2",
+            "command": f"run {seeds}", "total_s": 5.0,
             "problems": {"ks1d": prob}}
 
 
@@ -77,8 +78,8 @@ def test_combine_pools_the_seeds_and_recomputes_the_ratios(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err and not out.exists()
     for text, needle in [("not json", "is not JSON"),
-                         (json.dumps({"scale": "medium", "adaptive": "0.5", "overrides": {}, "error": "trajectory relative L2",
-                                     "problems": {"ks1d": {}}}),
+                         (json.dumps({"scale": "medium", "adaptive": "0.5", "overrides": {},
+                                      "error": "trajectory relative L2", "problems": {"ks1d": {}}}),
                           "not this study's --json output")]:
         b.write_text(text)
         assert study.main(["--combine", str(a), str(b), "--json", str(out)]) == 2
