@@ -329,16 +329,11 @@ def held_out_grid(space: ParamSpace, n: int, kind: str = "grid", seed: int = 2**
     return space.validate(out)
 
 
-def per_sim_errors(sur: Any, spec: Any, frames: np.ndarray, params: np.ndarray, rollout_steps: int,
-                   over: str = "frame") -> np.ndarray:
-    """Per-simulation rollout relative L2 error ``(S,)`` (physical units) of the surrogate ``sur`` on frames
-    ``(S, T, C, *grid)`` with parameters ``(S, P)``. ``over="frame"``: the mean over the rollout's frames of each
-    frame's relative L2; ``over="trajectory"``: the L2 norm of the error over all the rollout's frames over that of
-    the truth (the whole space-time trajectory, as the FNO paper's Navier-Stokes test error: Li et al., ICLR 2021),
-    which stays well defined when a field decays towards zero, where a frame's relative error divides by a
-    vanishing norm."""
-    if over not in ("frame", "trajectory"):
-        raise SolverError(f"per_sim_errors: over={over!r}; use 'frame' or 'trajectory'")
+def rollout_error_norms(sur: Any, spec: Any, frames: np.ndarray, params: np.ndarray,
+                        rollout_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Squared L2 norms ``(S, F)`` of the error and of the truth at each of the ``F`` rollout frames (physical
+    units) of the surrogate ``sur`` on frames ``(S, T, C, *grid)`` with parameters ``(S, P)``: the one rollout
+    that every reduction of :func:`relative_errors` reads."""
     t_len, s = frames.shape[1], len(frames)
     cond = params.astype(np.float32) if spec.condition_on_params else None
     if spec.kind == "field":
@@ -352,11 +347,31 @@ def per_sim_errors(sur: Any, spec: Any, frames: np.ndarray, params: np.ndarray, 
                                       t0=(w - 1) * spec.frame_dt))
         truth = frames[:, w - 1 : w + n_roll]
         pairs = [(roll[:, i], truth[:, i]) for i in range(1, n_roll + 1)]
-    err2 = np.stack([np.sum(np.square(p - y).reshape(s, -1), axis=1) for p, y in pairs], 1)  # (S, frames)
+    err2 = np.stack([np.sum(np.square(p - y).reshape(s, -1), axis=1) for p, y in pairs], 1)
     ref2 = np.stack([np.sum(np.square(y).reshape(s, -1), axis=1) for _, y in pairs], 1)
+    return err2, ref2
+
+
+def relative_errors(err2: np.ndarray, ref2: np.ndarray, over: str = "frame") -> np.ndarray:
+    """Per-simulation relative L2 error ``(S,)`` from :func:`rollout_error_norms`. ``over="frame"``: the mean over
+    the frames of each frame's relative L2; ``over="trajectory"``: the L2 norm of the error over all the frames
+    over that of the truth (the whole space-time trajectory, as the FNO paper's Navier-Stokes test error: Li et
+    al., ICLR 2021), which stays well defined when a field decays towards zero, where a frame's relative error
+    divides by a vanishing norm."""
     if over == "trajectory":
         return np.sqrt(err2.sum(1) / np.maximum(ref2.sum(1), 1e-24))
-    return np.mean(np.sqrt(err2 / np.maximum(ref2, 1e-24)), axis=1)
+    if over == "frame":
+        return np.mean(np.sqrt(err2 / np.maximum(ref2, 1e-24)), axis=1)
+    raise SolverError(f"relative_errors: over={over!r}; use 'frame' or 'trajectory'")
+
+
+def per_sim_errors(sur: Any, spec: Any, frames: np.ndarray, params: np.ndarray, rollout_steps: int,
+                   over: str = "frame") -> np.ndarray:
+    """Per-simulation rollout relative L2 error ``(S,)`` of the surrogate ``sur`` on frames ``(S, T, C, *grid)``
+    with parameters ``(S, P)``, reduced ``over`` frames or the trajectory (:func:`relative_errors`)."""
+    if over not in ("frame", "trajectory"):  # before the rollout
+        raise SolverError(f"per_sim_errors: over={over!r}; use 'frame' or 'trajectory'")
+    return relative_errors(*rollout_error_norms(sur, spec, frames, params, rollout_steps), over)
 
 
 def region_errors(errors: np.ndarray, params: np.ndarray, space: ParamSpace, bins: int = 4,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from solvers import get_solver
+from solvers import SolverError, get_solver
 from streaming.adaptive import (
     AdaptiveCursor,
     base_rank,
@@ -330,5 +330,5 @@ def test_trajectory_error_stays_finite_where_a_field_decays_to_zero():
     # trajectory: the error's norm over both frames over the truth's
     np.testing.assert_allclose(per_sim_errors(sur, spec, frames, params, 2, over="trajectory"),
                                [np.sqrt(2 * 0.01**2 / (0.1**2 + 1e-12))], rtol=1e-6)
-    with pytest.raises(Exception, match="use 'frame' or 'trajectory'"):
+    with pytest.raises(SolverError, match="use 'frame' or 'trajectory'"):
         per_sim_errors(sur, spec, frames, params, 2, over="space")

@@ -12,7 +12,7 @@ gradient steps on the same number of simulations, which arrive spread over train
 the losses. The exported surrogate (best by the job's own validation) is scored on a held-out set that no
 design drew: a regular grid over the free parameter (cell centres), ``--ics`` initial conditions per point (4
 by default). A simulation's test error is the rollout relative L2 over its whole space-time trajectory
-(:func:`streaming.adaptive.per_sim_errors` with ``over="trajectory"``); the mean over frames of each frame's
+(:func:`streaming.adaptive.relative_errors` with ``over="trajectory"``); the mean over frames of each frame's
 relative L2 (``over="frame"``) is kept beside it (``*_frame`` keys), but it is not the headline: a held-out
 burgers1d field that decays to 0.6 % of its start divides its late frames' errors by a vanishing norm (one such
 simulation reached 39 with either design), and a few of those set its 99th percentile.
@@ -51,7 +51,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from streaming.adaptive import held_out_grid, per_sim_errors, to_unit
+from streaming.adaptive import held_out_grid, relative_errors, rollout_error_norms, to_unit
 from streaming.assembly import build_solver, sample_spec
 from streaming.config import JobConfig, load_config
 from streaming.design import DesignCursor
@@ -153,8 +153,8 @@ def one_run(problem: str, design: str, seed: int, scale: dict, frames: np.ndarra
     run = Path(tmp) / name
     sur = Surrogate.load(run / "surrogate")
     spec = sample_spec(cfg, build_solver(cfg))
-    errs = per_sim_errors(sur, spec, frames, params, frames.shape[1], over="trajectory")
-    errs_frame = per_sim_errors(sur, spec, frames, params, frames.shape[1], over="frame")
+    norms = rollout_error_norms(sur, spec, frames, params, frames.shape[1])  # one rollout, scored both ways
+    errs, errs_frame = relative_errors(*norms, over="trajectory"), relative_errors(*norms, over="frame")
     drawn = training_params(cfg, run)
     out = {"wall_s": round(wall, 2), "p99": float(np.percentile(errs, 99)), "mean": float(errs.mean()),
            "p99_frame": float(np.percentile(errs_frame, 99)), "mean_frame": float(errs_frame.mean()),
