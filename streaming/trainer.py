@@ -285,8 +285,9 @@ class Trainer:
                                  f"{len(devices)} local devices (data parallelism)")
             self._batch_sharding = NamedSharding(self.mesh, P("data"))
             self.local_batch = cfg.optim.batch_size
-            if len(devices) > 1:  # parameters replicated on every device
-                self.train_step._state = jax.device_put(self.train_step._state, NamedSharding(self.mesh, P()))
+            # parameters replicated on every device, on one device too: the step returns its state on the mesh,
+            # and a first state without it would make the second step compile the whole step again
+            self.train_step._state = jax.device_put(self.train_step._state, NamedSharding(self.mesh, P()))
         # a buffer restored from a checkpoint that stacked the frames on the channel axis ((W*C, *grid)) takes the
         # layout cut() gives today ((W, C, *grid)): the same values, read in the same order
         buffer.reshape_samples(spec.frame_shapes(len(metadata.channels), tuple(metadata.grid)))

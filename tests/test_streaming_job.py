@@ -1,8 +1,11 @@
 """End-to-end online training on the local backend: learning, resume, NaN handling, bad configs, CLI."""
 
+import contextlib
 import json
+import logging
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -31,6 +34,14 @@ SMALL = {
 }
 
 
+@contextlib.contextmanager
+def step_compiles(caplog):
+    """Count the XLA compilations of the train step (``jit(_step)``) inside the block: yields a counter."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+        yield lambda: sum("compilation of jit(_step)" in r.getMessage() for r in caplog.records)
+
+
 def small_config(tmp_path, **extra):
     overrides = {**SMALL, "logging.run_dir": str(tmp_path), **{k.replace("__", "."): str(v) for k, v in extra.items()}}
     return load_config("configs/quickstart.toml", overrides)
@@ -56,15 +67,21 @@ def test_local_job_learns_and_exports_surrogate(tmp_path):
     assert load_config(run / "config.resolved.toml") == cfg
 
 
-def test_resume_gives_the_same_next_losses(tmp_path):
+def test_resume_gives_the_same_next_losses(tmp_path, caplog):
     cfg = small_config(tmp_path, optim__steps=20, checkpoint__interval=10, checkpoint__keep=3, logging__interval=1,
                        validation__interval=100, logging__name="resume")
-    run_job(cfg)
+    with step_compiles(caplog) as compiles:
+        run_job(cfg)
+    # the train step compiles once per run: the state it returns sits on the device mesh, and a first state that
+    # did not (one device, or restored from a checkpoint) made the second step compile it all again
+    assert compiles() == 1
     run = tmp_path / "resume"
     full = {r["step"]: r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r}
     shutil.rmtree(run / "checkpoints" / "20")
     (run / "metrics.jsonl").unlink()
-    summary = run_job(resume=run)
+    with step_compiles(caplog) as compiles:
+        summary = run_job(resume=run)
+    assert compiles() == 1
     resumed = {r["step"]: r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r}
     assert summary["steps"] == 20 and sorted(resumed) == list(range(11, 21))
     np.testing.assert_allclose([resumed[s] for s in range(11, 21)], [full[s] for s in range(11, 21)], rtol=1e-6)
