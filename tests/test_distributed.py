@@ -134,7 +134,9 @@ def test_a_stream_ending_below_the_watermark_stops_every_process(tmp_path: Path)
     assert "the stream ended with 20 samples in the buffer, below buffer.watermark=32" in procs[1].stderr
 
 
-@pytest.mark.parametrize("layout", ["single", "mpmd"])
+# mpmd is slow-marked: its rank-to-trainer assignment is checked by
+# test_mpi_layout_assigns_every_worker_rank_to_one_trainer, the mpmd launch by test_mpi_job_with_three_ranks_mpmd
+@pytest.mark.parametrize("layout", ["single", pytest.param("mpmd", marks=pytest.mark.slow)])
 def test_two_mpi_trainer_ranks_each_with_its_own_workers(tmp_path: Path, layout: str) -> None:
     """``--backend mpi --num-processes 2``: ranks 0 and 1 train one model through jax.distributed, worker ranks
     2 and 3 serve trainers 0 and 1; both launch layouts, real mpiexec.

@@ -109,26 +109,29 @@ MPI_SET = ["--set", "solver.config={ n = 14 }", "--set", "solver.steps=10", "--s
            "--set", "logging.progress=false", "--set", "logging.tensorboard=false", "--set", "workers.chunk_frames=5"]
 
 
-@pytest.mark.parametrize("layout", ["single", "mpmd"])
-def test_mpi_job_with_three_ranks(tmp_path, layout):
-    run_set = ["--set", f"logging.run_dir={tmp_path}", "--set", "logging.name=mpi"]
-    train = [str(BIN / "pdestream"), "train", "configs/quickstart.toml", "--backend", "mpi", *MPI_SET, *run_set]
-    if layout == "single":
-        cmd = [str(BIN / "mpiexec"), "-n", "3", *train]
-    else:
-        worker = [str(BIN / "pdestream"), "worker", "configs/quickstart.toml", *MPI_SET]
-        cmd = [str(BIN / "mpiexec"), "-n", "1", *train, ":", "-n", "2", *worker]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
-    summary = json.loads((tmp_path / "mpi" / "summary.json").read_text())
+def _check_mpi_summary(run: Path) -> dict:
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 20 and summary["samples_received"] >= 32 and summary["duplicates"] == 0
     assert summary["sims_done"] >= 4
+    return summary
+
+
+def test_mpi_job_with_three_ranks_mpmd(tmp_path):
+    """``mpiexec -n 1 pdestream train : -n 2 pdestream worker``; the single-command layout (``-n 3 pdestream
+    train``) is the first run of :func:`test_mpi_job_resumes_under_mpiexec`."""
+    train = [str(BIN / "pdestream"), "train", "configs/quickstart.toml", "--backend", "mpi", *MPI_SET,
+             "--set", f"logging.run_dir={tmp_path}", "--set", "logging.name=mpi"]
+    worker = [str(BIN / "pdestream"), "worker", "configs/quickstart.toml", *MPI_SET]
+    cmd = [str(BIN / "mpiexec"), "-n", "1", *train, ":", "-n", "2", *worker]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    _check_mpi_summary(tmp_path / "mpi")
 
 
 def test_mpi_job_resumes_under_mpiexec(tmp_path):
-    """``mpiexec -n 3 pdestream train --resume RUN``: the saved config's MPI backend puts rank 0 back in charge of
-    two worker ranks, and the run continues from its last checkpoint to optim.steps."""
+    """``mpiexec -n 3 pdestream train`` runs a job (rank 0 trains, ranks 1-2 solve); then ``mpiexec -n 3 pdestream
+    train --resume RUN``: the saved config's MPI backend puts rank 0 back in charge of two worker ranks, and the
+    run continues from its last checkpoint to optim.steps."""
     run_set = ["--set", f"logging.run_dir={tmp_path}", "--set", "logging.name=mpires",
                "--set", "checkpoint.interval=10", "--set", "checkpoint.keep=3", "--set", "logging.interval=1"]
     train = [str(BIN / "pdestream"), "train", "configs/quickstart.toml", "--backend", "mpi", *MPI_SET, *run_set]
@@ -137,6 +140,7 @@ def test_mpi_job_resumes_under_mpiexec(tmp_path):
                           env=env)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
     run = tmp_path / "mpires"
+    _check_mpi_summary(run)
     shutil.rmtree(run / "checkpoints" / "20")  # as if it had stopped between steps 10 and 20
     (run / "metrics.jsonl").unlink()
     proc = subprocess.run([str(BIN / "mpiexec"), "-n", "3", str(BIN / "pdestream"), "train", "--resume", str(run)],
