@@ -85,3 +85,21 @@ def test_combine_pools_the_seeds_and_recomputes_the_ratios(tmp_path, capsys):
         assert study.main(["--combine", str(a), str(b), "--json", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err and not out.exists()
+
+
+def test_the_ceiling_jobs_put_every_simulation_at_the_hardest_value(tmp_path):
+    """``adaptive_ceiling``: the concentrated job's design hands out only the hardest value (the centre of the
+    lowest fifth of log beta), the problem's own held values kept; the LHS job is the study's."""
+    from benchmarks.studies import adaptive_ceiling as ceiling
+    from streaming.adaptive import make_cursor
+
+    scale = study.SCALES["tiny"]
+    extra, value = ceiling.concentrated("burgers1d", scale, str(tmp_path), {})
+    assert value == pytest.approx(10 ** -1.8)
+    cfg = study.job_config("burgers1d", "lhs", 3, scale, str(tmp_path), "c", extra)
+    p = make_cursor(build_solver(cfg), cfg.solver, 1).params_of(np.arange(cfg.solver.n_sims))
+    np.testing.assert_allclose(p[:, 1], value)  # beta
+    assert np.all(p[:, 0] == 1.0) and np.all(p[:, 2] == 0.0)  # alpha, gamma of the family
+    held, _ = ceiling.concentrated("burgers1d_alpha", scale, str(tmp_path), {})
+    assert held["solver.fixed"] == "{ beta = 0.2, gamma = 0.0, alpha = 2.7 }"
+    assert ceiling.main(["--json", str(tmp_path / "o.json"), "--problems", "heat9d"]) == 2

@@ -51,10 +51,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from streaming.adaptive import held_out_grid, relative_errors, rollout_error_norms, to_unit
+from streaming.adaptive import held_out_grid, make_cursor, relative_errors, rollout_error_norms, to_unit
 from streaming.assembly import build_solver, sample_spec
 from streaming.config import JobConfig, load_config
-from streaming.design import DesignCursor
 from streaming.job import run_job
 from surrogates.surrogate import Surrogate
 
@@ -137,25 +136,29 @@ def test_set(cfg: JobConfig, n_grid: int, ics: int = 4, test_seed: int = TEST_SE
 def training_params(cfg: JobConfig, run: Path) -> np.ndarray:
     """Parameters ``(n, P)`` of the simulations a finished job trained on (the adaptive ones from its checkpoint)."""
     if cfg.solver.design != "adaptive":
-        c = DesignCursor(build_solver(cfg), cfg.solver.n_sims, cfg.solver.design, cfg.solver.seed, 1)
-        return c.params_of(np.arange(cfg.solver.n_sims))
+        return make_cursor(build_solver(cfg), cfg.solver, 1).params_of(np.arange(cfg.solver.n_sims))
     meta = json.loads((run / "checkpoints" / str(cfg.optim.steps) / "meta" / "metadata").read_text())
     return np.asarray([r[2:] for r in meta["cursor"]["adaptive"]["drawn"]], np.float64)
+
+
+def train_and_score(cfg: JobConfig, frames: np.ndarray, params: np.ndarray
+                    ) -> tuple[dict[str, Any], float, np.ndarray, np.ndarray]:
+    """Run the job ``cfg``; its summary, wall time (s) and the exported surrogate's per-simulation errors ``(S,)``
+    on the held-out ``frames``, over the trajectory and per frame (one rollout, scored both ways)."""
+    t0 = time.perf_counter()
+    summary = run_job(cfg)
+    wall = time.perf_counter() - t0
+    sur = Surrogate.load(Path(cfg.logging.run_dir) / cfg.logging.name / "surrogate")
+    norms = rollout_error_norms(sur, sample_spec(cfg, build_solver(cfg)), frames, params, frames.shape[1])
+    return summary, wall, relative_errors(*norms, over="trajectory"), relative_errors(*norms, over="frame")
 
 
 def one_run(problem: str, design: str, seed: int, scale: dict, frames: np.ndarray, params: np.ndarray,
             tmp: str, extra: dict[str, str]) -> dict[str, Any]:
     name = f"{problem}-{design}-{seed}"
     cfg = job_config(problem, design, seed, scale, tmp, name, extra)
-    t0 = time.perf_counter()
-    summary = run_job(cfg)
-    wall = time.perf_counter() - t0
-    run = Path(tmp) / name
-    sur = Surrogate.load(run / "surrogate")
-    spec = sample_spec(cfg, build_solver(cfg))
-    norms = rollout_error_norms(sur, spec, frames, params, frames.shape[1])  # one rollout, scored both ways
-    errs, errs_frame = relative_errors(*norms, over="trajectory"), relative_errors(*norms, over="frame")
-    drawn = training_params(cfg, run)
+    summary, wall, errs, errs_frame = train_and_score(cfg, frames, params)
+    drawn = training_params(cfg, Path(tmp) / name)
     out = {"wall_s": round(wall, 2), "p99": float(np.percentile(errs, 99)), "mean": float(errs.mean()),
            "p99_frame": float(np.percentile(errs_frame, 99)), "mean_frame": float(errs_frame.mean()),
            "errors": errs.tolist(), "errors_frame": errs_frame.tolist(),
