@@ -73,7 +73,7 @@ def test_resume_gives_the_same_next_losses(tmp_path, caplog):
     with step_compiles(caplog) as compiles:
         run_job(cfg)
     # the train step compiles once per run: the state it returns sits on the device mesh, and a first state that
-    # did not (one device, or restored from a checkpoint) made the second step compile it all again
+    # did not (on one device) made the second step compile it all again; a resumed run restores into that state
     assert compiles() == 1
     run = tmp_path / "resume"
     full = {r["step"]: r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r}

@@ -32,6 +32,7 @@ import numpy as np
 
 from benchmarks.studies.adaptive_sampling import (
     SCALES,
+    TEST_SEED,
     free_index,
     job_config,
     ratio,
@@ -47,20 +48,15 @@ HARDEST = {"burgers1d": 0.1, "ks1d": 0.1, "burgers1d_alpha": 0.9}
 DEFAULT_PROBLEMS = ("burgers1d", "ks1d")
 
 
-def hardest_value(problem: str, scale: dict, tmp: str) -> tuple[str, float]:
-    """The free parameter's name and its value at :data:`HARDEST` (in the parameter's own units)."""
-    cfg = job_config(problem, "lhs", 0, scale, tmp, "probe")
+def concentrated(problem: str, scale: dict, tmp: str, extra: dict[str, str]) -> tuple[dict[str, str], float]:
+    """The overrides that put every simulation at the problem's :data:`HARDEST` value (its own held values kept),
+    and that value in the parameter's units."""
+    cfg = job_config(problem, "lhs", 0, scale, tmp, "probe", extra)
     space, j = build_solver(cfg).param_space, free_index(cfg)
     u = np.full((1, len(space)), 0.5)
     u[0, j] = HARDEST[problem]
-    return space.params[j].name, float(space.from_unit(u)[0, j])
-
-
-def concentrated(problem: str, scale: dict, tmp: str, extra: dict[str, str]) -> tuple[dict[str, str], float]:
-    """The overrides that put every simulation at the hardest value (the problem's own held values kept), and it."""
-    name, value = hardest_value(problem, scale, tmp)
-    held = job_config(problem, "lhs", 0, scale, tmp, "probe", extra).solver.fixed
-    fixed = {**held, name: value}
+    name, value = space.params[j].name, float(space.from_unit(u)[0, j])
+    fixed = {**cfg.solver.fixed, name: value}
     return {**extra, "solver.fixed": "{ " + ", ".join(f"{k} = {v!r}" for k, v in fixed.items()) + " }"}, value
 
 
@@ -92,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=2, help="training seeds per problem")
     ap.add_argument("--first-seed", type=int, default=0, help="the first training seed")
     ap.add_argument("--ics", type=int, default=64, help="held-out initial conditions at the hardest value")
-    ap.add_argument("--test-seed", type=int, default=888_000, help="first initial-condition seed of the held-out set")
+    ap.add_argument("--test-seed", type=int, default=TEST_SEED, help="first initial-condition seed of the held-out set")
     ap.add_argument("--problems", default=",".join(DEFAULT_PROBLEMS), help="comma-separated subset of "
                     + ",".join(HARDEST))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
